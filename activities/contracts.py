@@ -1,0 +1,224 @@
+"""Data that crosses the workflow/activity boundary, and the Protocols every adapter implements.
+
+Pure pydantic and typing only: the workflow sandbox imports this module, so it must not import httpx,
+sqlite3, slack_sdk or anything that does I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from playbooks.models import IntegrityCheck, Signal, Target
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- signals -------------------------------------------------------------------------------------------
+
+
+class Measurement(StrEnum):
+    BREACH = "breach"
+    HEALTHY = "healthy"
+    NO_DATA = "no_data"
+
+
+class SignalObservation(_Model):
+    """One poll of one signal. ``value`` is None when it could not be measured (see ``detail``)."""
+
+    signal: str
+    category: str
+    value: float | None
+    threshold: str
+    measurement: Measurement
+    samples: float | None = None
+    detail: str = ""
+    observed_at: datetime | None = None
+
+
+class PollRequest(_Model):
+    incident_id: str
+    release: str
+    signals: list[Signal]
+    poll: int = Field(description="poll number within the phase, for scripted sources and logs")
+    phase: str = "confirm"
+
+
+class PollResult(_Model):
+    observations: list[SignalObservation]
+
+
+# --- cohorts (flags / serving) ---------------------------------------------------------------------------
+
+
+class CohortChange(_Model):
+    """Absolute desired state: ``previous_percent`` of users on the previous model, the rest on the candidate."""
+
+    incident_id: str
+    idempotency_key: str = Field(description="{workflow_id}:{step}:{stage}")
+    targets: list[Target]
+    previous_percent: float = Field(ge=0, le=100)
+
+
+class TargetState(_Model):
+    target: str
+    previous_percent: float | None
+    detail: str = ""
+
+
+class CohortResult(_Model):
+    states: list[TargetState]
+    applied: bool = Field(description="False when the store already had this idempotency key applied")
+
+    @property
+    def matches(self) -> bool:
+        return all(s.previous_percent is not None for s in self.states)
+
+
+class ReadbackRequest(_Model):
+    targets: list[Target]
+
+
+# --- integrity -------------------------------------------------------------------------------------------
+
+
+class IntegrityRequest(_Model):
+    incident_id: str
+    release: str
+    checks: list[IntegrityCheck]
+    targets: list[Target]
+    expected_previous_percent: float
+
+
+class CheckResult(_Model):
+    name: str
+    kind: str
+    passed: bool
+    evidence: str
+
+
+class IntegrityResult(_Model):
+    results: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+
+# --- chat --------------------------------------------------------------------------------------------------
+
+
+class MessageKind(StrEnum):
+    OPENED = "opened"
+    DISMISSED = "dismissed"
+    DECISION_REQUEST = "decision_request"
+    DECIDED = "decided"
+    ESCALATED = "escalated"
+    STAGE = "stage"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    PAUSED = "paused"
+    INVESTIGATION = "investigation"
+    REMINDER = "reminder"
+    REHEARSAL = "rehearsal"
+
+
+class Notification(_Model):
+    """A message about one incident. The chat activity renders ``kind`` with the playbook's template."""
+
+    incident_id: str
+    kind: MessageKind
+    channel: str
+    context: dict[str, Any] = Field(default_factory=dict)
+    template_overrides: dict[str, str] = Field(default_factory=dict)
+    thread_ref: str | None = Field(default=None, description="message to update in place (e.g. Slack ts)")
+
+
+class MessageRef(_Model):
+    channel: str
+    ref: str | None = None
+    text: str = ""
+
+
+# --- incident store ----------------------------------------------------------------------------------------
+
+
+class AuditEvent(_Model):
+    """One line of the audit trail: who did what, when (workflow time), and the evidence."""
+
+    seq: int
+    at: datetime
+    kind: str
+    actor: str
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class IncidentRecord(_Model):
+    incident_id: str
+    playbook: str
+    playbook_hash: str
+    release: str
+    phase: str
+    outcome: str | None = None
+    started_at: datetime
+    updated_at: datetime
+
+
+class AuditBatch(_Model):
+    incident: IncidentRecord
+    events: list[AuditEvent]
+
+
+class ReviewDocument(_Model):
+    incident_id: str
+    markdown: str
+    tasks: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ReviewRequest(_Model):
+    """Everything the review template needs: the incident's final status (as JSON data) and the playbook."""
+
+    incident_id: str
+    status: dict[str, Any]
+    template: str | None = None
+
+
+# --- adapter Protocols -------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class FlagProvider(Protocol):
+    """Moves a share of users between a target's previous and candidate variants."""
+
+    async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
+        """Write the absolute split; False when ``idempotency_key`` was already applied (nothing written)."""
+        ...
+
+    async def get_previous_percent(self, target: Target) -> float | None: ...
+
+
+@runtime_checkable
+class SignalSource(Protocol):
+    async def observe(self, signal: Signal, request: PollRequest) -> SignalObservation: ...
+
+
+@runtime_checkable
+class ChatNotifier(Protocol):
+    async def send(self, notification: Notification, text: str) -> MessageRef: ...
+
+
+@runtime_checkable
+class IncidentStore(Protocol):
+    async def write(self, batch: AuditBatch) -> None: ...
+
+    async def incidents(self, limit: int = 100) -> list[IncidentRecord]: ...
+
+    async def events(self, incident_id: str) -> list[AuditEvent]: ...
+
+    async def save_review(self, review: ReviewDocument) -> None: ...

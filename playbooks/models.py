@@ -1,0 +1,579 @@
+"""The playbook language: pydantic models for one rollback playbook.
+
+A playbook says, for one release family and risk scenario, which signals matter and how to read them, who
+may decide, how to move users back to the previous model, what to verify and what to tell whom. These
+models are also the snapshot a running workflow carries, so they must stay importable inside the Temporal
+workflow sandbox: no I/O here, only data and pure validation.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*)+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> object:
+    """Accept ``90s``, ``10m``, ``1h30m``, ``2d``, plain seconds, or an ISO 8601 / timedelta value."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration such as '90s', '10m' or '1h30m' is required, not a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _DURATION_RE.match(text):
+            return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+        if text.startswith(("P", "-P")):
+            return text  # ISO 8601, let pydantic parse it (how the workflow snapshot round-trips)
+        raise ValueError(f"{value!r} is not a duration; write it like '90s', '10m', '1h30m' or '2d'")
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta the way playbooks write it (``1h30m``, ``45s``)."""
+    total = value.total_seconds()
+    if total == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{int(count)}{unit}")
+    if total:
+        parts.append(f"{total:g}s")
+    return "".join(parts)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(lambda v: v.total_seconds(), return_type=float, when_used="json"),
+]
+"""A non-negative duration; YAML takes ``10m``-style strings, JSON carries seconds."""
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=63)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RiskScenario(StrEnum):
+    """The kind of generative system a playbook protects."""
+
+    CONVERSATIONAL_AGENT = "conversational-agent"
+    IMAGE_GENERATOR = "image-generator"
+    DATA_AUGMENTATION = "data-augmentation"
+    RETRIEVAL = "retrieval"
+    CLASSIFIER = "classifier"
+    OTHER = "other"
+
+
+class SignalCategory(StrEnum):
+    USER_EXPERIENCE = "user_experience"
+    MODEL_QUALITY = "model_quality"
+    OPERATIONAL_HEALTH = "operational_health"
+    FAIRNESS = "fairness"
+
+
+class Severity(StrEnum):
+    """Alert severity, ordered from least to most urgent."""
+
+    INFO = "info"
+    WARNING = "warning"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+    @classmethod
+    def parse(cls, value: str | None) -> Severity:
+        """Map the many spellings monitoring tools use onto the four levels (unknown -> warning)."""
+        text = (value or "").strip().lower()
+        aliases = {
+            "page": cls.CRITICAL, "p1": cls.CRITICAL, "sev1": cls.CRITICAL, "error": cls.HIGH,
+            "p2": cls.HIGH, "sev2": cls.HIGH, "major": cls.HIGH, "p3": cls.WARNING, "minor": cls.WARNING,
+            "warn": cls.WARNING, "p4": cls.INFO, "p5": cls.INFO, "low": cls.INFO, "none": cls.INFO,
+        }
+        if text in cls._value2member_map_:
+            return cls(text)
+        return aliases.get(text, cls.WARNING)
+
+
+class Role(_Model):
+    """A decision right: the Slack users and user groups that hold it."""
+
+    users: list[str] = Field(default_factory=list, description="Slack user ids (U...) or CLI user names")
+    groups: list[str] = Field(default_factory=list, description="Slack user-group handles or ids (S...)")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Role:
+        if not self.users and not self.groups:
+            raise ValueError("a role needs at least one user or group")
+        return self
+
+
+_MATCHER_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
+
+
+class LabelMatcher(_Model):
+    """One Alertmanager-style label matcher: ``name op value``."""
+
+    name: str
+    op: Literal["=", "!=", "=~", "!~"] = "="
+    value: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: object) -> object:
+        if isinstance(data, str):
+            match = _MATCHER_RE.match(data)
+            if not match:
+                raise ValueError(f"{data!r} is not a matcher; write it like 'alertname=HighHallucinationRate'")
+            name, op, value = match.groups()
+            return {"name": name, "op": op, "value": value.strip("\"'")}
+        return data
+
+    @model_validator(mode="after")
+    def _regex_compiles(self) -> LabelMatcher:
+        if self.op in ("=~", "!~"):
+            try:
+                re.compile(self.value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {self.value!r}: {exc}") from exc
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        actual = labels.get(self.name, "")
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        found = re.fullmatch(self.value, actual) is not None
+        return found if self.op == "=~" else not found
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.op}{self.value}"
+
+
+class Trigger(_Model):
+    """Which incoming alerts belong to this playbook, and which label names the suspect release."""
+
+    matchers: list[LabelMatcher] = Field(min_length=1)
+    release_label: str = "release"
+    severity_label: str = "severity"
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(m.matches(labels) for m in self.matchers)
+
+
+class Direction(StrEnum):
+    ABOVE = "above"
+    BELOW = "below"
+
+
+class Threshold(_Model):
+    value: float
+    direction: Direction = Direction.ABOVE
+    unit: str = ""
+
+    def breached_by(self, observed: float) -> bool:
+        return observed > self.value if self.direction is Direction.ABOVE else observed < self.value
+
+    def __str__(self) -> str:
+        symbol = ">" if self.direction is Direction.ABOVE else "<"
+        return f"{symbol} {self.value:g}{' ' + self.unit if self.unit else ''}"
+
+
+class NoDataPolicy(StrEnum):
+    """What a poll that could not measure a signal (no data, NaN, query error) counts as."""
+
+    SKIP = "skip"  # neither breach nor healthy: the tick does not count for this signal
+    HEALTHY = "healthy"
+    BREACH = "breach"
+
+
+class SignalSource(_Model):
+    """Where a signal's value comes from.
+
+    Either ``query`` gives the value directly, or ``events`` and ``outputs`` give two counters over the
+    window and the value is ``events / outputs * per`` (e.g. hallucinations per 10k outputs), with the
+    signal's ``min_samples`` applied to ``outputs``.
+    """
+
+    type: Literal["prometheus", "http", "scripted"] = "prometheus"
+    query: str | None = None
+    events: str | None = None
+    outputs: str | None = None
+    per: float = Field(default=10_000, gt=0)
+    url: str | None = None
+    json_path: str | None = Field(default=None, description="dotted path into the JSON answer (http)")
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> SignalSource:
+        has_ratio = self.events is not None or self.outputs is not None
+        if self.type == "http":
+            if not self.url:
+                raise ValueError("an http source needs 'url'")
+            return self
+        if self.type == "scripted":
+            return self
+        if has_ratio and (self.events is None or self.outputs is None):
+            raise ValueError("a ratio source needs both 'events' and 'outputs'")
+        if has_ratio == (self.query is not None):
+            raise ValueError("give either 'query' or both 'events' and 'outputs'")
+        return self
+
+    @property
+    def is_ratio(self) -> bool:
+        return self.events is not None
+
+
+class Signal(_Model):
+    """A health signal of the release, with the threshold that counts as a breach."""
+
+    name: Slug
+    category: SignalCategory
+    description: str = ""
+    source: SignalSource
+    threshold: Threshold
+    min_samples: int = Field(default=0, ge=0, description="fewer outputs than this in a poll: no data")
+    no_data: NoDataPolicy = NoDataPolicy.SKIP
+
+
+class CompositeRule(_Model):
+    """How per-signal breaches combine into one breach at a poll: any_of, all_of or at_least N of."""
+
+    any_of: list[str] | None = None
+    all_of: list[str] | None = None
+    at_least: int | None = Field(default=None, ge=1)
+    of: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CompositeRule:
+        forms = [self.any_of is not None, self.all_of is not None, self.at_least is not None]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of 'any_of', 'all_of' or 'at_least' (with 'of')")
+        if self.at_least is not None and not self.of:
+            raise ValueError("'at_least' needs the list of signals in 'of'")
+        if self.of is not None and self.at_least is None:
+            raise ValueError("'of' goes with 'at_least'")
+        if self.at_least is not None and self.of and self.at_least > len(self.of):
+            raise ValueError(f"'at_least: {self.at_least}' is more than the {len(self.of)} signals in 'of'")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.any_of or self.all_of or self.of or [])
+
+    @property
+    def required(self) -> int:
+        """How many of ``names`` must breach together."""
+        if self.any_of is not None:
+            return 1
+        if self.all_of is not None:
+            return len(self.all_of)
+        return self.at_least or 1
+
+
+class Confirmation(_Model):
+    """How to tell a sustained breach from a transient blip.
+
+    Every ``interval`` the signals are polled; the composite ``rule`` decides whether that poll breached.
+    The breach is sustained once ``breaches`` of the last ``out_of`` polls breached. If that has not happened
+    by the end of ``window`` (or the source alert resolves), the incident is dismissed as transient.
+    A zero ``window`` confirms at once (for automatic playbooks that trust their alert).
+    """
+
+    window: Duration = timedelta(minutes=10)
+    interval: Duration = timedelta(minutes=1)
+    breaches: int = Field(default=3, ge=1)
+    out_of: int = Field(default=5, ge=1)
+    rule: CompositeRule | None = None
+    dismiss_on_resolved: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Confirmation:
+        if self.breaches > self.out_of:
+            raise ValueError(f"'breaches: {self.breaches}' cannot exceed 'out_of: {self.out_of}'")
+        if self.window > timedelta(0):
+            if self.interval <= timedelta(0):
+                raise ValueError("'interval' must be positive when 'window' is")
+            polls = int(self.window / self.interval)
+            if polls < self.breaches:
+                raise ValueError(
+                    f"a {format_duration(self.window)} window polled every {format_duration(self.interval)} "
+                    f"gives {polls} polls, fewer than the {self.breaches} breaches required"
+                )
+        return self
+
+    @property
+    def immediate(self) -> bool:
+        return self.window <= timedelta(0)
+
+
+class DecisionMode(StrEnum):
+    APPROVAL = "approval"
+    AUTOMATIC = "automatic"
+    DRY_RUN = "dry_run"
+
+
+class DefaultAction(StrEnum):
+    REVERT = "revert"
+    DISMISS = "dismiss"
+    HOLD = "hold"  # keep the gate open for the escalation roles, with no further deadline
+
+
+class Escalation(_Model):
+    """Who is told when the approval gate times out, and how long they get before the default applies."""
+
+    roles: list[str] = Field(default_factory=list)
+    channel: str | None = None
+    timeout: Duration = timedelta(minutes=15)
+
+
+class BreakGlass(_Model):
+    """Approve automatically when the triggering alert is at least this severe."""
+
+    min_severity: Severity = Severity.CRITICAL
+
+
+class Decision(_Model):
+    """Who may decide, how many must agree, and what happens when nobody answers."""
+
+    mode: DecisionMode = DecisionMode.APPROVAL
+    roles: list[str] = Field(default_factory=list, description="roles whose holders may decide")
+    quorum: int = Field(default=1, ge=1, description="distinct approvals needed")
+    timeout: Duration = timedelta(minutes=15)
+    escalation: Escalation | None = None
+    default_action: DefaultAction = DefaultAction.HOLD
+    break_glass: BreakGlass | None = None
+    investigation_roles: list[str] = Field(
+        default_factory=list, description="roles that decide after a fairness freeze (default: roles)"
+    )
+
+
+class TargetKind(StrEnum):
+    FLAG = "flag"
+    SERVING = "serving"
+
+
+class Target(_Model):
+    """A flag or serving object whose traffic split moves users between the previous and the new model."""
+
+    kind: TargetKind = TargetKind.FLAG
+    provider: str = Field(default="flagd", description="flagd | unleash | launchdarkly | http | kserve | ...")
+    key: str = Field(min_length=1, description="flag key, or serving object name")
+    previous_variant: str = "previous"
+    candidate_variant: str = "candidate"
+    project: str | None = None
+    environment: str | None = None
+    namespace: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind.value}:{self.provider}:{self.key}"
+
+
+class Stage(_Model):
+    """Move ``percent`` of users (cumulative) back to the previous model, bake, then verify."""
+
+    percent: float = Field(gt=0, le=100)
+    bake: Duration = timedelta(minutes=5)
+    verify: list[str] = Field(default_factory=list, description="signals that must not breach after the bake")
+
+
+class StageFailure(StrEnum):
+    HALT = "halt"
+    REVERT_ALL = "revert_all"
+
+
+class Rollback(_Model):
+    targets: list[Target] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1)
+    on_stage_failure: StageFailure = StageFailure.HALT
+
+    @model_validator(mode="after")
+    def _stages_increase(self) -> Rollback:
+        percents = [s.percent for s in self.stages]
+        if any(b <= a for a, b in zip(percents, percents[1:], strict=False)):
+            raise ValueError(f"stage percentages must increase, got {percents}")
+        if percents[-1] != 100:
+            raise ValueError(f"the last stage must move 100% of users back, got {percents[-1]:g}%")
+        return self
+
+
+class ReadbackCheck(_Model):
+    """The flag/serving state read back equals what the last stage intended."""
+
+    kind: Literal["readback"] = "readback"
+    name: Slug
+
+
+class HttpCheck(_Model):
+    kind: Literal["http"] = "http"
+    name: Slug
+    url: str
+    expect_status: int = 200
+    expect_json: dict[str, object] | None = None
+
+
+class PromqlCheck(_Model):
+    kind: Literal["promql"] = "promql"
+    name: Slug
+    query: str
+    threshold: Threshold
+
+
+class SqlCheck(_Model):
+    """A read-only query whose first column of the first row must equal ``expect``."""
+
+    kind: Literal["sql"] = "sql"
+    name: Slug
+    dsn_env: str = Field(description="environment variable holding the database URL (never the URL itself)")
+    query: str
+    expect: float | int | str | bool | None
+
+    @field_validator("query")
+    @classmethod
+    def _read_only(cls, query: str) -> str:
+        head = query.lstrip().split(None, 1)[0].lower() if query.strip() else ""
+        if head not in ("select", "with", "values"):
+            raise ValueError("an integrity query must be read-only (SELECT, WITH or VALUES)")
+        return query
+
+
+IntegrityCheck = Annotated[Union[ReadbackCheck, HttpCheck, PromqlCheck, SqlCheck], Field(discriminator="kind")]
+
+
+class Communications(_Model):
+    channel: str = Field(description="chat channel for the incident thread, e.g. #ml-incidents")
+    escalation_channel: str | None = None
+    templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="overrides of message templates (Jinja2) by message kind: opened, decision_request, ...",
+    )
+
+
+class ReviewTask(_Model):
+    title: str
+    owner: str = Field(description="role responsible")
+    due: Duration = timedelta(days=5)
+
+
+class Review(_Model):
+    tasks: list[ReviewTask] = Field(default_factory=list)
+    regulatory_report_due: Duration | None = Field(
+        default=None, description="deadline for a regulator notification, from the incident's start"
+    )
+    purge_outputs_after: Duration | None = Field(
+        default=None, description="retention deadline for outputs of the bad release"
+    )
+    template: str | None = Field(default=None, description="review template name (default: review.md.j2)")
+
+
+class Playbook(_Model):
+    """One rollback playbook (``api_version: unship/v1``)."""
+
+    api_version: Literal["unship/v1"] = "unship/v1"
+    name: Slug
+    description: str = ""
+    scenario: RiskScenario
+    owner: str | None = None
+    roles: dict[str, Role] = Field(min_length=1)
+    trigger: Trigger
+    signals: list[Signal] = Field(min_length=1)
+    confirmation: Confirmation = Confirmation()
+    decision: Decision = Decision()
+    rollback: Rollback
+    integrity: list[IntegrityCheck] = Field(default_factory=list)
+    communications: Communications
+    review: Review = Review()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Playbook:
+        # Errors name the field path so the loader can point at the YAML line.
+        signal_names = [s.name for s in self.signals]
+        dupes = sorted({n for n in signal_names if signal_names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"signals: duplicate signal names {dupes}")
+        known = set(signal_names)
+        if self.confirmation.rule:
+            missing = [n for n in self.confirmation.rule.names if n not in known]
+            if missing:
+                raise ValueError(f"confirmation.rule: unknown signals {missing}; known: {sorted(known)}")
+        for i, stage in enumerate(self.rollback.stages):
+            missing = [n for n in stage.verify if n not in known]
+            if missing:
+                raise ValueError(f"rollback.stages.{i}.verify: unknown signals {missing}; known: {sorted(known)}")
+        roles = set(self.roles)
+        role_refs = [("decision.roles", self.decision.roles),
+                     ("decision.investigation_roles", self.decision.investigation_roles)]
+        if self.decision.escalation:
+            role_refs.append(("decision.escalation.roles", self.decision.escalation.roles))
+        role_refs += [(f"review.tasks.{i}.owner", [t.owner]) for i, t in enumerate(self.review.tasks)]
+        for where, names in role_refs:
+            missing = [n for n in names if n not in roles]
+            if missing:
+                raise ValueError(f"{where}: unknown roles {missing}; known: {sorted(roles)}")
+        if self.decision.mode is DecisionMode.APPROVAL and not self.decision.roles:
+            raise ValueError("decision.roles: an approval playbook must say which roles may decide")
+        checks = [c.name for c in self.integrity]
+        if len(checks) != len(set(checks)):
+            raise ValueError("integrity: check names must be unique")
+        return self
+
+    @property
+    def rule(self) -> CompositeRule:
+        """The composite rule; without one, any signal breaching is a breach."""
+        if self.confirmation.rule:
+            return self.confirmation.rule
+        return CompositeRule(any_of=[s.name for s in self.signals])
+
+    def signal(self, name: str) -> Signal:
+        return next(s for s in self.signals if s.name == name)
+
+    def members(self, role_names: list[str]) -> tuple[set[str], set[str]]:
+        """Users and groups holding any of ``role_names``."""
+        users: set[str] = set()
+        groups: set[str] = set()
+        for name in role_names:
+            role = self.roles.get(name)
+            if role:
+                users.update(role.users)
+                groups.update(role.groups)
+        return users, groups
+
+
+class PlaybookSnapshot(_Model):
+    """The validated playbook a workflow runs with, and the hash that names that exact version."""
+
+    playbook: Playbook
+    content_hash: str = Field(description="sha256 of the canonical JSON of the playbook")
+    source: str = ""
+
+    @property
+    def version(self) -> str:
+        return self.content_hash[:12]

@@ -1,0 +1,103 @@
+"""All configuration of unship as one typed model, read from ``UNSHIP_*`` environment variables.
+
+Credentials are ``SecretStr`` so they never show in logs or reprs. A ``*_FILE`` variant of every secret
+(e.g. ``UNSHIP_SLACK_BOT_TOKEN_FILE``) reads it from a file, as mounted by Docker or Kubernetes secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SECRET_FIELDS = (
+    "api_token",
+    "slack_bot_token",
+    "slack_signing_secret",
+    "slack_app_token",
+    "unleash_api_token",
+    "launchdarkly_api_token",
+    "prometheus_bearer_token",
+    "alert_bearer_token",
+    "grafana_hmac_secret",
+    "pagerduty_signing_secret",
+)
+
+
+class Settings(BaseSettings):
+    """unship settings. Every field is ``UNSHIP_<FIELD>`` in the environment (``TEMPORAL_ADDRESS`` too)."""
+
+    model_config = SettingsConfigDict(env_prefix="UNSHIP_", extra="ignore", populate_by_name=True)
+
+    state_dir: Path = Field(default=Path(".unship"), description="embedded Temporal DB, flag file, incident DB")
+    http_addr: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP API / gateway")
+    playbooks_dir: Path = Field(default=Path("playbooks/library"), description="playbooks loaded by the API")
+
+    temporal_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TEMPORAL_ADDRESS", "UNSHIP_TEMPORAL_ADDRESS"),
+        description="host:port of a Temporal cluster; unset = start the embedded dev server",
+    )
+    temporal_namespace: str = "default"
+    temporal_port: int = Field(default=7233, description="embedded dev server gRPC port")
+    temporal_ui_port: int = Field(default=8233, description="embedded dev server Web UI port (0 = headless)")
+    task_queue: str = "unship"
+
+    database_url: str | None = Field(default=None, description="incident store; default sqlite in state_dir")
+    flagd_path: Path | None = Field(default=None, description="flagd JSON flag file; default in state_dir")
+
+    api_token: SecretStr | None = Field(default=None, description="bearer token for the HTTP API")
+    alert_bearer_token: SecretStr | None = Field(default=None, description="bearer token alert senders present")
+    grafana_hmac_secret: SecretStr | None = None
+    pagerduty_signing_secret: SecretStr | None = None
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = Field(default=None, description="xapp- token for Socket Mode")
+    slack_api_url: str = "https://slack.com/api/"
+
+    prometheus_url: str | None = None
+    prometheus_bearer_token: SecretStr | None = None
+
+    unleash_url: str | None = None
+    unleash_api_token: SecretStr | None = None
+    launchdarkly_api_token: SecretStr | None = None
+    launchdarkly_url: str = "https://app.launchdarkly.com"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        for name in _SECRET_FIELDS:
+            path = os.environ.get(f"UNSHIP_{name.upper()}_FILE")
+            if path and not data.get(name):
+                try:
+                    data[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ValueError(f"UNSHIP_{name.upper()}_FILE: cannot read {path}: {exc.strerror}") from exc
+        return data
+
+    @cached_property
+    def http_host_port(self) -> tuple[str, int]:
+        host, _, port = self.http_addr.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def embedded_temporal(self) -> bool:
+        return not self.temporal_address
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def resolved_flagd_path(self) -> Path:
+        return self.flagd_path or self.state_dir / "flags.json"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.state_dir / 'unship.db').as_posix()}"

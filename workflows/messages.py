@@ -1,0 +1,196 @@
+"""The public interface of the rollback workflows: inputs, signals, updates and the status query.
+
+Clients (gateway, CLI, tabletop) and the workflows share these models. Every handler takes one model so
+fields can be added without breaking running histories.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from activities.contracts import AuditEvent, CheckResult, SignalObservation
+from playbooks.models import PlaybookSnapshot, Severity
+
+TASK_QUEUE = "unship"
+
+
+def incident_id(playbook: str, release: str) -> str:
+    """One workflow per (playbook, release) incident; further alerts become signals to it."""
+    return f"unship:{playbook}:{release}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Alert(_Model):
+    """An alert from any source, normalized by the gateway."""
+
+    source: str = Field(description="alertmanager | grafana | datadog | pagerduty | generic | manual | ...")
+    status: AlertStatus = AlertStatus.FIRING
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    fingerprint: str = ""
+    group_key: str = ""
+    severity: Severity = Severity.WARNING
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    received_at: datetime | None = None
+
+
+class AlertBatch(_Model):
+    """Alerts for one incident that arrived together (the gateway's group commit)."""
+
+    alerts: list[Alert]
+
+
+class RollbackInput(_Model):
+    snapshot: PlaybookSnapshot
+    release: str
+    previous_release: str | None = None
+    started_by: str = Field(default="alert", description="who or what opened the incident")
+    severity: Severity | None = Field(default=None, description="manual triggers: severity for break-glass")
+
+
+class Phase(StrEnum):
+    CONFIRMING = "confirming"
+    AWAITING_DECISION = "awaiting_decision"
+    ESCALATED = "escalated"
+    INVESTIGATING = "investigating"
+    REVERTING = "reverting"
+    PAUSED = "paused"
+    VERIFYING = "verifying"
+    REVIEW = "review"
+    CLOSED = "closed"
+
+
+class Outcome(StrEnum):
+    DISMISSED = "dismissed"
+    REJECTED = "rejected"
+    WOULD_REVERT = "would_revert"  # dry_run
+    REVERTED = "reverted"
+    REVERTED_UNVERIFIED = "reverted_unverified"  # integrity checks failed
+    HALTED = "halted"
+    ABORTED = "aborted"
+    PAUSED = "paused"  # fairness freeze that ended without a revert
+
+
+class Verdict(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+class DecisionRequest(_Model):
+    """A person's decision at the open gate (the ``decide`` update)."""
+
+    user: str = Field(min_length=1)
+    verdict: Verdict
+    reason: str = ""
+    via: str = Field(default="cli", description="slack | cli | api")
+    gate_id: str | None = Field(default=None, description="the gate clicked; stale gates are refused")
+    groups: list[str] = Field(default_factory=list, description="user groups the user belongs to (resolved)")
+
+
+class DecisionResult(_Model):
+    accepted: bool
+    gate_id: str
+    approvals: int
+    quorum: int
+    message: str
+
+
+class Command(_Model):
+    """A signal from a person: abort, pause, resume or revert everyone now."""
+
+    by: str = "operator"
+    reason: str = ""
+
+
+class Gate(_Model):
+    gate_id: str
+    purpose: str = Field(description="revert | investigation")
+    roles: list[str]
+    users: list[str]
+    groups: list[str]
+    quorum: int
+    approvals: list[str] = Field(default_factory=list)
+    opened_at: datetime
+    deadline: datetime | None = None
+    escalated: bool = False
+
+
+class DecisionRecord(_Model):
+    gate_id: str
+    user: str
+    verdict: Verdict
+    reason: str
+    via: str
+    at: datetime
+
+
+class StageProgress(_Model):
+    index: int
+    percent: float
+    status: str = Field(description="pending | applying | baking | verified | failed")
+    applied_at: datetime | None = None
+
+
+class IncidentStatus(_Model):
+    """What the ``status`` query returns: live phase, evidence, decisions and the whole audit trail."""
+
+    incident_id: str
+    playbook: str
+    playbook_version: str
+    scenario: str
+    release: str
+    phase: Phase
+    outcome: Outcome | None = None
+    paused: bool = False
+    started_at: datetime
+    detected_at: datetime | None = None
+    decided_at: datetime | None = None
+    first_revert_at: datetime | None = None
+    full_revert_at: datetime | None = None
+    closed_at: datetime | None = None
+    previous_percent: float = 0
+    stages: list[StageProgress] = Field(default_factory=list)
+    gate: Gate | None = None
+    evidence: list[SignalObservation] = Field(default_factory=list)
+    alerts: list[Alert] = Field(default_factory=list)
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    integrity: list[CheckResult] = Field(default_factory=list)
+    audit: list[AuditEvent] = Field(default_factory=list)
+    review_workflow_id: str | None = None
+
+
+class ReviewInput(_Model):
+    incident_id: str
+    snapshot: PlaybookSnapshot
+    status: IncidentStatus
+
+
+class ReviewStatus(_Model):
+    incident_id: str
+    document_written: bool = False
+    tasks: list[dict[str, Any]] = Field(default_factory=list)
+    reminders_sent: list[str] = Field(default_factory=list)
+
+
+class ReleaseInput(_Model):
+    """Re-release: move cohorts forward to the (fixed) candidate, guarded by the same signals."""
+
+    snapshot: PlaybookSnapshot
+    release: str
+    stages: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0],
+                                description="cumulative percent of users on the candidate")
+    started_by: str = "operator"
