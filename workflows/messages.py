@@ -68,6 +68,7 @@ class Phase(StrEnum):
     ESCALATED = "escalated"
     INVESTIGATING = "investigating"
     REVERTING = "reverting"
+    RELEASING = "releasing"
     PAUSED = "paused"
     VERIFYING = "verifying"
     REVIEW = "review"
@@ -83,6 +84,7 @@ class Outcome(StrEnum):
     HALTED = "halted"
     ABORTED = "aborted"
     PAUSED = "paused"  # fairness freeze that ended without a revert
+    RELEASED = "released"  # re-release completed
 
 
 class Verdict(StrEnum):
@@ -99,6 +101,16 @@ class DecisionRequest(_Model):
     via: str = Field(default="cli", description="slack | cli | api")
     gate_id: str | None = Field(default=None, description="the gate clicked; stale gates are refused")
     groups: list[str] = Field(default_factory=list, description="user groups the user belongs to (resolved)")
+
+
+class DecisionRefusal(_Model):
+    """A decision the ``decide`` validator refused, sent back as a signal so the audit trail records it."""
+
+    user: str
+    verdict: Verdict
+    via: str = "cli"
+    gate_id: str | None = None
+    refusal: str
 
 
 class DecisionResult(_Model):
@@ -193,4 +205,5 @@ class ReleaseInput(_Model):
     release: str
     stages: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0],
                                 description="cumulative percent of users on the candidate")
+    bake_seconds: float = Field(default=300, gt=0, description="watch time after each stage")
     started_by: str = "operator"

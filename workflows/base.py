@@ -1,0 +1,209 @@
+"""What every incident workflow shares: the status it answers queries with, the audit trail and its
+durable projection into the incident store, chat notifications in order, and the activity calls.
+
+Notifications and audit writes are delivered by background coroutines in workflow order, so a slow chat
+or store never delays moving users back; the workflow waits for both to drain before it completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.contracts import (
+        AuditBatch,
+        AuditEvent,
+        CohortChange,
+        CohortResult,
+        IncidentRecord,
+        Measurement,
+        MessageKind,
+        MessageRef,
+        Notification,
+        PollRequest,
+        PollResult,
+        SignalObservation,
+    )
+    from playbooks.models import PlaybookSnapshot, Signal, Target
+    from workflows.messages import IncidentStatus, Outcome, Phase
+
+# Signals and chat are best-effort evidence paths: bounded retries, then the failure is recorded.
+EVIDENCE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
+                             maximum_attempts=5)
+# Moving users is the point of the incident: keep retrying retryable faults for a long while.
+ACTION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(seconds=30))
+ACTION_DEADLINE = timedelta(minutes=15)
+MAX_EVIDENCE = 500  # observations kept in the status (the store keeps everything through the audit)
+
+
+class IncidentWorkflowBase:
+    """State and helpers shared by the rollback and release workflows."""
+
+    def _init_incident(self, snapshot: PlaybookSnapshot, release: str, phase: Phase) -> None:
+        info = workflow.info()
+        self._snapshot = snapshot
+        self._playbook = snapshot.playbook
+        self._id = info.workflow_id
+        now = workflow.now()
+        self._status = IncidentStatus(
+            incident_id=self._id, playbook=self._playbook.name, playbook_version=snapshot.version,
+            scenario=self._playbook.scenario.value, release=release, phase=phase, started_at=now,
+        )
+        self._unflushed: list[AuditEvent] = []
+        self._outbox: list[Notification] = []
+        self._thread_ref: str | None = None
+        self._closing = False
+        self._background: list[asyncio.Task[None]] = []
+
+    # --- audit -------------------------------------------------------------------------------------------
+
+    def _audit(self, kind: str, message: str, actor: str = "unship", **data: Any) -> AuditEvent:
+        event = AuditEvent(seq=len(self._status.audit) + 1, at=workflow.now(), kind=kind, actor=actor,
+                           message=message, data=data)
+        self._status.audit.append(event)
+        self._unflushed.append(event)
+        return event
+
+    def _record(self) -> IncidentRecord:
+        s = self._status
+        return IncidentRecord(
+            incident_id=s.incident_id, playbook=s.playbook, playbook_hash=self._snapshot.content_hash,
+            release=s.release, phase=s.phase.value, outcome=s.outcome.value if s.outcome else None,
+            started_at=s.started_at, updated_at=workflow.now(),
+        )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self._unflushed) or self._closing)
+            if not self._unflushed:
+                return
+            batch, self._unflushed = self._unflushed, []
+            try:
+                await workflow.execute_activity(
+                    "record_audit", AuditBatch(incident=self._record(), events=batch),
+                    start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
+                    schedule_to_close_timeout=ACTION_DEADLINE,
+                )
+            except ActivityError as err:
+                # The history still holds every event; the store projection is behind and a person should know.
+                workflow.logger.error("audit store write failed for %s: %s", self._id, err)
+                self._status.audit.append(AuditEvent(
+                    seq=len(self._status.audit) + 1, at=workflow.now(), kind="audit_store_failed",
+                    actor="unship", message=f"incident store write failed: {_cause(err)}"))
+
+    # --- notifications -----------------------------------------------------------------------------------
+
+    def _notify(self, kind: MessageKind, channel: str | None = None, **context: Any) -> None:
+        comms = self._playbook.communications
+        s = self._status
+        base = {
+            "incident_id": s.incident_id, "playbook": s.playbook, "playbook_version": s.playbook_version,
+            "scenario": s.scenario, "release": s.release, "phase": s.phase.value,
+            "outcome": s.outcome.value if s.outcome else None, "previous_percent": s.previous_percent,
+            "stages": [st.model_dump(mode="json") for st in s.stages],
+            "evidence": [o.model_dump(mode="json") for o in s.evidence[-len(self._playbook.signals):]],
+            "decisions": [d.model_dump(mode="json") for d in s.decisions],
+            "gate": s.gate.model_dump(mode="json") if s.gate else None,
+            "mentions": [],
+        }
+        base.update(context)
+        self._outbox.append(Notification(
+            incident_id=self._id, kind=kind, channel=channel or comms.channel, context=base,
+            template_overrides=comms.templates,
+        ))
+
+    async def _deliver_loop(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self._outbox) or self._closing)
+            if not self._outbox:
+                return
+            note = self._outbox.pop(0)
+            if note.channel == self._playbook.communications.channel:
+                note = note.model_copy(update={"thread_ref": self._thread_ref})
+            try:
+                ref: MessageRef = await workflow.execute_activity(
+                    "notify", note, result_type=MessageRef, start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=EVIDENCE_RETRY,
+                )
+                if self._thread_ref is None and note.channel == self._playbook.communications.channel:
+                    self._thread_ref = ref.ref
+            except ActivityError as err:
+                self._audit("notification_failed", f"could not send the {note.kind.value} message to "
+                            f"{note.channel}: {_cause(err)}", channel=note.channel)
+
+    def _start_background(self) -> None:
+        self._closing = False
+        self._background = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._deliver_loop())]
+
+    async def _drain(self) -> None:
+        """Let every queued message and audit event reach the outside world before the run ends."""
+        await workflow.wait_condition(lambda: not self._outbox)
+        self._closing = True
+        await asyncio.gather(*self._background)
+        if self._unflushed:  # events recorded while the loops were finishing
+            self._closing = False
+            self._background = [asyncio.create_task(self._flush_loop())]
+            self._closing = True
+            await asyncio.gather(*self._background)
+
+    # --- activities --------------------------------------------------------------------------------------
+
+    async def _poll(self, signals: list[Signal], poll: int, phase: str) -> list[SignalObservation]:
+        """Measure ``signals`` once; a source that keeps failing is "not measured", never "measured bad"."""
+        try:
+            result: PollResult = await workflow.execute_activity(
+                "poll_signals",
+                PollRequest(incident_id=self._id, release=self._status.release, signals=signals, poll=poll,
+                            phase=phase),
+                result_type=PollResult, start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=EVIDENCE_RETRY,
+            )
+            observations = result.observations
+        except ActivityError as err:
+            observations = [
+                SignalObservation(signal=s.name, category=s.category.value, value=None,
+                                  threshold=str(s.threshold), measurement=Measurement.NO_DATA,
+                                  detail=f"signal source failed: {_cause(err)}", observed_at=workflow.now())
+                for s in signals
+            ]
+        self._status.evidence.extend(observations)
+        del self._status.evidence[:-MAX_EVIDENCE]
+        return observations
+
+    async def _apply(self, targets: list[Target], previous_percent: float, step: str) -> CohortResult:
+        """Write the absolute split to every target in order, with a business idempotency key."""
+        key = f"{self._id}:{step}"
+        result: CohortResult = await workflow.execute_activity(
+            "apply_cohort",
+            CohortChange(incident_id=self._id, idempotency_key=key, targets=targets,
+                         previous_percent=previous_percent),
+            result_type=CohortResult, start_to_close_timeout=timedelta(minutes=2),
+            heartbeat_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
+            schedule_to_close_timeout=ACTION_DEADLINE,
+        )
+        self._status.previous_percent = previous_percent
+        return result
+
+    def _close(self, outcome: Outcome, reason: str, actor: str = "unship") -> None:
+        self._status.outcome = outcome
+        self._status.phase = Phase.CLOSED
+        self._status.closed_at = workflow.now()
+        self._status.gate = None
+        self._audit("closed", f"{outcome.value}: {reason}", actor=actor, outcome=outcome.value, reason=reason)
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of an activity failure (what a person can act on)."""
+    cause: BaseException | None = err
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause or err)

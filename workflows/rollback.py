@@ -1,0 +1,502 @@
+"""RollbackWorkflow: one durable rollback per (playbook, release) incident.
+
+confirm -> decide -> revert (staged) -> verify -> review, as in design.md. Alerts, aborts, pauses and the
+emergency full revert arrive as signals; people decide through the ``decide`` update, whose validator refuses
+unauthorized, stale and repeated decisions before anything is written to history.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.contracts import (
+        IntegrityRequest,
+        IntegrityResult,
+        MessageKind,
+    )
+    from playbooks.models import (
+        DecisionMode,
+        ReadbackCheck,
+        DefaultAction,
+        Severity,
+        StageFailure,
+        format_duration,
+    )
+    from workflows.base import ACTION_RETRY, IncidentWorkflowBase, _cause
+    from workflows.confirmation import BreachTracker, assess_poll, fairness_rule, quality_rule
+    from workflows.messages import (
+        AlertBatch,
+        AlertStatus,
+        Command,
+        DecisionRecord,
+        DecisionRefusal,
+        DecisionRequest,
+        DecisionResult,
+        Gate,
+        IncidentStatus,
+        Outcome,
+        Phase,
+        ReviewInput,
+        RollbackInput,
+        StageProgress,
+        Verdict,
+    )
+    from workflows.release import release_id
+    from workflows.review import ReviewWorkflow
+
+
+class _Stop(Exception):
+    """Ends the run early with an outcome (abort, rejection, halt); raised and caught inside run()."""
+
+    def __init__(self, outcome: Outcome, reason: str, actor: str = "unship") -> None:
+        super().__init__(reason)
+        self.outcome, self.reason, self.actor = outcome, reason, actor
+
+
+@workflow.defn
+class RollbackWorkflow(IncidentWorkflowBase):
+    @workflow.init
+    def __init__(self, input: RollbackInput) -> None:
+        self._input = input
+        self._init_incident(input.snapshot, input.release, Phase.CONFIRMING)
+        self._seen_alerts: set[tuple[str, str, str]] = set()
+        self._fingerprints: list[str] = []
+        self._max_severity: Severity | None = input.severity
+        self._resolved = False
+        self._aborted: Command | None = None
+        self._revert_all: Command | None = None
+        self._paused = False
+        self._gate_seq = 0
+        self._rejected: DecisionRecord | None = None
+
+    # --- signals, update, query ---------------------------------------------------------------------------
+
+    @workflow.signal
+    def alerts(self, batch: AlertBatch) -> None:
+        """Evidence from monitoring. Duplicates (same fingerprint, start and status) are ignored."""
+        fresh = []
+        for alert in batch.alerts:
+            key = (alert.fingerprint or alert.name, alert.starts_at.isoformat() if alert.starts_at else "",
+                   alert.status.value)
+            if key in self._seen_alerts:
+                continue
+            self._seen_alerts.add(key)
+            fresh.append(alert)
+            if alert.fingerprint and alert.fingerprint not in self._fingerprints:
+                self._fingerprints.append(alert.fingerprint)
+            if alert.status is AlertStatus.RESOLVED:
+                self._resolved = True
+            else:
+                self._resolved = False
+                if self._max_severity is None or alert.severity.rank > self._max_severity.rank:
+                    self._max_severity = alert.severity
+        if not fresh:
+            return
+        self._status.alerts.extend(fresh)
+        del self._status.alerts[:-200]
+        firing = sum(a.status is AlertStatus.FIRING for a in fresh)
+        self._audit("alert", f"{len(fresh)} alert(s) received ({firing} firing, {len(fresh) - firing} resolved)",
+                    actor=fresh[0].source,
+                    alerts=[{"name": a.name, "status": a.status.value, "fingerprint": a.fingerprint,
+                             "group_key": a.group_key, "severity": a.severity.value, "source": a.source}
+                            for a in fresh])
+
+    @workflow.signal
+    def abort(self, command: Command) -> None:
+        """Stop where we are: no further stage is applied (what was applied stays)."""
+        if self._aborted is None:
+            self._aborted = command
+            self._audit("abort_requested", command.reason or "abort requested", actor=command.by)
+
+    @workflow.signal
+    def pause(self, command: Command) -> None:
+        if not self._paused:
+            self._paused = True
+            self._audit("paused", command.reason or "paused by operator", actor=command.by)
+
+    @workflow.signal
+    def resume(self, command: Command) -> None:
+        if self._paused:
+            self._paused = False
+            self._audit("resumed", command.reason or "resumed by operator", actor=command.by)
+
+    @workflow.signal
+    def revert_all_now(self, command: Command) -> None:
+        """Emergency: move every user back at once, skipping the remaining stages and the gate."""
+        if self._revert_all is None:
+            self._revert_all = command
+            self._audit("revert_all_requested", command.reason or "emergency revert of all users",
+                        actor=command.by)
+
+    @workflow.signal
+    def decision_refused(self, refusal: DecisionRefusal) -> None:
+        """A refused decision (validator said no) reported back by the client, so the audit has it."""
+        self._audit("decision_refused", f"{refusal.user} tried to {refusal.verdict.value}: {refusal.refusal}",
+                    actor=refusal.user, via=refusal.via, gate_id=refusal.gate_id)
+
+    @workflow.update
+    def decide(self, request: DecisionRequest) -> DecisionResult:
+        gate = self._status.gate
+        assert gate is not None  # the validator guarantees it
+        record = DecisionRecord(gate_id=gate.gate_id, user=request.user, verdict=request.verdict,
+                                reason=request.reason, via=request.via, at=workflow.now())
+        self._status.decisions.append(record)
+        self._audit("decision", f"{request.user} chose to {request.verdict.value} via {request.via}"
+                    + (f": {request.reason}" if request.reason else ""), actor=request.user,
+                    verdict=request.verdict.value, gate_id=gate.gate_id, via=request.via)
+        if request.verdict is Verdict.REJECT:
+            self._rejected = record
+            message = "rejected: no revert will happen"
+        else:
+            gate.approvals.append(request.user)
+            remaining = gate.quorum - len(gate.approvals)
+            message = "approved" if remaining <= 0 else f"approval recorded; {remaining} more needed"
+        return DecisionResult(accepted=True, gate_id=gate.gate_id, approvals=len(gate.approvals),
+                              quorum=gate.quorum, message=message)
+
+    @decide.validator
+    def _validate_decide(self, request: DecisionRequest) -> None:
+        gate = self._status.gate
+        if gate is None:
+            raise ValueError(f"no decision is open for this incident (phase: {self._status.phase.value})")
+        if request.gate_id and request.gate_id != gate.gate_id:
+            raise ValueError(f"stale decision: it was for {request.gate_id}, the open decision is {gate.gate_id}")
+        if any(d.user == request.user and d.gate_id == gate.gate_id for d in self._status.decisions):
+            raise ValueError(f"{request.user} has already decided on {gate.gate_id}")
+        if request.user not in gate.users and not set(request.groups) & set(gate.groups):
+            raise ValueError(f"{request.user} holds none of the roles that may decide here "
+                             f"({', '.join(gate.roles)})")
+
+    @workflow.query
+    def status(self) -> IncidentStatus:
+        self._status.paused = self._paused
+        return self._status
+
+    # --- the run -----------------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: RollbackInput) -> IncidentStatus:
+        pb = self._playbook
+        self._start_background()
+        self._audit("opened", f"incident opened for release {input.release} by playbook {pb.name} "
+                    f"(version {self._snapshot.version})", actor=input.started_by,
+                    playbook_hash=self._snapshot.content_hash, source=self._snapshot.source)
+        self._notify(MessageKind.OPENED)
+        try:
+            fairness = await self._confirm()
+            if fairness:
+                await self._investigate()
+            else:
+                await self._decide()
+            await self._revert()
+            await self._verify()
+        except _Stop as stop:
+            self._close(stop.outcome, stop.reason, stop.actor)
+            kind = {Outcome.DISMISSED: MessageKind.DISMISSED, Outcome.HALTED: MessageKind.HALTED,
+                    Outcome.PAUSED: MessageKind.PAUSED}.get(stop.outcome, MessageKind.COMPLETED)
+            self._notify(kind, reason=stop.reason)
+        if self._status.previous_percent > 0 or self._status.outcome in (Outcome.HALTED, Outcome.ABORTED):
+            await self._start_review()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._drain()
+        return self._status
+
+    def _check_abort(self) -> None:
+        if self._aborted is not None:
+            raise _Stop(Outcome.ABORTED, self._aborted.reason or "aborted by operator", self._aborted.by)
+
+    # 1. confirm ------------------------------------------------------------------------------------------
+
+    async def _confirm(self) -> bool:
+        """Poll until the breach is sustained (True when it is a fairness breach) or dismiss it as transient."""
+        conf = self._playbook.confirmation
+        if conf.immediate:
+            self._detected("confirmation window is zero: the alert is taken as confirmed")
+            return False
+        quality, fairness = quality_rule(self._playbook), fairness_rule(self._playbook)
+        names = set(quality.names) | set(fairness.names if fairness else [])
+        signals = [s for s in self._playbook.signals if s.name in names]
+        tracker = BreachTracker.for_confirmation(conf)
+        fair_tracker = BreachTracker.for_confirmation(conf)
+        polls = int(conf.window / conf.interval)
+        for poll in range(polls):
+            self._check_abort()
+            if self._revert_all is not None:
+                self._detected(f"confirmation cut short: {self._revert_all.by} requested an emergency revert")
+                return False
+            if self._resolved and conf.dismiss_on_resolved:
+                raise _Stop(Outcome.DISMISSED, "transient: the source alert resolved during confirmation")
+            observations = await self._poll(signals, poll, "confirm")
+            assessment = assess_poll(quality, observations)
+            tracker.record(assessment.verdict)
+            fair = assess_poll(fairness, observations) if fairness else None
+            if fair:
+                fair_tracker.record(fair.verdict)
+            self._audit("poll", f"poll {poll + 1}/{polls}: {assessment.verdict.value} ({assessment.describe()}); "
+                        f"{tracker.describe()}", poll=poll, verdict=assessment.verdict.value,
+                        observations=[o.model_dump(mode="json") for o in observations])
+            if fair and fair_tracker.sustained:
+                self._detected(f"fairness breach sustained: {', '.join(fair.breached)}; {fair_tracker.describe()}")
+                return True
+            if tracker.sustained:
+                self._detected(f"sustained breach: {tracker.describe()}")
+                return False
+            if poll + 1 < polls:
+                await workflow.wait_condition(
+                    lambda: self._aborted is not None or self._revert_all is not None
+                    or (self._resolved and conf.dismiss_on_resolved),
+                    timeout=conf.interval,
+                )
+        if self._resolved and conf.dismiss_on_resolved:
+            raise _Stop(Outcome.DISMISSED, "transient: the source alert resolved during confirmation")
+        raise _Stop(Outcome.DISMISSED, f"transient: {tracker.describe()} within the "
+                    f"{format_duration(conf.window)} window")
+
+    def _detected(self, reason: str) -> None:
+        self._status.detected_at = workflow.now()
+        self._audit("confirmed", reason)
+
+    # 2. decide -------------------------------------------------------------------------------------------
+
+    async def _decide(self) -> None:
+        decision = self._playbook.decision
+        self._status.phase = Phase.AWAITING_DECISION
+        if self._revert_all is not None:
+            self._decided(f"emergency revert requested by {self._revert_all.by}", self._revert_all.by)
+            return
+        if decision.mode is DecisionMode.DRY_RUN:
+            stages = " -> ".join(f"{s.percent:g}%" for s in self._playbook.rollback.stages)
+            targets = ", ".join(t.ref for t in self._playbook.rollback.targets)
+            self._audit("would_revert", f"dry run: would revert {targets} in stages {stages}")
+            raise _Stop(Outcome.WOULD_REVERT, f"dry run: would revert {targets} in stages {stages}")
+        if decision.mode is DecisionMode.AUTOMATIC:
+            self._decided("automatic playbook: no approval needed", "unship")
+            return
+        glass = decision.break_glass
+        if glass and self._max_severity and self._max_severity.rank >= glass.min_severity.rank:
+            self._decided(f"break-glass: alert severity {self._max_severity.value} is at least "
+                          f"{glass.min_severity.value}", "unship")
+            return
+        await self._gate("revert", decision.roles, decision.quorum, allow_default=True)
+
+    async def _gate(self, purpose: str, roles: list[str], quorum: int, allow_default: bool) -> None:
+        """Open a decision gate and wait for quorum, a rejection, an abort, escalation and the default."""
+        decision = self._playbook.decision
+        self._gate_seq += 1
+        users, groups = self._playbook.members(roles)
+        now = workflow.now()
+        gate = Gate(gate_id=f"gate-{self._gate_seq}", purpose=purpose, roles=list(roles), users=sorted(users),
+                    groups=sorted(groups), quorum=quorum, opened_at=now, deadline=now + decision.timeout)
+        self._status.gate = gate
+        self._rejected = None
+        self._audit("gate_opened", f"decision needed ({purpose}): {quorum} approval(s) from "
+                    f"{', '.join(roles)} within {format_duration(decision.timeout)}", gate_id=gate.gate_id,
+                    roles=roles, quorum=quorum)
+        self._notify(MessageKind.DECISION_REQUEST if purpose == "revert" else MessageKind.INVESTIGATION)
+
+        def settled() -> bool:
+            return (len(gate.approvals) >= gate.quorum or self._rejected is not None
+                    or self._aborted is not None or self._revert_all is not None)
+
+        if not await self._wait(settled, decision.timeout):
+            escalation = decision.escalation
+            if escalation:
+                gate.escalated = True
+                esc_users, esc_groups = self._playbook.members(escalation.roles)
+                gate.roles = sorted(set(gate.roles) | set(escalation.roles))
+                gate.users = sorted(set(gate.users) | esc_users)
+                gate.groups = sorted(set(gate.groups) | esc_groups)
+                gate.deadline = workflow.now() + escalation.timeout
+                self._status.phase = Phase.ESCALATED
+                mentions = sorted(esc_users) + sorted(esc_groups)
+                self._audit("escalated", f"no decision within {format_duration(decision.timeout)}: escalated to "
+                            f"{', '.join(escalation.roles)}", gate_id=gate.gate_id, mentions=mentions)
+                self._notify(MessageKind.ESCALATED,
+                             channel=escalation.channel or self._playbook.communications.escalation_channel,
+                             mentions=mentions, timeout=format_duration(escalation.timeout))
+                settled_now = await self._wait(settled, escalation.timeout)
+            else:
+                settled_now = False
+            if not settled_now:
+                action = decision.default_action if allow_default else DefaultAction.HOLD
+                self._audit("gate_timeout", f"no decision in time: default action {action.value}",
+                            gate_id=gate.gate_id, default_action=action.value)
+                if action is DefaultAction.REVERT:
+                    self._decided("default action after timeout: revert", "unship")
+                    return
+                if action is DefaultAction.DISMISS:
+                    raise _Stop(Outcome.DISMISSED, "no decision in time: the playbook's default is to dismiss")
+                gate.deadline = None
+                await self._wait(settled, None)
+        self._check_abort()
+        if self._rejected is not None:
+            r = self._rejected
+            outcome = Outcome.PAUSED if purpose == "investigation" else Outcome.REJECTED
+            raise _Stop(outcome, f"{r.user} rejected" + (f": {r.reason}" if r.reason else ""), r.user)
+        if self._revert_all is not None and len(gate.approvals) < gate.quorum:
+            self._decided(f"emergency revert requested by {self._revert_all.by}", self._revert_all.by)
+            return
+        self._decided(f"approved by {', '.join(gate.approvals)}", gate.approvals[-1])
+
+    async def _wait(self, condition, timeout: timedelta | None) -> bool:
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def _decided(self, reason: str, actor: str) -> None:
+        self._status.decided_at = workflow.now()
+        self._status.gate = None
+        self._audit("decided", f"revert decided: {reason}", actor=actor)
+        self._notify(MessageKind.DECIDED, reason=reason)
+
+    async def _investigate(self) -> None:
+        """A fairness breach: freeze, open an investigation, and revert only on an explicit decision."""
+        self._status.phase = Phase.INVESTIGATING
+        self._audit("frozen", "fairness signal breached: further rollout frozen, investigation opened; "
+                    "no revert without an explicit decision")
+        await self._freeze_release()
+        decision = self._playbook.decision
+        roles = decision.investigation_roles or decision.roles or list(self._playbook.roles)
+        await self._gate("investigation", roles, decision.quorum, allow_default=False)
+
+    async def _freeze_release(self) -> None:
+        target = release_id(self._playbook.name, self._status.release)
+        try:
+            await workflow.get_external_workflow_handle(target).signal(
+                "pause", Command(by="unship", reason="fairness breach under investigation"))
+            self._audit("release_frozen", f"paused the running re-release {target}")
+        except Exception:  # noqa: BLE001 - no release in flight is the normal case
+            pass
+
+    # 3. revert -------------------------------------------------------------------------------------------
+
+    async def _revert(self) -> None:
+        rollback = self._playbook.rollback
+        self._status.phase = Phase.REVERTING
+        self._status.stages = [StageProgress(index=i, percent=s.percent, status="pending")
+                               for i, s in enumerate(rollback.stages)]
+        for i, stage in enumerate(rollback.stages):
+            self._check_abort()
+            if self._revert_all is not None:
+                break
+            if self._paused:
+                self._status.phase = Phase.PAUSED
+                await workflow.wait_condition(
+                    lambda: not self._paused or self._aborted is not None or self._revert_all is not None)
+                self._status.phase = Phase.REVERTING
+                self._check_abort()
+                if self._revert_all is not None:
+                    break
+            await self._apply_stage(i, stage.percent, f"revert:{i}")
+            progress = self._status.stages[i]
+            progress.status = "baking"
+            await self._wait(lambda: self._aborted is not None or self._revert_all is not None, stage.bake)
+            if self._revert_all is not None:
+                progress.status = "verified" if stage.percent >= 100 else "superseded"
+                break
+            self._check_abort()
+            if stage.verify:
+                signals = [self._playbook.signal(n) for n in stage.verify]
+                observations = await self._poll(signals, i, "verify")
+                breached = [o for o in observations if o.measurement.value == "breach"]
+                unmeasured = [o.signal for o in observations if o.measurement.value == "no_data"]
+                if breached:
+                    progress.status = "failed"
+                    detail = ", ".join(f"{o.signal}={o.value:g} ({o.threshold})" for o in breached
+                                       if o.value is not None)
+                    self._audit("stage_failed", f"stage {i + 1} ({stage.percent:g}%) verification failed: {detail}",
+                                stage=i, observations=[o.model_dump(mode="json") for o in observations])
+                    if rollback.on_stage_failure is StageFailure.REVERT_ALL:
+                        self._revert_all = Command(by="unship", reason=f"stage {i + 1} failed verification")
+                        break
+                    raise _Stop(Outcome.HALTED, f"stage {i + 1} ({stage.percent:g}%) failed verification: {detail}; "
+                                f"{stage.percent:g}% of users stay on the previous model")
+                note = f"; not measured: {', '.join(unmeasured)}" if unmeasured else ""
+                self._audit("stage_verified", f"stage {i + 1} ({stage.percent:g}%) verified{note}", stage=i)
+            progress.status = "verified"
+        if self._revert_all is not None and self._status.previous_percent < 100:
+            await self._apply_stage(None, 100, "revert:all")
+            for progress in self._status.stages:
+                if progress.status == "pending":
+                    progress.status = "skipped"
+        self._status.full_revert_at = self._status.full_revert_at or workflow.now()
+
+    async def _apply_stage(self, index: int | None, percent: float, step: str) -> None:
+        label = f"stage {index + 1} ({percent:g}%)" if index is not None else f"all users ({percent:g}%)"
+        if index is not None:
+            self._status.stages[index].status = "applying"
+        try:
+            result = await self._apply(self._playbook.rollback.targets, percent, step)
+        except ActivityError as err:
+            self._audit("apply_failed", f"{label}: could not move users back: {_cause(err)}", step=step)
+            raise _Stop(Outcome.HALTED, f"{label} could not be applied: {_cause(err)}; a person must act") from None
+        now = workflow.now()
+        if index is not None:
+            self._status.stages[index].applied_at = now
+        self._status.first_revert_at = self._status.first_revert_at or now
+        if percent >= 100:
+            self._status.full_revert_at = now
+        states = {s.target: s.previous_percent for s in result.states}
+        self._audit("stage_applied", f"{label}: {percent:g}% of users on the previous model"
+                    + ("" if result.applied else " (already applied: nothing written)"),
+                    step=step, percent=percent, read_back=states, idempotency_key=f"{self._id}:{step}")
+        self._notify(MessageKind.STAGE, stage=label)
+
+    # 4. verify -------------------------------------------------------------------------------------------
+
+    async def _verify(self) -> None:
+        self._status.phase = Phase.VERIFYING
+        checks = list(self._playbook.integrity)
+        if not any(c.kind == "readback" for c in checks):
+            checks.insert(0, ReadbackCheck(name="readback"))
+        try:
+            result: IntegrityResult = await workflow.execute_activity(
+                "check_integrity",
+                IntegrityRequest(incident_id=self._id, release=self._status.release, checks=checks,
+                                 targets=self._playbook.rollback.targets,
+                                 expected_previous_percent=self._status.previous_percent),
+                result_type=IntegrityResult, start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=60), retry_policy=ACTION_RETRY,
+                schedule_to_close_timeout=timedelta(minutes=15),
+            )
+            self._status.integrity = result.results
+        except ActivityError as err:
+            self._audit("integrity_failed", f"integrity checks could not run: {_cause(err)}")
+            raise _Stop(Outcome.REVERTED_UNVERIFIED, f"users reverted, but integrity checks could not run: "
+                        f"{_cause(err)}") from None
+        for check in result.results:
+            self._audit("integrity_check", f"{check.name} ({check.kind}): {'passed' if check.passed else 'FAILED'}"
+                        f" - {check.evidence}", check=check.name, passed=check.passed)
+        if not result.passed:
+            failed = ", ".join(c.name for c in result.results if not c.passed)
+            raise _Stop(Outcome.REVERTED_UNVERIFIED, f"users reverted, but integrity checks failed: {failed}")
+        raise _Stop(Outcome.REVERTED, f"{self._status.previous_percent:g}% of users on the previous model; "
+                    f"{len(result.results)} integrity check(s) passed")
+
+    # 5. review -------------------------------------------------------------------------------------------
+
+    async def _start_review(self) -> None:
+        self._status.phase = Phase.CLOSED
+        # The run id keeps a later incident for the same release from colliding with a review still waiting
+        # on its purge deadline.
+        review_id = f"{self._id}:review:{workflow.info().run_id[:8]}"
+        try:
+            await workflow.start_child_workflow(
+                ReviewWorkflow.run,
+                ReviewInput(incident_id=self._id, snapshot=self._snapshot, status=self._status),
+                id=review_id,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            )
+            self._status.review_workflow_id = review_id
+            self._audit("review_started", f"post-incident review {review_id} started")
+        except Exception as err:  # noqa: BLE001 - e.g. a review of a previous run with this id still running
+            self._audit("review_failed", f"could not start the review workflow: {err}")
+
+
+__all__ = ["RollbackWorkflow"]
