@@ -1,0 +1,213 @@
+"""Post-rollback verification: is the world in the state the rollback intended?
+
+Each check yields a ``CheckResult`` with evidence, pass or fail. A check that cannot run (a timeout, a missing
+environment variable, a database that is not configured) is a failed result that says why, never an exception
+that would hide the other checks' evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import (
+    CheckResult,
+    FlagProvider,
+    IntegrityRequest,
+    IntegrityResult,
+    Measurement,
+    PollRequest,
+    SignalSource,
+)
+from playbooks.models import (
+    HttpCheck,
+    IntegrityCheck,
+    PromqlCheck,
+    ReadbackCheck,
+    Signal,
+    SignalCategory,
+    SqlCheck,
+)
+from playbooks.models import SignalSource as SourceSpec
+
+READBACK_TOLERANCE = 0.01
+
+
+class IntegrityChecker:
+    """Runs a playbook's integrity checks against the flag provider, HTTP endpoints, Prometheus and databases."""
+
+    def __init__(self, flags: FlagProvider, signals: SignalSource | None = None, http_timeout: float = 10.0,
+                 environ: dict[str, str] | None = None) -> None:
+        self.flags = flags
+        self.signals = signals
+        self.http_timeout = http_timeout
+        self._environ = environ
+
+    async def run(self, request: IntegrityRequest) -> IntegrityResult:
+        """Run every check (concurrently) and return all results in the playbook's order."""
+        results = await asyncio.gather(*(self._guarded(check, request) for check in request.checks))
+        return IntegrityResult(results=list(results))
+
+    async def _guarded(self, check: IntegrityCheck, request: IntegrityRequest) -> CheckResult:
+        try:
+            if isinstance(check, ReadbackCheck):
+                return await self.readback(check, request)
+            if isinstance(check, HttpCheck):
+                return await self.http(check)
+            if isinstance(check, PromqlCheck):
+                return await self.promql(check, request)
+            if isinstance(check, SqlCheck):
+                return await self.sql(check)
+            return CheckResult(name=check.name, kind=check.kind, passed=False, evidence="unknown check kind")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes evidence on the result
+            return CheckResult(name=check.name, kind=check.kind, passed=False,
+                               evidence=f"check could not run: {_describe(exc)}")
+
+    async def readback(self, check: ReadbackCheck, request: IntegrityRequest) -> CheckResult:
+        """Each target's split, read back, equals the intended share on the previous model."""
+        expected = request.expected_previous_percent
+        lines = []
+        passed = True
+        for target in request.targets:
+            try:
+                actual = await self.flags.get_previous_percent(target)
+            except Exception as exc:  # noqa: BLE001
+                passed = False
+                lines.append(f"{target.ref}: read failed: {_describe(exc)}")
+                continue
+            ok = actual is not None and abs(actual - expected) <= READBACK_TOLERANCE
+            passed = passed and ok
+            shown = "unknown" if actual is None else f"{actual:g}%"
+            lines.append(f"{target.ref}: {shown} on previous, expected {expected:g}% ({'ok' if ok else 'MISMATCH'})")
+        if not request.targets:
+            passed = False
+            lines.append("no targets to read back")
+        return CheckResult(name=check.name, kind=check.kind, passed=passed, evidence="; ".join(lines))
+
+    async def http(self, check: HttpCheck) -> CheckResult:
+        """GET the URL: the status must match, and the JSON answer must contain ``expect_json``."""
+        async with httpx.AsyncClient(timeout=self.http_timeout) as client:
+            try:
+                response = await client.get(check.url)
+            except httpx.HTTPError as exc:
+                return _fail(check, f"GET {check.url}: {type(exc).__name__}: {exc or 'no answer'}")
+        evidence = f"GET {check.url}: HTTP {response.status_code}"
+        if response.status_code != check.expect_status:
+            return _fail(check, f"{evidence}, expected {check.expect_status}; answer: {response.text[:200]!r}")
+        if check.expect_json is not None:
+            try:
+                body = response.json()
+            except ValueError:
+                return _fail(check, f"{evidence}, answer is not JSON: {response.text[:200]!r}")
+            differences = _json_differences(check.expect_json, body, "")
+            if differences:
+                return _fail(check, f"{evidence}; JSON differs: {'; '.join(differences[:5])}")
+            evidence += "; JSON matches"
+        return CheckResult(name=check.name, kind=check.kind, passed=True, evidence=evidence)
+
+    async def promql(self, check: PromqlCheck, request: IntegrityRequest) -> CheckResult:
+        """The query's value must not breach the threshold (no data fails: nothing was verified)."""
+        if self.signals is None:
+            return _fail(check, "no Prometheus is configured; set UNSHIP_PROMETHEUS_URL")
+        signal = Signal(
+            name=check.name,
+            category=SignalCategory.OPERATIONAL_HEALTH,
+            source=SourceSpec(type="prometheus", query=check.query),
+            threshold=check.threshold,
+        )
+        poll = PollRequest(incident_id=request.incident_id, release=request.release, signals=[signal], poll=0,
+                           phase="verify")
+        observation = await self.signals.observe(signal, poll)
+        evidence = f"{check.query} = {observation.value!s} (must not be {check.threshold})"
+        if observation.detail:
+            evidence += f"; {observation.detail}"
+        return CheckResult(name=check.name, kind=check.kind,
+                           passed=observation.measurement is Measurement.HEALTHY, evidence=evidence)
+
+    async def sql(self, check: SqlCheck) -> CheckResult:
+        """A read-only query whose first column of the first row must equal ``expect``."""
+        environ = self._environ if self._environ is not None else os.environ
+        dsn = environ.get(check.dsn_env)
+        if not dsn:
+            return _fail(check, f"environment variable {check.dsn_env} is not set; set it to the database URL")
+        if dsn.startswith("sqlite:///"):
+            path = Path(dsn[len("sqlite:///"):])
+            try:
+                value, found = await asyncio.to_thread(_sqlite_first_value, path, check.query)
+            except sqlite3.Error as exc:
+                return _fail(check, f"sqlite {path}: {type(exc).__name__}: {exc}")
+        elif dsn.startswith(("postgres://", "postgresql://")):
+            return _fail(check, f"{check.dsn_env} names a PostgreSQL database; PostgreSQL integrity checks are "
+                                "not configured in this version (sqlite:/// only)")
+        else:
+            scheme = dsn.split(":", 1)[0]
+            return _fail(check, f"{check.dsn_env} has unsupported scheme {scheme!r}; use sqlite:///path")
+        shown = repr(value) if found else "no rows"
+        passed = _equal(value, check.expect)
+        return CheckResult(name=check.name, kind=check.kind, passed=passed,
+                           evidence=f"{check.query.strip()} -> {shown}, expected {check.expect!r}")
+
+
+def _sqlite_first_value(path: Path, query: str) -> tuple[Any, bool]:
+    # mode=ro: the database is opened read-only by SQLite itself, whatever the query says.
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute(query).fetchone()
+    finally:
+        conn.close()
+    return (row[0], True) if row else (None, False)
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    if expected is None or actual is None:
+        return actual is expected
+    if isinstance(expected, bool):
+        if isinstance(actual, str):
+            return actual.strip().lower() in (("true", "t", "1") if expected else ("false", "f", "0"))
+        return bool(actual) is expected and actual in (0, 1)
+    if isinstance(expected, (int, float)):
+        if isinstance(actual, str):
+            try:
+                actual = float(actual)
+            except ValueError:
+                return False
+        if isinstance(actual, (int, float, Decimal)):
+            return math.isclose(float(actual), float(expected), rel_tol=1e-9, abs_tol=1e-9)
+        return False
+    return str(actual) == str(expected)
+
+
+def _json_differences(expected: Any, actual: Any, path: str) -> list[str]:
+    """Where ``actual`` fails to contain ``expected`` (dicts by subset, everything else by equality)."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{path or '$'}: expected an object, got {actual!r}"]
+        out: list[str] = []
+        for key, value in expected.items():
+            where = f"{path}.{key}" if path else key
+            if key not in actual:
+                out.append(f"{where}: missing")
+            else:
+                out.extend(_json_differences(value, actual[key], where))
+        return out
+    if expected != actual:
+        return [f"{path or '$'}: expected {expected!r}, got {actual!r}"]
+    return []
+
+
+def _fail(check: IntegrityCheck, evidence: str) -> CheckResult:
+    return CheckResult(name=check.name, kind=check.kind, passed=False, evidence=evidence)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApplicationError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,96 @@
+"""The SQLite incident store: idempotent writes, ordering, reviews, and data that survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from activities.contracts import AuditBatch, AuditEvent, IncidentRecord, IncidentStore, ReviewDocument
+from activities.store import SqliteIncidentStore, StoreConfigurationError, open_store
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def record(incident_id: str = "unship:chat:r42", phase: str = "confirming", minutes: int = 0,
+           outcome: str | None = None) -> IncidentRecord:
+    return IncidentRecord(incident_id=incident_id, playbook="chat", playbook_hash="abc123", release="r42",
+                          phase=phase, outcome=outcome, started_at=T0, updated_at=T0 + timedelta(minutes=minutes))
+
+
+def event(seq: int, message: str = "", kind: str = "note") -> AuditEvent:
+    return AuditEvent(seq=seq, at=T0 + timedelta(seconds=seq), kind=kind, actor="unship",
+                      message=message or f"event {seq}", data={"seq": seq, "nested": {"ok": True}})
+
+
+async def test_replayed_batches_do_not_duplicate_events(tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    assert isinstance(store, IncidentStore)
+    await store.write(AuditBatch(incident=record(), events=[event(1), event(2)]))
+    # A retried activity sends the same batch again; the next batch overlaps the previous one.
+    await store.write(AuditBatch(incident=record(), events=[event(1), event(2)]))
+    await store.write(AuditBatch(incident=record(phase="deciding", minutes=1), events=[event(2), event(3)]))
+
+    events = await store.events("unship:chat:r42")
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert events[0] == event(1)
+    [incident] = await store.incidents()
+    assert incident.phase == "deciding"
+
+
+async def test_a_late_older_batch_never_moves_the_incident_back(tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    await store.write(AuditBatch(incident=record(phase="closed", minutes=9, outcome="reverted"), events=[]))
+    await store.write(AuditBatch(incident=record(phase="reverting", minutes=5), events=[event(7)]))
+    [incident] = await store.incidents()
+    assert (incident.phase, incident.outcome) == ("closed", "reverted")
+    assert [e.seq for e in await store.events(incident.incident_id)] == [7]
+
+
+async def test_concurrent_writers_keep_every_event_once(tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    batches = [AuditBatch(incident=record(minutes=i), events=[event(i), event(i + 1)]) for i in range(30)]
+    await asyncio.gather(*(store.write(b) for b in batches + batches))
+    assert [e.seq for e in await store.events("unship:chat:r42")] == list(range(31))
+
+
+async def test_incidents_newest_first_with_limit(tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    for i in range(5):
+        await store.write(AuditBatch(incident=record(f"unship:chat:r{i}", minutes=i), events=[]))
+    assert [r.incident_id for r in await store.incidents(limit=3)] == ["unship:chat:r4", "unship:chat:r3",
+                                                                        "unship:chat:r2"]
+    assert await store.events("unknown") == []
+
+
+async def test_everything_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "unship.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.write(AuditBatch(incident=record(), events=[event(1, "alert received")]))
+    await store.save_review(ReviewDocument(incident_id="unship:chat:r42", markdown="# Review\n",
+                                           tasks=[{"title": "root cause", "owner": "ml-lead"}]))
+    await store.save_review(ReviewDocument(incident_id="unship:chat:r42", markdown="# Review v2\n"))
+
+    reopened = SqliteIncidentStore(path)
+    assert (await reopened.incidents())[0] == record()
+    assert (await reopened.events("unship:chat:r42"))[0].message == "alert received"
+    review = await reopened.review("unship:chat:r42")
+    assert review == ReviewDocument(incident_id="unship:chat:r42", markdown="# Review v2\n")
+    assert await reopened.review("unknown") is None
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/a.db"), SqliteIncidentStore)
+    assert open_store(f"sqlite:///{tmp_path}/a.db").path == tmp_path / "a.db"  # type: ignore[attr-defined]
+    assert open_store("sqlite:///rel/a.db").path == Path("rel/a.db")  # type: ignore[attr-defined]
+    with pytest.raises(StoreConfigurationError, match="PostgreSQL"):
+        open_store("postgresql://u@localhost/unship")
+    with pytest.raises(StoreConfigurationError, match="unsupported"):
+        open_store("mysql://localhost/unship")
+    with pytest.raises(StoreConfigurationError, match="names no file"):
+        open_store("sqlite:///")

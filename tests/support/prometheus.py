@@ -1,0 +1,185 @@
+"""A real Prometheus (the Debian package) scraping a tiny in-process exporter, for tests.
+
+``start_prometheus(tmp_dir, ["127.0.0.1:PORT"])`` runs the ``prometheus`` binary on a free 127.0.0.1 port,
+scraping the given targets every second, and waits until it is ready. ``MetricsExporter`` serves ``/metrics``
+values a test sets. ``wait_for`` polls a query until its answer is what the test needs (Prometheus shows the
+first scrape only after a few seconds, so tests poll instead of sleeping).
+
+Bootstrap once per machine: ``./dev bootstrap`` (or ``apt-get install -y prometheus``). Without the binary
+``start_prometheus`` raises with that hint, and tests FAIL.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BOOTSTRAP = "./dev bootstrap (or: DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus)"
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_prometheus(
+    tmp_dir: Path, scrape_targets: list[str], timeout: float = 60.0, extra_config: str = ""
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start Prometheus scraping ``scrape_targets`` (``host:port``) every 1s; returns ``(url, process)``.
+
+    Stop it with ``stop_prometheus(process)``. ``extra_config`` is appended to the YAML config (e.g. rule
+    files or alerting sections).
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError(f"the 'prometheus' binary is missing: run {BOOTSTRAP}")
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    targets = ", ".join(f"'{t}'" for t in scrape_targets)
+    config = tmp_dir / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: unship-test\n    scrape_interval: 1s\n    scrape_timeout: 1s\n"
+        f"    static_configs:\n      - targets: [{targets}]\n" + extra_config
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_dir / "prometheus.log", "wb")  # noqa: SIM115 - owned by the process for its lifetime
+    process = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_dir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", f"--web.external-url={url}", "--web.enable-lifecycle"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {process.returncode}: {_tail(tmp_dir / 'prometheus.log')}")
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                return url, process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop_prometheus(process)
+    raise RuntimeError(f"prometheus not ready after {timeout:g}s: {_tail(tmp_dir / 'prometheus.log')}")
+
+
+def stop_prometheus(process: subprocess.Popen[bytes]) -> None:
+    """Terminate the Prometheus started by ``start_prometheus`` (kill it if it does not stop in 10s)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-2000:]
+    except OSError:
+        return "(no log)"
+
+
+class MetricsExporter:
+    """An HTTP ``/metrics`` endpoint in a thread, serving the values set with ``set``.
+
+    ``exporter.set("unship_test_outputs", 120, {"release": "r1"})``; ``exporter.target`` is the ``host:port``
+    to scrape. ``stop()`` shuts it down.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._types: dict[str, str] = {}
+        self._lock = threading.Lock()
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = exporter.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def target(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def set(self, name: str, value: float, labels: dict[str, str] | None = None, kind: str = "gauge") -> None:
+        """Serve ``name{labels} value`` from now on (``kind``: gauge or counter)."""
+        with self._lock:
+            self._values[(name, tuple(sorted((labels or {}).items())))] = value
+            self._types[name] = kind
+
+    def remove(self, name: str) -> None:
+        """Stop serving every series of ``name``."""
+        with self._lock:
+            self._values = {k: v for k, v in self._values.items() if k[0] != name}
+            self._types.pop(name, None)
+
+    def render(self) -> str:
+        """The exposition text."""
+        with self._lock:
+            lines = [f"# TYPE {name} {kind}" for name, kind in sorted(self._types.items())]
+            for (name, labels), value in sorted(self._values.items()):
+                label_text = ",".join(f'{k}="{v}"' for k, v in labels)
+                lines.append(f"{name}{{{label_text}}} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def instant_query(url: str, query: str) -> dict[str, Any]:
+    """The raw ``/api/v1/query`` answer (for waiting and debugging)."""
+    return httpx.post(f"{url}/api/v1/query", data={"query": query}, timeout=5).json()
+
+
+def wait_for(url: str, query: str, ready: Callable[[list[Any]], bool] | None = None,
+             timeout: float = 60.0) -> list[Any]:
+    """Poll ``query`` until its result satisfies ``ready`` (default: non-empty); returns the result."""
+    check = ready or bool
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = instant_query(url, query)
+        result = (last.get("data") or {}).get("result") or []
+        if last.get("status") == "success" and check(result):
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{query!r} did not become ready within {timeout:g}s; last answer: {last}")
