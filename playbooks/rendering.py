@@ -1,0 +1,292 @@
+"""Render chat messages and the post-incident review from the Jinja2 templates in ``templates/``.
+
+Pure: the only thing read is the packaged templates. Undefined names are errors (StrictUndefined), so a typo
+in a template fails loudly instead of sending a message with a hole in it; optional context keys are
+written with ``| default(...)`` in the templates. Output is Slack mrkdwn / Markdown, so nothing is escaped.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+from playbooks.models import format_duration
+
+REVIEW_TEMPLATE = "review.md.j2"
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.j2$")
+
+
+def message_kinds() -> list[str]:
+    """The message kinds with a packaged template (the values of ``activities.contracts.MessageKind``)."""
+    folder = resources.files("playbooks") / "templates"
+    return sorted(
+        entry.name[: -len(".j2")] for entry in folder.iterdir()
+        if entry.name.endswith(".j2") and not entry.name.startswith("_") and entry.name != REVIEW_TEMPLATE
+    )
+
+
+def render_message(kind: str, context: dict[str, Any], overrides: dict[str, str] | None = None) -> str:
+    """The chat message for ``kind``; a playbook's template override for that kind wins over the packaged one.
+
+    Raises ValueError naming the kind when there is no template for it or the template fails to render.
+    """
+    override = (overrides or {}).get(kind)
+    try:
+        if override is not None:
+            template = _environment().from_string(override)
+        elif kind in message_kinds():
+            template = _environment().get_template(f"{kind}.j2")
+        else:
+            raise ValueError(f"no message template for kind {kind!r}; known kinds: {', '.join(message_kinds())}")
+        return _tidy(template.render(**context))
+    except jinja2.TemplateError as exc:
+        origin = "the playbook's override" if override is not None else f"templates/{kind}.j2"
+        raise ValueError(f"message template {kind!r} ({origin}) failed: {_describe(exc)}") from exc
+
+
+def render_review(status: dict[str, Any], template: str | None = None,
+                  playbook: dict[str, Any] | None = None) -> str:
+    """The post-incident review (Markdown) for a closed incident.
+
+    ``status`` is ``IncidentStatus.model_dump(mode="json")``; its ``playbook`` key may hold the Playbook dump
+    (as the review workflow sends it) or just the name, with the dump passed as ``playbook``. Optional keys
+    ``review_tasks`` (title, owner, owners, due) and ``deadlines`` (what, at) are used when present and
+    derived from the playbook otherwise. ``template`` is a packaged template name (``review.md.j2``) or the
+    text of a template.
+    """
+    context = _review_context(status, playbook)
+    name = template or REVIEW_TEMPLATE
+    try:
+        if _TEMPLATE_NAME.match(name):
+            if name not in _packaged_templates():
+                raise ValueError(f"no review template named {name!r}; packaged: {REVIEW_TEMPLATE}")
+            compiled = _environment().get_template(name)
+        else:
+            compiled = _environment().from_string(name)
+        return _tidy(compiled.render(**context)) + "\n"
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"review template {name if _TEMPLATE_NAME.match(name) else '(inline)'} failed: "
+                         f"{_describe(exc)}") from exc
+
+
+def template_error(text: str) -> tuple[int, str] | None:
+    """Where and why a template does not compile (1-based line within ``text``), or None when it does."""
+    try:
+        _environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        return exc.lineno or 1, exc.message or "syntax error"
+    return None
+
+
+def review_templates() -> list[str]:
+    """The packaged review document templates a playbook's ``review.template`` may name."""
+    return sorted(name for name in _packaged_templates() if name.startswith("review"))
+
+
+# --- environment ---------------------------------------------------------------------------------------------
+
+
+@cache
+def _packaged_templates() -> frozenset[str]:
+    folder = resources.files("playbooks") / "templates"
+    return frozenset(entry.name for entry in folder.iterdir() if entry.name.endswith(".j2"))
+
+
+def _load(name: str) -> str | None:
+    if name not in _packaged_templates():
+        return None
+    return (resources.files("playbooks") / "templates" / name).read_text(encoding="utf-8")
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    env.filters.update(
+        mention=mention, when=when, duration=duration, num=num, pct=pct, cell=cell, verdict_icon=verdict_icon,
+    )
+    return env
+
+
+def _describe(exc: jinja2.TemplateError) -> str:
+    line = getattr(exc, "lineno", None)
+    return f"{type(exc).__name__} at line {line}: {exc.message}" if line else f"{type(exc).__name__}: {exc.message}"
+
+
+def _tidy(text: str) -> str:
+    """No runs of blank lines and no trailing spaces, whatever the optional sections left out."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out)
+
+
+# --- filters -----------------------------------------------------------------------------------------------
+
+
+def mention(who: Any) -> str:
+    """A Slack mention: ``U…``/``W…`` users as ``<@U…>``, ``S…`` user groups as ``<!subteam^S…>``, else ``@name``."""
+    text = str(who)
+    if re.fullmatch(r"[UW][A-Z0-9]{6,}", text):
+        return f"<@{text}>"
+    if re.fullmatch(r"S[A-Z0-9]{6,}", text):
+        return f"<!subteam^{text}>"
+    if text.startswith(("@", "#", "<")):
+        return text
+    return f"@{text}"
+
+
+def when(value: Any) -> str:
+    """An ISO timestamp as ``2025-03-04 10:15:07 UTC``; anything else unchanged ('—' for nothing)."""
+    if value is None or value == "":
+        return "—"
+    moment = _parse_time(value)
+    if moment is None:
+        return str(value)
+    suffix = " UTC" if moment.utcoffset() == timedelta(0) else moment.strftime(" %z")
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + suffix
+
+
+def duration(value: Any) -> str:
+    """Seconds (or a timedelta) as ``1h30m``; None as '—'."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    try:
+        return format_duration(timedelta(seconds=float(value)))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def num(value: Any) -> str:
+    """A measured value, compactly (``0.0123``, ``41.7``); None as 'no data'."""
+    if value is None:
+        return "no data"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def pct(value: Any) -> str:
+    """A share of users: ``50%``, ``12.5%``."""
+    if value is None:
+        return "—"
+    try:
+        return f"{float(value):g}%"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def cell(value: Any) -> str:
+    """Text safe inside a Markdown table cell (no pipes, no line breaks)."""
+    if value is None:
+        return ""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def verdict_icon(verdict: Any) -> str:
+    return {"approve": ":white_check_mark:", "reject": ":x:"}.get(str(verdict), ":grey_question:")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+# --- the review context ------------------------------------------------------------------------------------------
+
+
+def _review_context(status: dict[str, Any], playbook: dict[str, Any] | None) -> dict[str, Any]:
+    """The status plus what the review derives from it: durations, per-signal summary, tasks, deadlines."""
+    context = dict(status)
+    spec = playbook if playbook is not None else status.get("playbook")
+    spec = spec if isinstance(spec, dict) else {}
+    context["spec"] = spec
+    context["playbook_name"] = spec.get("name") or str(status.get("playbook") or "?")
+    started = _parse_time(status.get("started_at"))
+
+    def since(start_key: str, end_key: str) -> float | None:
+        start, end = _parse_time(status.get(start_key)), _parse_time(status.get(end_key))
+        return (end - start).total_seconds() if start and end else None
+
+    context["durations"] = [
+        {"what": label, "seconds": since(a, b)}
+        for label, a, b in (
+            ("Alert to confirmed breach", "started_at", "detected_at"),
+            ("Confirmed breach to decision", "detected_at", "decided_at"),
+            ("Alert to first users moved back", "started_at", "first_revert_at"),
+            ("Alert to all users moved back", "started_at", "full_revert_at"),
+            ("Alert to incident closed", "started_at", "closed_at"),
+        )
+    ]
+    context["signal_summary"] = _signal_summary(status.get("evidence") or [], spec)
+    context["timeline"] = sorted(status.get("audit") or [], key=lambda e: (str(e.get("at", "")), e.get("seq", 0)))
+    roles = spec.get("roles") or {}
+    review = spec.get("review") or {}
+    tasks = status.get("review_tasks")
+    if isinstance(tasks, list):
+        tasks = [dict(t) for t in tasks if isinstance(t, dict)]
+    else:
+        tasks = [
+            {"title": t.get("title", ""), "owner": t.get("owner", ""),
+             "owners": sorted((roles.get(t.get("owner")) or {}).get("users") or []),
+             "due": (started + timedelta(seconds=float(t.get("due") or 0))).isoformat() if started else None}
+            for t in review.get("tasks") or []
+        ]
+    for task in tasks:
+        role = roles.get(task.get("owner")) or {}
+        task.setdefault("owners", role.get("users") or [])
+        task.setdefault("groups", role.get("groups") or [])
+    context["review_tasks"] = tasks
+    deadlines = status.get("deadlines")
+    if not isinstance(deadlines, list):
+        deadlines = []
+        for key, what in (("regulatory_report_due", "regulatory_report_due"), ("purge_outputs_after", "purge_due")):
+            if review.get(key) is not None and started:
+                at = started + timedelta(seconds=float(review[key]))
+                deadlines.append({"what": what, "at": at.isoformat()})
+    context["deadlines"] = deadlines
+    return context
+
+
+def _signal_summary(evidence: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per signal: how often it was polled and breached, its worst and last values."""
+    directions = {s.get("name"): (s.get("threshold") or {}).get("direction", "above") for s in spec.get("signals") or []}
+    rows: dict[str, dict[str, Any]] = {}
+    for obs in evidence:
+        name = str(obs.get("signal", "?"))
+        row = rows.setdefault(name, {"signal": name, "category": obs.get("category", ""), "polls": 0,
+                                     "breaches": 0, "no_data": 0, "worst": None, "last": None,
+                                     "threshold": obs.get("threshold", ""), "detail": ""})
+        row["polls"] += 1
+        measurement = obs.get("measurement")
+        row["breaches"] += measurement == "breach"
+        row["no_data"] += measurement == "no_data"
+        value = obs.get("value")
+        row["last"] = value
+        if obs.get("detail"):
+            row["detail"] = obs["detail"]
+        if isinstance(value, (int, float)):
+            worse = max if directions.get(name, "above") == "above" else min
+            row["worst"] = value if row["worst"] is None else worse(row["worst"], value)
+    return list(rows.values())
