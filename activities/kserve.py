@@ -1,0 +1,176 @@
+"""KServe InferenceService canary traffic as a ``FlagProvider``, through the Kubernetes API.
+
+Model: the InferenceService ``target.key`` (``serving.kserve.io/v1beta1``) in namespace
+``target.namespace or "default"``, in Serverless (Knative) mode. The **candidate** is the predictor's latest
+revision; the **previous** model is every other revision that gets traffic (the last rolled-out one while a
+canary is in flight, ``previousRolledoutRevision`` after a promotion). So:
+
+- write: a JSON merge patch of ``spec.predictor.canaryTrafficPercent = 100 - previous_percent`` (a whole number,
+  rounded half up), with ``metadata.resourceVersion`` for optimistic concurrency (409 is retried). At 100%
+  previous this is ``canaryTrafficPercent: 0``, which pins all traffic to the last good revision (KServe's
+  documented roll back); at 0% it is 100 (promotion).
+- read: ``status.components.predictor.traffic``: the percent of entries that are not ``latestRevision``.
+- after writing, wait (heartbeating) until the controller has observed the new generation and the status
+  traffic shows the split; if it does not within ``settle_timeout`` the activity fails retryably with the
+  predictor's not-ready conditions in the message. Writing is skipped when the spec already asks for it.
+
+Connection: the Kubernetes API base URL with a bearer token and optional CA file (``KServeProvider.in_cluster()``
+reads the service-account mount). RBAC needs ``get`` and ``patch`` on ``inferenceservices`` in
+``serving.kserve.io``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from activities.errors import configuration_error
+from activities.http_providers import DEFAULT_TIMEOUT, heartbeat, json_body, readback_mismatch, segment, send
+from playbooks.models import Target
+
+SYSTEM = "KServe"
+DEFAULT_NAMESPACE = "default"
+MERGE_PATCH = "application/merge-patch+json"
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def canary_percent(previous_percent: float) -> int:
+    """``canaryTrafficPercent`` for a share on the previous model (whole numbers, rounded half up)."""
+    return int(math.floor(100.0 - previous_percent + 0.5))
+
+
+def predictor_status(isvc: dict[str, Any]) -> dict[str, Any]:
+    return ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
+
+
+def previous_share(isvc: dict[str, Any]) -> float | None:
+    """Percent of predictor traffic on revisions other than the latest; ``None`` before traffic is known."""
+    traffic = predictor_status(isvc).get("traffic")
+    if not traffic:
+        return None
+    return float(sum(entry.get("percent") or 0 for entry in traffic if not entry.get("latestRevision")))
+
+
+def _settled(isvc: dict[str, Any], previous: float) -> bool:
+    generation = (isvc.get("metadata") or {}).get("generation")
+    observed = (isvc.get("status") or {}).get("observedGeneration")
+    if generation is not None and observed is not None and observed < generation:
+        return False
+    share = previous_share(isvc)
+    return share is not None and math.isclose(share, previous)
+
+
+def _not_ready(isvc: dict[str, Any]) -> str:
+    conditions = (isvc.get("status") or {}).get("conditions") or []
+    bad = [f"{c.get('type')}: {c.get('message') or c.get('reason') or c.get('status')}"
+           for c in conditions if c.get("status") != "True"]
+    return "; ".join(bad) or "no condition reports a problem"
+
+
+class KServeProvider:
+    """Moves an InferenceService's predictor traffic between its previous and latest revisions."""
+
+    system = SYSTEM
+
+    def __init__(
+        self,
+        api_url: str | None,
+        token: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        *,
+        ca_file: str | None = None,
+        settle_timeout: float = 120.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if not api_url:
+            raise configuration_error(SYSTEM, "settings", "no Kubernetes API URL is configured")
+        self._base = api_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._settle_timeout = settle_timeout
+        self._poll_interval = poll_interval
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, verify=ca_file or True)
+
+    @classmethod
+    def in_cluster(cls, **kwargs: Any) -> KServeProvider:
+        """Connect as the pod's service account (token and CA from the standard mount)."""
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        token_file = SERVICE_ACCOUNT / "token"
+        if not host or not token_file.exists():
+            raise configuration_error(SYSTEM, "settings", "not running in a Kubernetes pod with a service account; "
+                                                          "configure the Kubernetes API URL and token instead")
+        return cls(f"https://{host}:{port}", token_file.read_text().strip(),
+                   ca_file=str(SERVICE_ACCOUNT / "ca.crt"), **kwargs)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    @staticmethod
+    def _obj(target: Target) -> str:
+        return f"InferenceService {target.namespace or DEFAULT_NAMESPACE}/{target.key}"
+
+    def _url(self, target: Target) -> str:
+        namespace = target.namespace or DEFAULT_NAMESPACE
+        return (f"{self._base}/apis/serving.kserve.io/v1beta1/namespaces/{segment(namespace)}"
+                f"/inferenceservices/{segment(target.key)}")
+
+    async def _get(self, target: Target) -> dict[str, Any]:
+        obj = self._obj(target)
+        body = json_body(SYSTEM, obj, await send(self._client, SYSTEM, obj, "GET", self._url(target),
+                                                  headers=self._headers))
+        if not isinstance(body, dict) or body.get("kind") not in (None, "InferenceService"):
+            raise configuration_error(SYSTEM, obj, "the answer is not an InferenceService; check the API URL")
+        return body
+
+    async def get_previous_percent(self, target: Target) -> float | None:
+        return previous_share(await self._get(target))
+
+    async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
+        obj = self._obj(target)
+        canary = canary_percent(percent)
+        wanted = float(100 - canary)
+        isvc = await self._get(target)
+        predictor_spec = ((isvc.get("spec") or {}).get("predictor")) or {}
+        asked = predictor_spec.get("canaryTrafficPercent")
+        asked = 100 if asked is None else asked
+        status = predictor_status(isvc)
+        latest = status.get("latestReadyRevision") or status.get("latestCreatedRevision")
+        rolled_out = status.get("latestRolledoutRevision")
+        fallback = rolled_out if rolled_out and rolled_out != latest else status.get("previousRolledoutRevision")
+        if canary < 100 and not fallback:
+            raise configuration_error(SYSTEM, obj, "there is no previous rolled-out revision to send traffic "
+                                                   "back to; redeploy the previous model's predictor spec instead")
+        if asked == canary and _settled(isvc, wanted):
+            return False
+        wrote = False
+        if asked != canary:
+            patch = {
+                "metadata": {"resourceVersion": (isvc.get("metadata") or {}).get("resourceVersion")},
+                "spec": {"predictor": {"canaryTrafficPercent": canary}},
+            }
+            if patch["metadata"]["resourceVersion"] is None:
+                del patch["metadata"]
+            await send(self._client, SYSTEM, obj, "PATCH", self._url(target), json=patch,
+                       headers={**self._headers, "Content-Type": MERGE_PATCH})
+            wrote = True
+        await self._wait_settled(target, wanted)
+        return wrote
+
+    async def _wait_settled(self, target: Target, wanted: float) -> None:
+        deadline = time.monotonic() + self._settle_timeout
+        while True:
+            isvc = await self._get(target)
+            if _settled(isvc, wanted):
+                return
+            if time.monotonic() >= deadline:
+                raise readback_mismatch(SYSTEM, f"{self._obj(target)} ({_not_ready(isvc)})", wanted,
+                                        previous_share(isvc))
+            heartbeat(f"waiting for {self._obj(target)} to send {wanted:g}% to the previous revision")
+            await asyncio.sleep(self._poll_interval)

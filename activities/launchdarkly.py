@@ -1,0 +1,229 @@
+"""LaunchDarkly as a ``FlagProvider``, through the REST API v2 and semantic patch.
+
+Model: the flag ``target.key`` in project ``target.project or "default"`` and environment
+``target.environment or "production"``. ``previous_variant`` / ``candidate_variant`` name two of the flag's
+variations (matched by variation ``name``, else by its value as text). The cohort split is the environment's
+**fallthrough** (the users no targeting rule matches): a percentage rollout with weights in thousandths,
+``previous = round(percent * 1000)`` and ``candidate = 100000 - previous``. The rollout's ``bucketBy`` and
+context kind are kept, and with two weighted variations LaunchDarkly's bucketing is monotone, so a user moved
+back stays back while the previous share grows. Individual targets and rules are left alone.
+
+- A flag that is off serves its off variation to everyone: reading gives 100% when that is the previous
+  variation. Writing a share below 100% to a flag that is off also turns it on (same semantic patch).
+- ``turn_off_at_full_revert=True`` also turns the flag off at 100% (a kill switch); this needs the flag's off
+  variation to be the previous one.
+
+Errors: 429 is retried after ``X-Ratelimit-Reset`` (ms since the epoch) or ``Retry-After``; 405 means the
+environment requires an approval for this change: never retried, a person must request/apply it in
+LaunchDarkly. 409 (concurrent update) and 5xx are retried.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from temporalio.exceptions import ApplicationError
+
+from activities.errors import configuration_error, http_failure
+from activities.http_providers import (
+    DEFAULT_TIMEOUT,
+    json_body,
+    readback_mismatch,
+    same_percent,
+    segment,
+    send,
+)
+from playbooks.models import Target
+
+SYSTEM = "LaunchDarkly"
+API_VERSION = "20240415"
+SEMANTIC_PATCH = "application/json; domain-model=launchdarkly.semanticpatch"
+DEFAULT_PROJECT = "default"
+DEFAULT_ENVIRONMENT = "production"
+TOTAL_WEIGHT = 100_000
+
+
+def rate_limit_delay(response: httpx.Response, now: float | None = None) -> timedelta | None:
+    """How long to wait after a 429: ``X-Ratelimit-Reset`` (epoch ms) first, then ``Retry-After`` (s)."""
+    reset = response.headers.get("X-Ratelimit-Reset")
+    if reset:
+        try:
+            seconds = float(reset) / 1000.0 - (time.time() if now is None else now)
+            return timedelta(seconds=max(seconds, 0.0))
+        except ValueError:
+            pass
+    after = response.headers.get("Retry-After")
+    if after:
+        try:
+            return timedelta(seconds=max(float(after), 0.0))
+        except ValueError:
+            return None
+    return None
+
+
+def launchdarkly_failure(system: str, obj: str, response: httpx.Response) -> ApplicationError:
+    """``http_failure`` plus LaunchDarkly's rate-limit reset header and its meaning of 405."""
+    if response.status_code == 405:
+        return ApplicationError(
+            f"{system}: {obj}: HTTP 405: approval required in that environment; request an approval for this "
+            f"change in LaunchDarkly (or have an approver apply it) - unship will not retry "
+            f"(answer: {response.text[:300].strip()})",
+            type=f"{system}.approval_required",
+            non_retryable=True,
+        )
+    error = http_failure(system, obj, response)
+    if response.status_code == 429:
+        delay = rate_limit_delay(response)
+        return ApplicationError(error.message, type=error.type, non_retryable=False,
+                                next_retry_delay=delay if delay else None)
+    return error
+
+
+def _variation_index(variations: list[dict[str, Any]], wanted: str) -> int | None:
+    for index, variation in enumerate(variations):
+        if variation.get("name") == wanted:
+            return index
+    for index, variation in enumerate(variations):
+        value = variation.get("value")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if text == wanted:
+            return index
+    return None
+
+
+def previous_share(environment: dict[str, Any], previous_index: int) -> float | None:
+    """The share (0..100) of fallthrough users served the variation at ``previous_index``."""
+    if not environment.get("on", False):
+        off = environment.get("offVariation")
+        return None if off is None else (100.0 if off == previous_index else 0.0)
+    fallthrough = environment.get("fallthrough") or {}
+    rollout = fallthrough.get("rollout")
+    if rollout:
+        weights = {v.get("variation"): v.get("weight", 0) for v in rollout.get("variations", [])}
+        return weights.get(previous_index, 0) * 100.0 / TOTAL_WEIGHT
+    if fallthrough.get("variation") is not None:
+        return 100.0 if fallthrough["variation"] == previous_index else 0.0
+    return None
+
+
+class LaunchDarklyProvider:
+    """Moves the fallthrough rollout of a LaunchDarkly flag between its previous and candidate variations."""
+
+    system = SYSTEM
+
+    def __init__(
+        self,
+        api_token: str | None,
+        url: str = "https://app.launchdarkly.com",
+        client: httpx.AsyncClient | None = None,
+        *,
+        turn_off_at_full_revert: bool = False,
+    ) -> None:
+        if not api_token:
+            raise configuration_error(
+                SYSTEM, "settings", "no LaunchDarkly access token is configured; set UNSHIP_LAUNCHDARKLY_API_TOKEN"
+            )
+        self._base = url.rstrip("/")
+        self._headers = {"Authorization": api_token, "LD-API-Version": API_VERSION}
+        self._kill_switch = turn_off_at_full_revert
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    @staticmethod
+    def _where(target: Target) -> tuple[str, str]:
+        return target.project or DEFAULT_PROJECT, target.environment or DEFAULT_ENVIRONMENT
+
+    def _obj(self, target: Target) -> str:
+        project, environment = self._where(target)
+        return f"flag {target.key!r} (project {project!r}, environment {environment!r})"
+
+    def _url(self, target: Target) -> str:
+        project, _ = self._where(target)
+        return f"{self._base}/api/v2/flags/{segment(project)}/{segment(target.key)}"
+
+    async def _flag(self, target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The flag and its environment's settings."""
+        obj = self._obj(target)
+        _, environment = self._where(target)
+        response = await send(self._client, SYSTEM, obj, "GET", self._url(target), params={"env": environment},
+                              headers=self._headers, failure=launchdarkly_failure)
+        flag = json_body(SYSTEM, obj, response)
+        env = (flag.get("environments") or {}).get(environment) if isinstance(flag, dict) else None
+        if not isinstance(env, dict):
+            raise configuration_error(SYSTEM, obj, f"the flag has no environment {environment!r}; "
+                                                   "check the target's environment key")
+        return flag, env
+
+    def _indexes(self, target: Target, flag: dict[str, Any]) -> tuple[int, int]:
+        variations = flag.get("variations") or []
+        found = []
+        for role, name in (("previous_variant", target.previous_variant),
+                           ("candidate_variant", target.candidate_variant)):
+            index = _variation_index(variations, name)
+            if index is None:
+                known = ", ".join(repr(v.get("name") or v.get("value")) for v in variations)
+                raise configuration_error(SYSTEM, self._obj(target), f"{role} {name!r} is not a variation of the "
+                                                                     f"flag (it has {known}); fix the playbook")
+            found.append(index)
+        if found[0] == found[1]:
+            raise configuration_error(SYSTEM, self._obj(target),
+                                      "previous_variant and candidate_variant name the same variation")
+        return found[0], found[1]
+
+    async def get_previous_percent(self, target: Target) -> float | None:
+        flag, env = await self._flag(target)
+        previous, _ = self._indexes(target, flag)
+        return previous_share(env, previous)
+
+    async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
+        obj = self._obj(target)
+        _, environment = self._where(target)
+        flag, env = await self._flag(target)
+        previous, candidate = self._indexes(target, flag)
+        weight = round(percent * TOTAL_WEIGHT / 100)
+        wanted = weight * 100.0 / TOTAL_WEIGHT
+        turn_off = self._kill_switch and weight == TOTAL_WEIGHT
+        if turn_off and env.get("offVariation") != previous:
+            raise configuration_error(SYSTEM, obj, "cannot turn the flag off to revert: its off variation is not "
+                                                   f"{target.previous_variant!r}; fix the off variation or the playbook")
+        current = previous_share(env, previous)
+        is_on = bool(env.get("on"))
+        if same_percent(current, wanted) and not (turn_off and is_on):
+            return False
+
+        variations = flag["variations"]
+        instructions: list[dict[str, Any]] = []
+        if not is_on and not turn_off:
+            instructions.append({"kind": "turnFlagOn"})
+        rollout = {
+            "kind": "updateFallthroughVariationOrRollout",
+            "rolloutWeights": {variations[previous]["_id"]: weight, variations[candidate]["_id"]: TOTAL_WEIGHT - weight},
+        }
+        existing = (env.get("fallthrough") or {}).get("rollout") or {}
+        if existing.get("bucketBy"):
+            rollout["rolloutBucketBy"] = existing["bucketBy"]
+        if existing.get("contextKind"):
+            rollout["rolloutContextKind"] = existing["contextKind"]
+        instructions.append(rollout)
+        if turn_off and is_on:
+            instructions.append({"kind": "turnFlagOff"})
+        body = {
+            "environmentKey": environment,
+            "comment": f"unship {idempotency_key}: {wanted:g}% back to {target.previous_variant}",
+            "instructions": instructions,
+        }
+        await send(self._client, SYSTEM, obj, "PATCH", self._url(target), json=body,
+                   headers={**self._headers, "Content-Type": SEMANTIC_PATCH}, failure=launchdarkly_failure)
+
+        _, env = await self._flag(target)
+        seen = previous_share(env, previous)
+        if not same_percent(seen, wanted) or (turn_off and env.get("on")):
+            raise readback_mismatch(SYSTEM, obj, wanted, seen)
+        return True

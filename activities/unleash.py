@@ -1,0 +1,207 @@
+"""Unleash (self-hosted or cloud) as a ``FlagProvider``, through its Admin API.
+
+Model: the flag ``target.key`` in project ``target.project or "default"`` and environment
+``target.environment or "development"``; a user for whom the flag is **enabled** gets the candidate model,
+everyone else the previous one. The cohort on the candidate is the rollout percentage of the environment's one
+*unconstrained* ``flexibleRollout`` strategy (no constraints, no segments), the one unship manages:
+
+- ``rollout = 100 - previous_percent`` (Unleash rollouts are whole percentages: the value is rounded half up).
+- Its ``stickiness`` and ``groupId`` are never changed, so a user moved back to the previous model stays back
+  while the rollout decreases. When the environment has no such strategy, unship creates one titled
+  ``unship cohort`` with stickiness ``userId`` and ``groupId`` = the flag key.
+- Strategies with constraints or segments (e.g. "internal users always get the candidate") are left alone;
+  they are outside the split unship controls. Two active unconstrained strategies, or one that is not a
+  flexibleRollout, make the split ambiguous: writing fails with a non-retryable error asking a person to
+  remove the extra strategy, and reading gives ``None``.
+- A disabled environment means everyone is on the previous model (100%). At 100% unship writes rollout 0 and
+  keeps the environment on (so the next step of a re-release keeps the same buckets); with
+  ``disable_environment_at_full_revert=True`` it also turns the environment off (a kill switch).
+- Enabling an environment happens only after an enabled unship strategy exists: Unleash turns an environment
+  with no enabled strategy on by auto-creating a 100% default strategy, which would send everyone to the
+  candidate.
+
+Auth: ``Authorization: <admin or service-account token>``. Unleash has no idempotency keys; writes are
+absolute (read, write only when different, read back).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+
+from activities.errors import configuration_error
+from activities.http_providers import (
+    DEFAULT_TIMEOUT,
+    json_body,
+    readback_mismatch,
+    same_percent,
+    segment,
+    send,
+)
+from playbooks.models import Target
+
+SYSTEM = "Unleash"
+STRATEGY_TITLE = "unship cohort"
+DEFAULT_PROJECT = "default"
+DEFAULT_ENVIRONMENT = "development"
+
+
+def whole_rollout(previous_percent: float) -> int:
+    """The flexibleRollout percentage on the candidate, rounded half up (Unleash takes whole numbers)."""
+    return int(math.floor(100.0 - previous_percent + 0.5))
+
+
+def _unconstrained(strategy: dict[str, Any]) -> bool:
+    return not strategy.get("constraints") and not strategy.get("segments")
+
+
+def _active(strategy: dict[str, Any]) -> bool:
+    return not strategy.get("disabled")
+
+
+class _Ambiguous(Exception):
+    pass
+
+
+def _managed(strategies: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The strategy unship moves; ``None`` when there is none yet. Raises ``_Ambiguous`` when unclear."""
+    unconstrained = [s for s in strategies if _unconstrained(s)]
+    active = [s for s in unconstrained if _active(s)]
+    if len(active) > 1:
+        names = ", ".join(f"{s.get('name')} {s.get('id')}" for s in active)
+        raise _Ambiguous(f"it has {len(active)} active strategies without constraints ({names})")
+    if active:
+        if active[0].get("name") != "flexibleRollout":
+            raise _Ambiguous(f"its unconstrained strategy {active[0].get('id')} is "
+                             f"{active[0].get('name')!r}, not a flexibleRollout")
+        return active[0]
+    disabled = [s for s in unconstrained if s.get("name") == "flexibleRollout"]
+    titled = [s for s in disabled if s.get("title") == STRATEGY_TITLE]
+    return (titled or disabled or [None])[0]
+
+
+def _rollout_of(strategy: dict[str, Any]) -> int | None:
+    try:
+        return int(float(str(strategy.get("parameters", {}).get("rollout"))))
+    except ValueError:
+        return None
+
+
+def previous_share(environment: dict[str, Any]) -> float | None:
+    """The share (0..100) of users on the previous model, from a feature-environment document."""
+    if not environment.get("enabled"):
+        return 100.0
+    try:
+        strategy = _managed(environment.get("strategies") or [])
+    except _Ambiguous:
+        return None
+    if strategy is None or not _active(strategy):
+        return None
+    rollout = _rollout_of(strategy)
+    return None if rollout is None else float(100 - rollout)
+
+
+class UnleashProvider:
+    """Moves users between a flag's previous (disabled) and candidate (enabled) cohorts in Unleash."""
+
+    system = SYSTEM
+
+    def __init__(
+        self,
+        url: str | None,
+        api_token: str | None,
+        client: httpx.AsyncClient | None = None,
+        *,
+        disable_environment_at_full_revert: bool = False,
+    ) -> None:
+        if not url:
+            raise configuration_error(SYSTEM, "settings", "no Unleash URL is configured; set UNSHIP_UNLEASH_URL")
+        if not api_token:
+            raise configuration_error(
+                SYSTEM, "settings", "no Unleash admin token is configured; set UNSHIP_UNLEASH_API_TOKEN"
+            )
+        self._base = url.rstrip("/")
+        if self._base.endswith("/api"):
+            self._base = self._base[: -len("/api")]
+        self._headers = {"Authorization": api_token}
+        self._kill_switch = disable_environment_at_full_revert
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    @staticmethod
+    def _where(target: Target) -> tuple[str, str]:
+        return target.project or DEFAULT_PROJECT, target.environment or DEFAULT_ENVIRONMENT
+
+    def _obj(self, target: Target) -> str:
+        project, environment = self._where(target)
+        return f"flag {target.key!r} (project {project!r}, environment {environment!r})"
+
+    def _env_url(self, target: Target) -> str:
+        project, environment = self._where(target)
+        return (f"{self._base}/api/admin/projects/{segment(project)}/features/{segment(target.key)}"
+                f"/environments/{segment(environment)}")
+
+    async def _call(self, target: Target, method: str, path: str = "", **kwargs: Any) -> httpx.Response:
+        return await send(self._client, SYSTEM, self._obj(target), method, self._env_url(target) + path,
+                          headers=self._headers, **kwargs)
+
+    async def _environment(self, target: Target) -> dict[str, Any]:
+        body = json_body(SYSTEM, self._obj(target), await self._call(target, "GET"))
+        if not isinstance(body, dict):
+            raise configuration_error(SYSTEM, self._obj(target), "unexpected answer; check the Unleash URL")
+        return body
+
+    async def get_previous_percent(self, target: Target) -> float | None:
+        return previous_share(await self._environment(target))
+
+    async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
+        obj = self._obj(target)
+        rollout = whole_rollout(percent)
+        wanted = float(100 - rollout)
+        turn_off = self._kill_switch and rollout == 0
+        environment = await self._environment(target)
+        strategies = environment.get("strategies") or []
+        try:
+            strategy = _managed(strategies)
+        except _Ambiguous as exc:
+            raise configuration_error(
+                SYSTEM, obj, f"cannot tell which strategy holds the cohort split: {exc}; "
+                "keep a single unconstrained flexibleRollout strategy in that environment"
+            ) from exc
+        enabled = bool(environment.get("enabled"))
+        if not enabled and rollout == 0:
+            return False  # a disabled environment already keeps everyone on the previous model
+        if enabled and not turn_off and strategy is not None and _active(strategy) \
+                and _rollout_of(strategy) == rollout:
+            return False
+
+        if strategy is None:
+            await self._call(target, "POST", "/strategies", json={
+                "name": "flexibleRollout",
+                "title": STRATEGY_TITLE,
+                "disabled": False,
+                "parameters": {"rollout": str(rollout), "stickiness": "userId", "groupId": target.key},
+                "constraints": [],
+                "segments": [],
+            })
+        elif _rollout_of(strategy) != rollout or not _active(strategy):
+            patch: list[dict[str, Any]] = [{"op": "replace", "path": "/parameters/rollout", "value": str(rollout)}]
+            if not _active(strategy):
+                patch.append({"op": "replace", "path": "/disabled", "value": False})
+            await self._call(target, "PATCH", f"/strategies/{segment(str(strategy['id']))}", json=patch)
+        if turn_off and enabled:
+            await self._call(target, "POST", "/off")
+        elif not turn_off and not enabled:
+            # Safe now: an enabled unship strategy exists, so Unleash does not add its 100% default one.
+            await self._call(target, "POST", "/on")
+
+        seen = previous_share(await self._environment(target))
+        if not same_percent(seen, wanted):
+            raise readback_mismatch(SYSTEM, obj, wanted, seen)
+        return True

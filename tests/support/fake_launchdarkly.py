@@ -1,0 +1,130 @@
+"""A local server speaking LaunchDarkly's REST API v2 shapes for flags (GET flag, semantic-patch PATCH).
+
+Only what unship uses, as documented: ``GET /api/v2/flags/{project}/{flag}?env=`` returns the flag with
+``variations[{_id, value, name}]`` and ``environments.<env>.{on, offVariation, fallthrough}``; ``PATCH`` with
+``Content-Type: application/json; domain-model=launchdarkly.semanticpatch`` applies ``turnFlagOn``,
+``turnFlagOff`` and ``updateFallthroughVariationOrRollout`` (weights in thousandths adding up to 100000).
+Errors use LaunchDarkly's ``{"code", "message"}`` body. Environments can be marked as requiring approval
+(PATCH answers 405), and 429s carry ``X-Ratelimit-Reset`` (epoch ms) and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from typing import Any
+
+from tests.support.fake_http import Answer, FakeServer, Request
+
+_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 429: "rate_limited", 500: "internal_server_error",
+          502: "bad_gateway", 503: "service_unavailable"}
+
+
+class FakeLaunchDarkly(FakeServer):
+    """State: ``flags[(project, key)]``; ``patches_applied`` counts semantic patches that changed a flag."""
+
+    def __init__(self, token: str = "api-test-token") -> None:
+        super().__init__()
+        self.token = token
+        self.flags: dict[tuple[str, str], dict[str, Any]] = {}
+        self.approval_required: set[str] = set()
+        self.patches_applied = 0
+        self.rate_limit_reset_in = 2.0
+
+    def add_flag(self, project: str, key: str, variations: list[tuple[str, Any]],
+                 environments: tuple[str, ...] = ("production", "test"), *, on: bool = True,
+                 fallthrough_variation: int = 1, off_variation: int = 0) -> dict[str, Any]:
+        """A flag whose fallthrough serves ``variations[fallthrough_variation]`` to everyone."""
+        flag = {
+            "key": key, "name": key, "kind": "multivariate", "_version": 1,
+            "variations": [{"_id": str(uuid.uuid4()), "name": name, "value": value} for name, value in variations],
+            "environments": {
+                env: {"on": on, "archived": False, "salt": uuid.uuid4().hex, "version": 1,
+                      "offVariation": off_variation, "fallthrough": {"variation": fallthrough_variation},
+                      "rules": [], "targets": []}
+                for env in environments
+            },
+        }
+        with self.lock:
+            self.flags[(project, key)] = flag
+        return flag
+
+    def environment(self, project: str, key: str, env: str) -> dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self.flags[(project, key)]["environments"][env])
+
+    def error_answer(self, status: int, request: Request) -> Answer:
+        headers = {}
+        if status == 429:
+            headers = {"X-Ratelimit-Reset": str(int((time.time() + self.rate_limit_reset_in) * 1000)),
+                       "X-Ratelimit-Route-Remaining": "0"}
+        return Answer(status, {"code": _CODES.get(status, "error"), "message": f"scripted HTTP {status}",
+                               "id": uuid.uuid4().hex}, headers)
+
+    def _error(self, status: int, message: str) -> Answer:
+        return Answer(status, {"code": _CODES.get(status, "error"), "message": message, "id": uuid.uuid4().hex})
+
+    def handle(self, request: Request) -> Answer:
+        if request.headers.get("authorization") != self.token:
+            return self._error(401, "Invalid access token")
+        parts = request.path.strip("/").split("/")
+        if len(parts) != 5 or parts[:3] != ["api", "v2", "flags"]:
+            return self._error(404, "Unknown resource")
+        flag = self.flags.get((parts[3], parts[4]))
+        if flag is None:
+            return self._error(404, "Unknown resource")
+        if request.method == "GET":
+            shown = copy.deepcopy(flag)
+            if "env" in request.query:
+                wanted = set(request.query["env"])
+                shown["environments"] = {k: v for k, v in shown["environments"].items() if k in wanted}
+            return Answer(200, shown)
+        if request.method == "PATCH":
+            return self._semantic_patch(flag, request)
+        return self._error(405, "Method not allowed")
+
+    def _semantic_patch(self, flag: dict[str, Any], request: Request) -> Answer:
+        if "domain-model=launchdarkly.semanticpatch" not in request.headers.get("content-type", ""):
+            return self._error(400, "This fake only speaks semantic patch")
+        body = request.json()
+        env_key = body.get("environmentKey")
+        env = flag["environments"].get(env_key)
+        if env is None:
+            return self._error(400, f"Unknown environment key {env_key!r}")
+        if env_key in self.approval_required:
+            return self._error(405, "This environment requires approval for flag changes")
+        changed = copy.deepcopy(env)
+        ids = {v["_id"]: i for i, v in enumerate(flag["variations"])}
+        for instruction in body.get("instructions") or []:
+            kind = instruction.get("kind")
+            if kind == "turnFlagOn":
+                changed["on"] = True
+            elif kind == "turnFlagOff":
+                changed["on"] = False
+            elif kind == "updateFallthroughVariationOrRollout":
+                if "variationId" in instruction:
+                    if instruction["variationId"] not in ids:
+                        return self._error(400, "unknown variationId")
+                    changed["fallthrough"] = {"variation": ids[instruction["variationId"]]}
+                    continue
+                weights = instruction.get("rolloutWeights") or {}
+                if any(k not in ids for k in weights) or sum(weights.values()) != 100_000 \
+                        or any(not isinstance(w, int) or w < 0 for w in weights.values()):
+                    return self._error(400, "rolloutWeights must name variations and add up to 100000")
+                rollout: dict[str, Any] = {"variations": [{"variation": ids[k], "weight": w}
+                                                          for k, w in weights.items()]}
+                if instruction.get("rolloutBucketBy"):
+                    rollout["bucketBy"] = instruction["rolloutBucketBy"]
+                if instruction.get("rolloutContextKind"):
+                    rollout["contextKind"] = instruction["rolloutContextKind"]
+                changed["fallthrough"] = {"rollout": rollout}
+            else:
+                return self._error(400, f"unknown instruction kind {kind!r}")
+        if changed != env:
+            changed["version"] += 1
+            flag["environments"][env_key] = changed
+            flag["_version"] += 1
+            self.patches_applied += 1
+        return Answer(200, copy.deepcopy(flag))
