@@ -150,7 +150,11 @@ class RollbackActivities:
         """Render the review document, store it, and write it to ``review_dir`` as Markdown when configured."""
         from playbooks.rendering import render_review
 
-        markdown = render_review(req.status, req.template)
+        try:
+            markdown = render_review(req.status, req.template)
+        except ValueError as exc:  # a broken review template: only a person can fix it
+            raise ApplicationError(f"review of {req.incident_id}: {exc}", type="unship.review_template",
+                                   non_retryable=True) from exc
         tasks = req.status.get("review_tasks")
         doc = ReviewDocument(incident_id=req.incident_id, markdown=markdown,
                              tasks=list(tasks) if isinstance(tasks, list) else [])

@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from activities.contracts import FlagProvider, Measurement, PollRequest, SignalObservation, SignalSource
+from activities.contracts import (
+    FlagProvider,
+    Measurement,
+    PollRequest,
+    SignalObservation,
+    SignalSource,
+)
 from activities.errors import configuration_error
 from playbooks.models import NoDataPolicy, Signal, Target
 

@@ -16,7 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from activities.contracts import AuditBatch, AuditEvent, IncidentRecord, IncidentStore, ReviewDocument
+from activities.contracts import (
+    AuditBatch,
+    AuditEvent,
+    IncidentRecord,
+    IncidentStore,
+    ReviewDocument,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (

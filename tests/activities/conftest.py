@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.prometheus import BOOTSTRAP, MetricsExporter, start_prometheus, stop_prometheus
+from tests.support.prometheus import (
+    BOOTSTRAP,
+    MetricsExporter,
+    start_prometheus,
+    stop_prometheus,
+)
 
 
 @pytest.fixture(scope="session")

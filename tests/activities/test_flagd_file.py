@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -223,11 +222,12 @@ async def test_concurrent_writers_in_threads_and_another_process_lose_nothing(tm
                                    for i in range(1, 24, 2)))
         asyncio.run(main())
     """)
-    other = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    other = await asyncio.create_subprocess_exec(sys.executable, "-c", script, cwd=REPO,
+                                                 env={**os.environ, "PYTHONPATH": str(REPO)})
     a, b = FlagdFileProvider(path), FlagdFileProvider(path)
     await asyncio.gather(*((a if i % 4 else b).set_previous_percent(target(f"model-{i}"), i, f"here:{i}")
                            for i in range(0, 24, 2)))
-    assert await asyncio.to_thread(other.wait, 60) == 0
+    assert await asyncio.wait_for(other.wait(), 60) == 0
 
     reader = FlagdFileProvider(path)
     assert [await reader.get_previous_percent(target(k)) for k in keys] == list(range(24))

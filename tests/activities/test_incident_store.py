@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from activities.contracts import AuditBatch, AuditEvent, IncidentRecord, IncidentStore, ReviewDocument
+from activities.contracts import (
+    AuditBatch,
+    AuditEvent,
+    IncidentRecord,
+    IncidentStore,
+    ReviewDocument,
+)
 from activities.store import SqliteIncidentStore, StoreConfigurationError, open_store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -1,0 +1,220 @@
+"""The Temporal activities over real adapters (flagd file, SQLite store) and scripted ones for faults."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.chat import LogNotifier
+from activities.contracts import (
+    AuditBatch,
+    AuditEvent,
+    CohortChange,
+    IncidentRecord,
+    IntegrityRequest,
+    Measurement,
+    MessageKind,
+    Notification,
+    PollRequest,
+    ReadbackRequest,
+    ReviewRequest,
+    SignalObservation,
+)
+from activities.flagd import FlagdFileProvider
+from activities.rollback import RollbackActivities
+from activities.routing import FlagRouter, SignalRouter
+from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
+from activities.store import SqliteIncidentStore
+from playbooks.models import ReadbackCheck, Signal, Target
+
+TARGETS = [Target(key="chat-model"), Target(key="chat-router")]
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def signal(name: str, no_data: str = "skip", source_type: str = "scripted") -> Signal:
+    extra = {"query": "up"} if source_type == "prometheus" else {}
+    return Signal.model_validate({"name": name, "category": "model_quality", "no_data": no_data,
+                                  "source": {"type": source_type, **extra}, "threshold": {"value": 25}})
+
+
+class FailingSource:
+    """A signal source that is down (or misconfigured)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def observe(self, signal: Signal, request: PollRequest) -> SignalObservation:
+        raise self.error
+
+
+@pytest.fixture
+async def flags(tmp_path: Path) -> FlagdFileProvider:
+    provider = FlagdFileProvider(tmp_path / "flags.json")
+    for target in TARGETS:
+        await provider.ensure_flag(target)
+    return provider
+
+
+def activities(tmp_path: Path, flags: Any = None, signals: Any = None) -> RollbackActivities:
+    return RollbackActivities(
+        flags=flags if flags is not None else ScriptedFlagProvider(),
+        signals=signals if signals is not None else ScriptedSignalSource({}),
+        chat=LogNotifier(),
+        store=SqliteIncidentStore(tmp_path / "unship.db"),
+        review_dir=tmp_path / "reviews",
+    )
+
+
+def test_all_lists_the_activities_the_workflows_call(tmp_path: Path) -> None:
+    names = {activity._Definition.must_from_callable(fn).name for fn in activities(tmp_path).all()}
+    assert names == {"poll_signals", "apply_cohort", "read_cohort", "check_integrity", "notify", "record_audit",
+                     "write_review"}
+
+
+async def test_poll_signals_measures_all_and_a_failing_source_is_not_measured_bad(tmp_path: Path) -> None:
+    router = SignalRouter({
+        "scripted": ScriptedSignalSource({"hallucinations": [40]}),
+        "http": FailingSource(ApplicationError("metrics API: HTTP 503; will retry", non_retryable=False)),
+        "prometheus": FailingSource(RuntimeError("socket closed")),
+    })
+    acts = activities(tmp_path, signals=router)
+    http_signal = Signal.model_validate({"name": "refusals", "category": "user_experience", "no_data": "breach",
+                                         "source": {"type": "http", "url": "http://x"}, "threshold": {"value": 1}})
+    req = PollRequest(incident_id="i", release="r1", poll=0, signals=[
+        signal("hallucinations"), http_signal, signal("latency", source_type="prometheus")])
+    result = await acts.poll_signals(req)
+    hallucinations, refusals, latency = result.observations
+    assert (hallucinations.value, hallucinations.measurement) == (40, Measurement.BREACH)
+    # Even with no_data: breach, a source that is down is "not measured", never a breach.
+    assert (refusals.value, refusals.measurement) == (None, Measurement.NO_DATA)
+    assert "HTTP 503" in refusals.detail
+    assert latency.measurement is Measurement.NO_DATA and "RuntimeError: socket closed" in latency.detail
+
+
+async def test_poll_signals_propagates_configuration_errors(tmp_path: Path) -> None:
+    acts = activities(tmp_path, signals=SignalRouter({"scripted": ScriptedSignalSource({})}))
+    req = PollRequest(incident_id="i", release="r1", poll=0, signals=[signal("latency", source_type="prometheus")])
+    with pytest.raises(ApplicationError) as err:
+        await acts.poll_signals(req)
+    assert err.value.non_retryable and "prometheus" in err.value.message
+
+
+async def test_apply_cohort_writes_reads_back_and_applies_once(tmp_path: Path, flags: FlagdFileProvider) -> None:
+    acts = activities(tmp_path, flags=FlagRouter({"flagd": flags}))
+    env = ActivityEnvironment()
+    beats: list[tuple[Any, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    change = CohortChange(incident_id="i", idempotency_key="unship:chat:r1:stage:0", targets=TARGETS,
+                          previous_percent=25)
+
+    first = await env.run(acts.apply_cohort, change)
+    assert first.applied and first.matches
+    assert [(s.target, s.previous_percent, s.detail) for s in first.states] == [
+        ("flag:flagd:chat-model", 25, "written"), ("flag:flagd:chat-router", 25, "written")]
+    assert beats == [(0,), (1,), (2,)]
+
+    # The activity retried after a worker crash: nothing is written again.
+    before = (tmp_path / "flags.json").read_text()
+    again = await env.run(acts.apply_cohort, change)
+    assert not again.applied
+    assert [s.detail for s in again.states] == ["already applied", "already applied"]
+    assert (tmp_path / "flags.json").read_text() == before
+
+    readback = await acts.read_cohort(ReadbackRequest(targets=TARGETS))
+    assert [s.previous_percent for s in readback.states] == [25, 25] and not readback.applied
+
+
+async def test_apply_cohort_read_back_mismatch_is_retryable(tmp_path: Path) -> None:
+    flags = ScriptedFlagProvider(readback_overrides={"flag:flagd:chat-router": 0})
+    acts = activities(tmp_path, flags=flags)
+    change = CohortChange(incident_id="i", idempotency_key="k", targets=TARGETS, previous_percent=50)
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(acts.apply_cohort, change)
+    assert not err.value.non_retryable
+    assert "read-back mismatch" in err.value.message and "chat-router shows 0%" in err.value.message
+    assert [w.target for w in flags.writes] == ["flag:flagd:chat-model", "flag:flagd:chat-router"]
+
+
+async def test_apply_cohort_keeps_the_providers_error_classification(tmp_path: Path) -> None:
+    flags = ScriptedFlagProvider()
+    acts = activities(tmp_path, flags=flags)
+    change = CohortChange(incident_id="i", idempotency_key="k", targets=TARGETS, previous_percent=100)
+    flags.fail_next_writes(1, retryable=False)
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(acts.apply_cohort, change)
+    assert err.value.non_retryable
+    flags.fail_next_writes(1)
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(acts.apply_cohort, change)
+    assert not err.value.non_retryable
+    assert (await ActivityEnvironment().run(acts.apply_cohort, change)).applied
+
+
+async def test_check_integrity_reports_results(tmp_path: Path, flags: FlagdFileProvider) -> None:
+    acts = activities(tmp_path, flags=flags)
+    for target in TARGETS:
+        await flags.set_previous_percent(target, 100, "k")
+    req = IntegrityRequest(incident_id="i", release="r1", checks=[ReadbackCheck(name="readback")],
+                           targets=TARGETS, expected_previous_percent=100)
+    result = await ActivityEnvironment().run(acts.check_integrity, req)
+    assert result.passed and result.results[0].name == "readback"
+
+
+async def test_notify_renders_with_the_playbook_template_and_sends(tmp_path: Path) -> None:
+    acts = activities(tmp_path)
+    note = Notification(incident_id="unship:chat:r1", kind=MessageKind.OPENED, channel="#ml-incidents",
+                        context={"release": "r1", "phase": "confirming"},
+                        template_overrides={"opened": "Watching {{ release }} ({{ phase }})"})
+    ref = await acts.notify(note)
+    assert (ref.channel, ref.ref, ref.text) == ("#ml-incidents", "1", "Watching r1 (confirming)")
+    assert acts.chat.sent == [(note, "Watching r1 (confirming)")]  # type: ignore[attr-defined]
+
+    # A broken override must not silence the incident: a plain message goes out and says why.
+    broken = note.model_copy(update={"template_overrides": {"opened": "{{ no_such_name }}"}})
+    ref = await acts.notify(broken)
+    assert "unship:chat:r1" in ref.text and "r1" in ref.text and "template error" in ref.text
+
+
+async def test_record_audit_is_idempotent(tmp_path: Path) -> None:
+    acts = activities(tmp_path)
+    batch = AuditBatch(
+        incident=IncidentRecord(incident_id="unship:chat:r1", playbook="chat", playbook_hash="h", release="r1",
+                                phase="confirming", started_at=T0, updated_at=T0),
+        events=[AuditEvent(seq=1, at=T0, kind="opened", actor="alertmanager", message="alert received")])
+    await acts.record_audit(batch)
+    await acts.record_audit(batch)
+    assert [e.message for e in await acts.store.events("unship:chat:r1")] == ["alert received"]
+
+
+async def test_write_review_stores_and_writes_markdown(tmp_path: Path) -> None:
+    acts = activities(tmp_path)
+    tasks = [{"title": "Root cause", "owner": "ml-lead", "due": "2026-03-06T12:00:00+00:00"}]
+    req = ReviewRequest(incident_id="unship:chat:r1", status={"incident_id": "unship:chat:r1", "review_tasks": tasks},
+                        template="# Review of {{ incident_id }}\n{% for t in review_tasks %}- {{ t.title }}\n{% endfor %}")
+    doc = await acts.write_review(req)
+    assert doc.markdown.startswith("# Review of unship:chat:r1") and "- Root cause" in doc.markdown
+    assert doc.tasks == tasks
+    assert await acts.store.review("unship:chat:r1") == doc  # type: ignore[attr-defined]
+    written = tmp_path / "reviews" / "unship_chat_r1.md"
+    assert written.read_text() == doc.markdown
+    assert [p.name for p in written.parent.iterdir()] == ["unship_chat_r1.md"]
+
+    with pytest.raises(ApplicationError) as err:
+        await acts.write_review(req.model_copy(update={"template": "{% for %}"}))
+    assert err.value.non_retryable and "unship:chat:r1" in err.value.message
+
+
+async def test_flag_file_written_by_the_activity_stays_valid_json(tmp_path: Path, flags: FlagdFileProvider) -> None:
+    acts = activities(tmp_path, flags=flags)
+    for i, percent in enumerate((10, 50, 100)):
+        await ActivityEnvironment().run(acts.apply_cohort, CohortChange(
+            incident_id="i", idempotency_key=f"k:{i}", targets=TARGETS, previous_percent=percent))
+        doc = json.loads((tmp_path / "flags.json").read_text())
+        assert doc["flags"]["chat-model"]["metadata"]["unship_previous_percent"] == percent
