@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -30,6 +31,8 @@ from playbooks.models import Playbook, PlaybookSnapshot
 from playbooks.rendering import message_kinds, review_templates, template_error
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
+MAX_VALUES = 100_000
+"""A playbook is a few hundred values; more than this (after expanding aliases) is refused."""
 ROOT_FIELD = "playbook"
 """The ``field`` of issues about the playbook as a whole."""
 
@@ -87,6 +90,9 @@ def load_playbook_text(text: str, source: str = "<string>") -> PlaybookSnapshot:
     templates = list(_template_problems(tree))
     try:
         playbook = Playbook.model_validate(_plain(tree))
+    except _TooLarge:
+        message = f"more than {MAX_VALUES} values once YAML aliases are expanded; this is not a playbook"
+        raise PlaybookError([PlaybookIssue(source, 1, ROOT_FIELD, message)]) from None
     except ValidationError as exc:
         problems = _merge(_validation_problems(exc, tree), references)
         raise PlaybookError(_issues(source, locator, [*problems, *templates])) from None
@@ -104,7 +110,9 @@ def content_hash(playbook: Playbook) -> str:
 def _parse(text: str, source: str) -> Any:
     yaml = YAML(typ="rt")
     try:
-        return yaml.load(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a reused anchor: legal YAML, and stderr is for our issues
+            return yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -117,12 +125,23 @@ def _parse(text: str, source: str) -> Any:
         raise PlaybookError([PlaybookIssue(source, 1, "yaml", str(exc).strip())]) from None
 
 
-def _plain(node: Any) -> Any:
-    """ruamel's round-trip types as plain Python values, so pydantic sees exactly what YAML says."""
+class _TooLarge(Exception):
+    pass
+
+
+def _plain(node: Any, budget: list[int] | None = None) -> Any:
+    """ruamel's round-trip types as plain Python values, so pydantic sees exactly what YAML says.
+
+    Aliases are expanded; ``budget`` stops a few nested aliases ("billion laughs") from expanding forever.
+    """
+    budget = budget if budget is not None else [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge
     if isinstance(node, dict):
-        return {(_plain(k) if not isinstance(k, str) else str(k)): _plain(v) for k, v in node.items()}
+        return {(_plain(k, budget) if not isinstance(k, str) else str(k)): _plain(v, budget) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v) for v in node]
+        return [_plain(v, budget) for v in node]
     if isinstance(node, bool):
         return bool(node)
     if isinstance(node, int):
@@ -204,7 +223,9 @@ def _message(error: dict[str, Any]) -> str:
     if error["type"] == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == _SLUG_PATTERN:
         return f"{error.get('input')!r} is not a valid name: use lowercase letters, digits, '-', '_' or '.'"
     value = error.get("input")
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool) or value is None:
+    if value is None:
+        message += " (got null)"
+    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
         shown = repr(value)
         message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
     return message
@@ -394,40 +415,40 @@ def _cross_reference_problems(tree: CommentedMap) -> Iterator[tuple[Loc, str]]:
     roles = tree.get("roles")
     known_roles = sorted(str(k) for k in roles) if isinstance(roles, dict) else []
 
-    def unknown(loc: Loc, values: Any, known: list[str], what: str) -> Iterator[tuple[Loc, str]]:
-        if isinstance(values, str):
-            values, loc_of = [values], (lambda _i: loc)
-        elif isinstance(values, list):
-            loc_of = lambda i: (*loc, i)  # noqa: E731
-        else:
-            return
-        for i, value in enumerate(values):
-            if isinstance(value, str) and value not in known:
-                yield loc_of(i), f"unknown {what} {value!r}; known: {known}"
-
     if signal_names:
         rule = _get(tree, "confirmation", "rule")
         if isinstance(rule, dict):
             for form in ("any_of", "all_of", "of"):
-                yield from unknown(("confirmation", "rule", form), rule.get(form), known_signals, "signal")
+                yield from _unknown(("confirmation", "rule", form), rule.get(form), known_signals, "signal")
         stages = _get(tree, "rollback", "stages")
         for i, stage in enumerate(stages if isinstance(stages, list) else []):
             if isinstance(stage, dict):
-                yield from unknown(("rollback", "stages", i, "verify"), stage.get("verify"), known_signals, "signal")
+                yield from _unknown(("rollback", "stages", i, "verify"), stage.get("verify"), known_signals, "signal")
     if known_roles:
         for field in ("roles", "investigation_roles"):
-            yield from unknown(("decision", field), _get(tree, "decision", field), known_roles, "role")
-        yield from unknown(("decision", "escalation", "roles"), _get(tree, "decision", "escalation", "roles"),
+            yield from _unknown(("decision", field), _get(tree, "decision", field), known_roles, "role")
+        yield from _unknown(("decision", "escalation", "roles"), _get(tree, "decision", "escalation", "roles"),
                            known_roles, "role")
         tasks = _get(tree, "review", "tasks")
         for i, task in enumerate(tasks if isinstance(tasks, list) else []):
             if isinstance(task, dict):
-                yield from unknown(("review", "tasks", i, "owner"), task.get("owner"), known_roles, "role")
+                yield from _unknown(("review", "tasks", i, "owner"), task.get("owner"), known_roles, "role")
     checks_seen: set[str] = set()
     for i, name in _names(tree.get("integrity")):
         if name in checks_seen:
             yield ("integrity", i, "name"), f"duplicate check name {name!r}"
         checks_seen.add(name)
+
+
+def _unknown(loc: Loc, values: Any, known: list[str], what: str) -> Iterator[tuple[Loc, str]]:
+    """Each name in ``values`` (one name, or a list of them) that is not ``known``, at its own location."""
+    if isinstance(values, str):
+        if values not in known:
+            yield loc, f"unknown {what} {values!r}; known: {known}"
+    elif isinstance(values, list):
+        for i, value in enumerate(values):
+            if isinstance(value, str) and value not in known:
+                yield (*loc, i), f"unknown {what} {value!r}; known: {known}"
 
 
 def _template_problems(tree: CommentedMap) -> Iterator[tuple[Loc, str, int]]:
@@ -518,7 +539,7 @@ def _field(loc: Loc) -> str:
 
 
 def _issues(source: str, locator: _Locator,
-            problems: list[tuple[Loc, str]] | list[tuple[Loc, str] | tuple[Loc, str, int]]) -> list[PlaybookIssue]:
+            problems: Iterable[tuple[Loc, str] | tuple[Loc, str, int]]) -> list[PlaybookIssue]:
     issues: list[PlaybookIssue] = []
     for loc, message, *offset in problems:
         issue = PlaybookIssue(source, locator.line(loc) + sum(offset), _field(loc), message)

@@ -8,6 +8,7 @@ workflow sandbox: no I/O here, only data and pure validation.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -25,6 +26,7 @@ from pydantic import (
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*)+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_MAX_SECONDS = 100 * 365 * 86400
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -37,15 +39,22 @@ def parse_duration(value: object) -> object:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
+        return _seconds(value)
     if isinstance(value, str):
         text = value.strip()
         if _DURATION_RE.match(text):
-            return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+            return _seconds(sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
         if text.startswith(("P", "-P")):
             return text  # ISO 8601, let pydantic parse it (how the workflow snapshot round-trips)
         raise ValueError(f"{value!r} is not a duration; write it like '90s', '10m', '1h30m' or '2d'")
     return value
+
+
+def _seconds(value: float) -> timedelta:
+    # timedelta raises OverflowError (not a ValueError pydantic would report) past ~2.7 million years.
+    if not math.isfinite(value) or value > _MAX_SECONDS:
+        raise ValueError(f"{value:g} seconds is not a usable duration")
+    return timedelta(seconds=value)
 
 
 def format_duration(value: timedelta) -> str:

@@ -208,7 +208,7 @@ def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return datetime.fromisoformat(value)
     except ValueError:
         return None
 
@@ -271,7 +271,8 @@ def _review_context(status: dict[str, Any], playbook: dict[str, Any] | None) -> 
 
 def _signal_summary(evidence: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per signal: how often it was polled and breached, its worst and last values."""
-    directions = {s.get("name"): (s.get("threshold") or {}).get("direction", "above") for s in spec.get("signals") or []}
+    directions = {s.get("name"): (s.get("threshold") or {}).get("direction", "above")
+                  for s in spec.get("signals") or []}
     rows: dict[str, dict[str, Any]] = {}
     for obs in evidence:
         name = str(obs.get("signal", "?"))

@@ -93,8 +93,8 @@ def test_base_playbook_is_valid() -> None:
 
 def test_unknown_field_points_at_the_key_and_lists_the_allowed_ones(tmp_path: Path) -> None:
     assert issues_of(tmp_path, ("    min_samples: 500\n", "    min_sample: 500\n")) == [
-        "20: signals.0.min_sample: unknown field 'min_sample'; allowed here: name, category, description, "
-        "source, threshold, min_samples, no_data",
+        ("20: signals.0.min_sample: unknown field 'min_sample'; allowed here: name, category, description, "
+        "source, threshold, min_samples, no_data"),
     ]
 
 
@@ -131,8 +131,8 @@ def test_unknown_role_in_a_block_list_points_at_its_item(tmp_path: Path) -> None
 
 def test_bad_matcher_regex(tmp_path: Path) -> None:
     assert issues_of(tmp_path, ("    - service = tiny-chat\n", "    - service =~ tiny-(chat\n")) == [
-        "12: trigger.matchers.1: bad regular expression 'tiny-(chat': missing ), unterminated subpattern "
-        "at position 5",
+        ("12: trigger.matchers.1: bad regular expression 'tiny-(chat': missing ), unterminated subpattern "
+        "at position 5"),
     ]
 
 
@@ -144,8 +144,8 @@ def test_yaml_syntax_error_gives_its_line(tmp_path: Path) -> None:
 
 def test_duplicate_key_is_a_yaml_error(tmp_path: Path) -> None:
     assert issues_of(tmp_path, ("  timeout: 15m\n", "  quorum: 3\n")) == [
-        '33: yaml: found duplicate key "quorum" with value "3" (original value: "2") '
-        "(while constructing a mapping at line 31)",
+        ('33: yaml: found duplicate key "quorum" with value "3" (original value: "2") '
+        "(while constructing a mapping at line 31)"),
     ]
 
 
@@ -163,8 +163,8 @@ def test_missing_top_level_field_points_at_the_start(tmp_path: Path) -> None:
 
 def test_wrong_type_deep_in_a_list(tmp_path: Path) -> None:
     assert issues_of(tmp_path, ("    threshold: {value: 4, unit: s}\n", "    threshold: {value: four, unit: s}\n")) == [
-        "25: signals.1.threshold.value: Input should be a valid number, unable to parse string as a number "
-        "(got 'four')",
+        ("25: signals.1.threshold.value: Input should be a valid number, unable to parse string as a number "
+        "(got 'four')"),
     ]
 
 
@@ -178,8 +178,8 @@ def test_every_problem_in_one_file_is_reported_in_line_order(tmp_path: Path) -> 
         ("  roles: [on_call, safety_lead]\n", "  roles: [on-call, safety_lead]\n"),
         ("      owner: on_call\n", "      owner: oncall\n"),
     ) == [
-        "12: trigger.matchers.1: 'service tiny-chat' is not a matcher; write it like "
-        "'alertname=HighHallucinationRate'",
+        ("12: trigger.matchers.1: 'service tiny-chat' is not a matcher; write it like "
+        "'alertname=HighHallucinationRate'"),
         "20: signals.0.min_samples: Input should be greater than or equal to 0 (got -1)",
         "27: confirmation.window: 'soon' is not a duration; write it like '90s', '10m', '1h30m' or '2d'",
         f"29: confirmation.rule.any_of.0: unknown signal 'hallucination'; known: {KNOWN_SIGNALS}",
@@ -223,8 +223,8 @@ def test_template_overrides_are_checked(tmp_path: Path) -> None:
         "      {{ reason | default('') }\n"
     )
     assert issues_of(tmp_path, ('  channel: "#ml-incidents"\n', templates)) == [
-        "45: communications.templates.opend: unknown message kind 'opend'; known: completed, decided, "
-        "decision_request, dismissed, escalated, halted, investigation, opened, paused, rehearsal, reminder, stage",
+        ("45: communications.templates.opend: unknown message kind 'opend'; known: completed, decided, "
+        "decision_request, dismissed, escalated, halted, investigation, opened, paused, rehearsal, reminder, stage"),
         "48: communications.templates.halted: template does not compile: unexpected '}'",
     ]
 
@@ -232,7 +232,8 @@ def test_template_overrides_are_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("", "1: playbook: expected a mapping of playbook fields, got an empty document"),
     ("- a\n- b\n", "1: playbook: expected a mapping of playbook fields, got list"),
-    ("name: [unclosed\n", "2: yaml: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 1)"),
+    ("name: [unclosed\n",
+     "2: yaml: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 1)"),
 ])
 def test_not_a_playbook(text: str, expected: str) -> None:
     with pytest.raises(PlaybookError) as caught:
@@ -296,3 +297,21 @@ def test_validate_command_with_no_playbooks(tmp_path: Path, capsys: pytest.Captu
 def test_validate_command_on_the_shipped_library(capsys: pytest.CaptureFixture[str]) -> None:
     assert validate_command([str(library_folder())]) == 0
     assert capsys.readouterr().out.count("OK ") == 3
+
+
+def test_absurd_durations_are_errors_not_crashes(tmp_path: Path) -> None:
+    assert issues_of(tmp_path, ("  timeout: 15m\n", "  timeout: 99999999999d\n")) == [
+        "33: decision.timeout: 8.64e+15 seconds is not a usable duration",
+    ]
+    assert issues_of(tmp_path, ("  window: 10m\n", "  window: .inf\n")) == [
+        "27: confirmation.window: inf seconds is not a usable duration",
+    ]
+
+
+def test_alias_bombs_are_refused() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6))
+    with pytest.raises(PlaybookError) as caught:
+        load_playbook_text(bomb, "bomb.yaml")
+    assert [str(i) for i in caught.value.issues] == [
+        "bomb.yaml:1: playbook: more than 100000 values once YAML aliases are expanded; this is not a playbook"]
