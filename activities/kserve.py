@@ -31,7 +31,14 @@ from typing import Any
 import httpx
 
 from activities.errors import configuration_error
-from activities.http_providers import DEFAULT_TIMEOUT, heartbeat, json_body, readback_mismatch, segment, send
+from activities.http_providers import (
+    DEFAULT_TIMEOUT,
+    heartbeat,
+    json_body,
+    readback_mismatch,
+    segment,
+    send,
+)
 from playbooks.models import Target
 
 SYSTEM = "KServe"
@@ -42,7 +49,7 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 def canary_percent(previous_percent: float) -> int:
     """``canaryTrafficPercent`` for a share on the previous model (whole numbers, rounded half up)."""
-    return int(math.floor(100.0 - previous_percent + 0.5))
+    return math.floor(100.0 - previous_percent + 0.5)
 
 
 def predictor_status(isvc: dict[str, Any]) -> dict[str, Any]:

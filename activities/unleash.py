@@ -50,7 +50,7 @@ DEFAULT_ENVIRONMENT = "development"
 
 def whole_rollout(previous_percent: float) -> int:
     """The flexibleRollout percentage on the candidate, rounded half up (Unleash takes whole numbers)."""
-    return int(math.floor(100.0 - previous_percent + 0.5))
+    return math.floor(100.0 - previous_percent + 0.5)
 
 
 def _unconstrained(strategy: dict[str, Any]) -> bool:
@@ -123,8 +123,7 @@ class UnleashProvider:
                 SYSTEM, "settings", "no Unleash admin token is configured; set UNSHIP_UNLEASH_API_TOKEN"
             )
         self._base = url.rstrip("/")
-        if self._base.endswith("/api"):
-            self._base = self._base[: -len("/api")]
+        self._base = self._base.removesuffix("/api")
         self._headers = {"Authorization": api_token}
         self._kill_switch = disable_environment_at_full_revert
         self._owns_client = client is None

@@ -141,9 +141,9 @@ class FakeKubernetes(FakeServer):
     def _patch(self, key: tuple[str, str], isvc: dict[str, Any], request: Request) -> Answer:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/merge-patch+json":
             return Answer(415, status_object(415, "UnsupportedMediaType",
-                                             f"the body of the request was in an unknown format - accepted media "
-                                             f"types include: application/json-patch+json, "
-                                             f"application/merge-patch+json, application/apply-patch+yaml"))
+                                             "the body of the request was in an unknown format - accepted media "
+                                             "types include: application/json-patch+json, "
+                                             "application/merge-patch+json, application/apply-patch+yaml"))
         try:
             patch = json.loads(request.body)
         except ValueError:

@@ -55,7 +55,8 @@ def _as_owner(args: list[str], as_postgres: bool) -> list[str]:
 
 
 def _run(args: list[str], as_postgres: bool, what: str) -> None:
-    done = subprocess.run(_as_owner(args, as_postgres), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(_as_owner(args, as_postgres), capture_output=True, text=True, timeout=120,
+                          check=False)
     if done.returncode != 0:
         raise RuntimeError(f"PostgreSQL {what} failed ({' '.join(args)}): {done.stdout}{done.stderr}")
 
@@ -89,7 +90,7 @@ def start_postgres(tmp_dir: Path, database: str = "unleash") -> PostgresCluster:
 
     def stop() -> None:
         subprocess.run(_as_owner([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], as_postgres),
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=60, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
     return PostgresCluster(f"postgresql://postgres@127.0.0.1:{port}/{database}", stop)
