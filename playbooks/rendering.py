@@ -23,11 +23,8 @@ _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.j2$")
 
 def message_kinds() -> list[str]:
     """The message kinds with a packaged template (the values of ``activities.contracts.MessageKind``)."""
-    folder = resources.files("playbooks") / "templates"
-    return sorted(
-        entry.name[: -len(".j2")] for entry in folder.iterdir()
-        if entry.name.endswith(".j2") and not entry.name.startswith("_") and entry.name != REVIEW_TEMPLATE
-    )
+    return sorted(name[: -len(".j2")] for name in _packaged_templates()
+                  if not name.startswith(("_", "review")))
 
 
 def render_message(kind: str, context: dict[str, Any], overrides: dict[str, str] | None = None) -> str:
