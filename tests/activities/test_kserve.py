@@ -106,10 +106,13 @@ async def test_nothing_to_roll_back_to_is_a_clear_error(fake: FakeKubernetes) ->
 @pytest.mark.parametrize(
     ("status", "retryable", "words"),
     [
+        (400, False, "malformed"),
         (401, False, "credentials"),
         (403, False, "permission"),
         (404, False, "does not exist"),
+        (405, False, "not allowed"),
         (409, True, "concurrently"),
+        (415, False, "answer"),
         (422, False, "invalid"),
         (429, True, "retried"),
         (500, True, "retried"),

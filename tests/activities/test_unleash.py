@@ -194,6 +194,23 @@ async def test_constrained_strategies_are_left_alone(admin: httpx.AsyncClient, p
     assert sorted(s["parameters"]["rollout"] for s in strategies) == ["100", "50"]
 
 
+async def test_a_disabled_strategy_is_re_enabled_with_the_new_rollout(admin: httpx.AsyncClient,
+                                                                     provider: UnleashProvider) -> None:
+    target = await released_flag(admin)
+    (strategy,) = (await environment(admin, target))["strategies"]
+    (await admin.patch(f"/{target.key}/environments/development/strategies/{strategy['id']}",
+                       json=[{"op": "replace", "path": "/disabled", "value": True}])).raise_for_status()
+    # Unleash turns the environment off with its last enabled strategy: everyone is on the previous model.
+    assert (await environment(admin, target))["enabled"] is False
+    assert await provider.get_previous_percent(target) == 100.0
+    assert await provider.set_previous_percent(target, 30, "k") is True
+    env = await environment(admin, target)
+    assert [(s["id"], s["parameters"]["rollout"], s["disabled"]) for s in env["strategies"]] == [
+        (strategy["id"], "70", False)
+    ]
+    assert env["enabled"] is True
+
+
 async def test_kill_switch_turns_the_environment_off_and_back_on_safely(
     unleash: UnleashServer, admin: httpx.AsyncClient
 ) -> None:
