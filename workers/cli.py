@@ -259,7 +259,7 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
     from workers.client import connect
     from workers.service import IncidentService
     from workers.temporal_server import EmbeddedTemporal
-    from workers.worker import build_activities, run_worker
+    from workers.worker import build_activities, ensure_flagd_flags, run_worker
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -280,6 +280,9 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
             ui_url = server.ui_url
         client = await connect(settings)
         activities = build_activities(settings)
+        created = await ensure_flagd_flags(settings, playbooks)
+        if created:
+            err.print(f"created flagd flags {', '.join(created)} in {settings.resolved_flagd_path}")
         service = IncidentService(client, settings, playbooks, store=activities.store)
         http = _Server(uvicorn.Config(create_app(service, settings), log_level="warning", lifespan="on",
                                       access_log=False))

@@ -55,13 +55,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 async def temporal_answers(target: str, namespace: str = "default", timeout: float = 2.0) -> bool:
-    """True when a Temporal frontend answers at ``target`` (host:port)."""
+    """True when a Temporal frontend answers at ``target`` (host:port) within ``timeout`` seconds."""
     try:
-        # connect() already asks the frontend for its system info, so success means a real Temporal.
-        await Client.connect(target, namespace=namespace, connect_timeout=timedelta(seconds=timeout))
+        # connect() already asks the frontend for its system info, so success means a real Temporal. The
+        # outer timeout matters: a port that accepts TCP but never speaks gRPC would keep connect() retrying.
+        await asyncio.wait_for(
+            Client.connect(target, namespace=namespace, connect_timeout=timedelta(seconds=timeout)), timeout
+        )
     except Exception:  # noqa: BLE001 - any failure means "not a usable Temporal here"
         return False
     return True
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
 
 
 def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -151,6 +161,11 @@ class EmbeddedTemporal:
             self.reused = True
             log.info("reusing the Temporal server already answering at %s", self.target)
             return
+        if port_in_use(self.ip, self.port):
+            raise EmbeddedTemporalError(
+                f"port {self.port} on {self.ip} is taken by something that is not a Temporal server; "
+                "stop it or set UNSHIP_TEMPORAL_PORT to a free port"
+            )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         command = self.command()
         with self.log_path.open("ab") as log_file:
@@ -163,13 +178,13 @@ class EmbeddedTemporal:
             )
         deadline = time.monotonic() + self.start_timeout
         while True:
+            if await temporal_answers(self.target, self.namespace, timeout=1.0):
+                log.info("embedded Temporal ready at %s (db %s)", self.target, self.db_path)
+                return
             if self._process.returncode is not None:
                 code = self._process.returncode
                 self._process = None
                 raise EmbeddedTemporalError(self._failure(f"the Temporal dev server exited with code {code}"))
-            if await temporal_answers(self.target, self.namespace, timeout=1.0):
-                log.info("embedded Temporal ready at %s (db %s)", self.target, self.db_path)
-                return
             if time.monotonic() > deadline:
                 await self.stop()
                 raise EmbeddedTemporalError(

@@ -13,6 +13,7 @@ from workers.settings import Settings
 
 if TYPE_CHECKING:
     from activities.rollback import RollbackActivities
+    from playbooks.models import PlaybookSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,22 @@ def build_activities(settings: Settings) -> RollbackActivities:
         integrity=IntegrityChecker(flags, signals),
         review_dir=settings.state_dir / "reviews",
     )
+
+
+async def ensure_flagd_flags(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> list[str]:
+    """Create the flagd flags the playbooks name (everyone on the candidate) if the flag file lacks them.
+
+    Returns the keys created. The embedded default thus needs no setup; an existing flag is never touched.
+    """
+    from activities.flagd import FlagdFileProvider
+
+    provider = FlagdFileProvider(settings.resolved_flagd_path)
+    created = []
+    for snapshot in playbooks.values():
+        for target in snapshot.playbook.rollback.targets:
+            if target.provider == "flagd" and await provider.ensure_flag(target):
+                created.append(target.key)
+    return created
 
 
 def workflow_classes() -> list[type]:
