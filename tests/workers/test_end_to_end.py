@@ -1,0 +1,190 @@
+"""One incident end to end on the real dev server, the way an operator drives it: trigger over HTTP, watch it
+confirm, approve from the CLI, and see users moved back stage by stage in a real flagd flag file.
+
+The real worker code (``run_worker``) runs the real workflows and ``RollbackActivities``; only the metric
+values are scripted (``ScriptedSignalSource``) and the timings are short so it runs in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner, Result
+
+from activities.chat import LogNotifier
+from activities.flagd import FlagdFileProvider
+from activities.rollback import RollbackActivities
+from activities.routing import FlagRouter, SignalRouter
+from activities.scripted import ScriptedSignalSource
+from activities.store import open_store
+from playbooks.loader import load_library
+from tests.support.playbooks import snapshot
+from tests.workers.conftest import api_client, cli_env, make_settings, serve
+from workers.api import create_app
+from workers.cli import app as cli
+from workers.service import IncidentService
+from workers.settings import Settings
+from workers.worker import ensure_flagd_flags, run_worker
+
+FAST = {
+    "confirmation": {"window": "6s", "interval": "1s", "breaches": 2, "out_of": 3,
+                     "rule": {"any_of": ["hallucinations"]}},
+    "rollback": {
+        "targets": [{"kind": "flag", "provider": "flagd", "key": "chat-model"}],
+        "stages": [{"percent": 10, "bake": "1s", "verify": ["latency_p95"]},
+                   {"percent": 50, "bake": "1s", "verify": ["latency_p95"]},
+                   {"percent": 100, "bake": "1s"}],
+    },
+}
+BAD_RELEASE = {"hallucinations": [80.0], "latency_p95": [1.1], "fairness_gap": [0.01]}
+
+
+@dataclass
+class Stack:
+    """unship as `unship up` assembles it, over the test's Temporal server."""
+
+    settings: Settings
+    service: IncidentService
+    flags: FlagdFileProvider
+    http: httpx.AsyncClient
+    runner: CliRunner
+    env: dict[str, Any]
+
+    async def cli(self, *args: str) -> Result:
+        # In a thread: the CLI runs its own event loop while this one keeps the worker and the API going.
+        return await asyncio.to_thread(self.runner.invoke, cli, list(args), env=self.env)
+
+    async def status(self, incident: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v1/incidents/{incident}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def until(self, incident: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """Poll the status until ``done``; the deadline only guards against a hang."""
+        deadline = time.monotonic() + 90
+        while True:
+            status = await self.status(incident)
+            if done(status):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never reached {what}: phase {status['phase']}; last events: "
+                                     + "; ".join(e["message"] for e in status["audit"][-5:]))
+            await asyncio.sleep(0.2)
+
+    async def share_on_previous(self) -> float | None:
+        target = self.service.playbooks["chat-test"].playbook.rollback.targets[0]
+        return await self.flags.get_previous_percent(target)
+
+
+@pytest.fixture
+async def stack(local_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Stack]:
+    folder = tmp_path / "playbooks"
+    folder.mkdir()
+    # JSON is YAML: the CLI and the API load the same playbook file, as in production.
+    (folder / "chat-test.yaml").write_text(json.dumps(snapshot(**FAST).playbook.model_dump(mode="json")))
+    playbooks = load_library(folder)
+    settings = make_settings(tmp_path, local_env, playbooks_dir=folder)
+    settings.state_dir.mkdir(parents=True)
+    flags = FlagdFileProvider(settings.resolved_flagd_path)
+    assert await ensure_flagd_flags(settings, playbooks) == ["chat-model"]
+    store = open_store(settings.resolved_database_url)
+    router = FlagRouter({"flagd": flags})
+    activities = RollbackActivities(router, SignalRouter({"scripted": ScriptedSignalSource(BAD_RELEASE)}),
+                                    LogNotifier(), store, review_dir=settings.state_dir / "reviews")
+    service = IncidentService(local_env.client, settings, playbooks, store=store)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(local_env.client, settings, activities, stop))
+    try:
+        async with serve(create_app(service, settings)) as url, api_client(url) as http:
+            env = cli_env(settings, UNSHIP_PLAYBOOKS_DIR=str(folder))
+            yield Stack(settings, service, flags, http, CliRunner(), env)
+    finally:
+        stop.set()
+        await worker
+        async for execution in local_env.client.list_workflows(f'TaskQueue="{settings.task_queue}"'):
+            if execution.close_time is None:  # reviews wait days for their deadlines
+                await local_env.client.get_workflow_handle(execution.id).terminate("test cleanup")
+
+
+async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: Stack) -> None:
+    opened = await stack.http.post("/v1/incidents", json={"playbook": "chat-test", "release": "chat-v2",
+                                                          "reason": "hallucinations doubled", "started_by": "ops"})
+    assert opened.status_code == 202
+    incident = opened.json()["incident_id"]
+    assert incident == "unship:chat-test:chat-v2"
+    assert await stack.share_on_previous() == 0
+
+    waiting = await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
+    assert waiting["detected_at"] and waiting["gate"]["quorum"] == 1
+    assert await stack.share_on_previous() == 0, "users moved before anyone approved"
+
+    intruder = await stack.http.post(f"/v1/incidents/{incident}/decision",
+                                     json={"user": "U_RANDOM", "verdict": "approve", "reason": "why not"})
+    assert intruder.status_code == 403 and "U_RANDOM holds none of the roles" in intruder.json()["detail"]
+
+    approved = await stack.cli("approve", incident, "--as", "U_ONCALL", "--reason", "hallucinations doubled")
+    assert approved.exit_code == 0, approved.output
+    assert "approved" in approved.stdout
+
+    done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
+    assert done["outcome"] == "reverted", done["audit"][-3:]
+    assert [(s["percent"], s["status"]) for s in done["stages"]] == [(10, "verified"), (50, "verified"),
+                                                                     (100, "verified")]
+    assert await stack.share_on_previous() == 100
+    assert [(d["user"], d["verdict"], d["via"]) for d in done["decisions"]] == [("U_ONCALL", "approve", "cli")]
+    kinds = [e["kind"] for e in done["audit"]]
+    assert "decision_refused" in kinds  # the intruder's attempt is on the record
+    applied = [e["data"]["percent"] for e in done["audit"] if e["kind"] == "stage_applied"]
+    assert applied == [10, 50, 100]
+
+    again = await stack.cli("approve", incident, "--as", "U_SAFETY", "--reason", "late")
+    assert again.exit_code == 1 and "refused" in again.stderr
+
+    shown = await stack.cli("status", incident)
+    assert shown.exit_code == 0, shown.output
+    assert "reverted" in shown.stdout and "Audit timeline" in shown.stdout and "U_ONCALL" in shown.stdout
+
+    listed = (await stack.http.get("/v1/incidents")).json()["incidents"]
+    mine = next(i for i in listed if i["incident_id"] == incident)
+    assert mine["kind"] == "rollback" and mine["outcome"] == "reverted"
+
+
+async def test_trigger_from_cli_then_emergency_revert_now(stack: Stack) -> None:
+    opened = await stack.cli("trigger", "chat-test", "--release", "chat-v3", "--as", "ops")
+    assert opened.exit_code == 0, opened.output
+    incident = "unship:chat-test:chat-v3"
+    assert incident in opened.stdout
+
+    await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
+    sent = await stack.cli("revert-now", incident, "--as", "U_SAFETY", "--reason", "users are complaining")
+    assert sent.exit_code == 0, sent.output
+
+    done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
+    assert done["outcome"] == "reverted"
+    assert await stack.share_on_previous() == 100
+    requested = next(e for e in done["audit"] if e["kind"] == "revert_all_requested")
+    assert requested["actor"] == "U_SAFETY" and "complaining" in requested["message"]
+
+
+async def test_abort_over_http_stops_before_any_user_moves(stack: Stack) -> None:
+    incident = (await stack.http.post("/v1/incidents", json={"playbook": "chat-test", "release": "chat-v4"})
+                ).json()["incident_id"]
+    await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
+    aborted = await stack.http.post(f"/v1/incidents/{incident}/abort", json={"by": "U_ONCALL",
+                                                                             "reason": "false alarm"})
+    assert aborted.status_code == 202 and aborted.json() == {"incident_id": incident, "command": "abort"}
+    done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
+    assert done["outcome"] == "aborted"
+    assert await stack.share_on_previous() == 0
+    await stack.service.client.get_workflow_handle(incident).result()
+    closed = await stack.http.post(f"/v1/incidents/{incident}/pause", json={"reason": "too late"})
+    assert closed.status_code == 409 and "is closed" in closed.json()["detail"]
