@@ -43,7 +43,13 @@ from workers.service import (
     UnknownPlaybook,
 )
 from workers.settings import Settings
-from workflows.messages import Command, DecisionRequest, DecisionResult, IncidentStatus, Verdict
+from workflows.messages import (
+    Command,
+    DecisionRequest,
+    DecisionResult,
+    IncidentStatus,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +233,7 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings) ->
                     resolved.append(await service())  # type: ignore[operator]
                 except ServiceError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - e.g. Temporal unreachable at first use
+                except Exception as exc:  # e.g. Temporal unreachable at first use: 503, retried next time
                     raise TemporalUnavailable(str(exc)) from exc
         return resolved[0]
 

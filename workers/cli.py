@@ -560,7 +560,8 @@ def resume(incident: IncidentArg, as_user: AsUser = None, reason: Reason = "") -
 def demo() -> None:
     """Run a scripted incident end to end on the embedded defaults and show what happened."""
     settings = _settings()
-    from workers.demo import run_demo  # the lead's module; imported lazily so the CLI works without it
+    # The demo is imported lazily so every other command works without its dependencies.
+    from workers.demo import run_demo
 
     result = run_demo(settings)
     if inspect.isawaitable(result):

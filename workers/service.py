@@ -256,7 +256,7 @@ class IncidentService:
                     )
                 )
         except RPCError as exc:
-            raise self._rpc_error("", exc) from exc
+            raise await self._rpc_error("", exc) from exc
         if self.store is not None and summaries:
             records = {r.incident_id: r for r in await self.store.incidents(limit=max(limit, 100))}
             for summary in summaries:
@@ -273,7 +273,7 @@ class IncidentService:
         except WorkflowQueryFailedError as exc:
             raise TemporalUnavailable(f"incident {incident!r} could not answer its status: {exc}") from exc
         except RPCError as exc:
-            raise self._rpc_error(incident, exc) from exc
+            raise await self._rpc_error(incident, exc) from exc
         return status
 
     # --- steering -----------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class IncidentService:
             await self._record_refusal(handle, request, reason)
             raise DecisionRefused(reason) from exc
         except RPCError as exc:
-            raise self._rpc_error(incident, exc) from exc
+            raise await self._rpc_error(incident, exc) from exc
 
     @staticmethod
     async def _record_refusal(handle: WorkflowHandle, request: DecisionRequest, reason: str) -> None:
@@ -325,17 +325,24 @@ class IncidentService:
         try:
             return await call
         except RPCError as exc:
-            raise self._rpc_error(incident, exc) from exc
+            raise await self._rpc_error(incident, exc) from exc
 
-    def _rpc_error(self, incident: str, exc: RPCError) -> ServiceError:
+    async def _rpc_error(self, incident: str, exc: RPCError) -> ServiceError:
         text = exc.message or str(exc)
         if exc.status == RPCStatusCode.NOT_FOUND:
-            if "already completed" in text:
-                return IncidentClosed(incident)
-            return IncidentNotFound(incident)
+            # "not found" also covers closed workflows ("already completed", "aborted by closing workflow");
+            # asking Temporal whether the id exists tells the two apart without parsing messages.
+            return IncidentClosed(incident) if incident and await self._exists(incident) else IncidentNotFound(incident)
         if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
             hint = "is `unship up` (or `unship worker`) running?"
             return TemporalUnavailable(f"Temporal did not answer in time ({text}); {hint}")
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:
             return InvalidInput("request", text)
         return ServiceError(f"Temporal refused the request: {text}")
+
+    async def _exists(self, incident: str) -> bool:
+        try:
+            await self.client.get_workflow_handle(incident).describe(rpc_timeout=_RPC_TIMEOUT)
+        except RPCError:
+            return False
+        return True

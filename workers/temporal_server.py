@@ -18,6 +18,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from temporalio.client import Client
 
@@ -215,7 +216,7 @@ class EmbeddedTemporal:
             process.kill()
             await process.wait()
 
-    async def __aenter__(self) -> EmbeddedTemporal:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

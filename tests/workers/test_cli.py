@@ -86,3 +86,10 @@ async def test_against_a_running_server(
     assert bad_release.exit_code == 2 and "release:" in bad_release.stderr
     listing = await invoke("status")
     assert listing.exit_code == 0, listing.output
+
+
+def test_up_refuses_an_unauthenticated_public_bind(runner: CliRunner, tmp_path: Path) -> None:
+    env = {**nothing_running(tmp_path), "UNSHIP_HTTP_ADDR": "0.0.0.0:8080"}
+    result = runner.invoke(app, ["up"], env=env)
+    assert result.exit_code == 2
+    assert "UNSHIP_API_TOKEN" in result.stderr and "loopback" in result.stderr

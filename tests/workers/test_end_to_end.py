@@ -131,9 +131,13 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
                                      json={"user": "U_RANDOM", "verdict": "approve", "reason": "why not"})
     assert intruder.status_code == 403 and "U_RANDOM holds none of the roles" in intruder.json()["detail"]
 
-    approved = await stack.cli("approve", incident, "--as", "U_ONCALL", "--reason", "hallucinations doubled")
+    click = ("approve", incident, "--as", "U_ONCALL", "--reason", "hallucinations doubled",
+             "--idempotency-key", "slack-action-1")
+    approved = await stack.cli(*click)
     assert approved.exit_code == 0, approved.output
     assert "approved" in approved.stdout
+    retried = await stack.cli(*click)  # a retried click with the same key counts once, and is not an error
+    assert retried.exit_code == 0 and retried.stdout == approved.stdout
 
     done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
     assert done["outcome"] == "reverted", done["audit"][-3:]
@@ -147,7 +151,7 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
     assert applied == [10, 50, 100]
 
     again = await stack.cli("approve", incident, "--as", "U_SAFETY", "--reason", "late")
-    assert again.exit_code == 1 and "refused" in again.stderr
+    assert again.exit_code == 1 and "refused" in again.stderr, again.stderr
 
     shown = await stack.cli("status", incident)
     assert shown.exit_code == 0, shown.output

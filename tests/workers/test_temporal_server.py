@@ -10,7 +10,12 @@ import pytest
 from tests.workers.conftest import make_settings
 from workers.client import connect
 from workers.service import IncidentService
-from workers.temporal_server import EmbeddedTemporal, EmbeddedTemporalError, free_port, temporal_answers
+from workers.temporal_server import (
+    EmbeddedTemporal,
+    EmbeddedTemporalError,
+    free_port,
+    temporal_answers,
+)
 
 
 async def test_incidents_survive_a_restart_and_the_server_stops(tmp_path: Path, playbooks: dict) -> None:
