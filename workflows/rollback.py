@@ -246,10 +246,10 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 self._detected(f"sustained breach: {tracker.describe()}")
                 return False
             if poll + 1 < polls:
-                await workflow.wait_condition(
+                await self._wait(
                     lambda: self._aborted is not None or self._revert_all is not None
                     or (self._resolved and conf.dismiss_on_resolved),
-                    timeout=conf.interval,
+                    conf.interval,
                 )
         if self._resolved and conf.dismiss_on_resolved:
             raise _Stop(Outcome.DISMISSED, "transient: the source alert resolved during confirmation")

@@ -1,0 +1,344 @@
+"""RollbackWorkflow on the time-skipping server: every path a person on call would see."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.worker import Worker
+
+from activities.scripted import ScriptedFlagProvider
+from tests.support.playbooks import snapshot
+from tests.workflows.conftest import WORKFLOWS, World, make_world
+from workflows.messages import (
+    Alert,
+    AlertBatch,
+    AlertStatus,
+    Command,
+    DecisionRequest,
+    Outcome,
+    Phase,
+    Verdict,
+    incident_id,
+)
+from workflows.rollback import RollbackWorkflow
+
+SUSTAINED = {"hallucinations": [55, 61, 70, 72, 75], "latency_p95": [1.2], "fairness_gap": [0.02]}
+
+
+def about(actual: timedelta, expected: timedelta) -> bool:
+    """Simulated durations: the timers' length plus the few real milliseconds the activities took."""
+    return expected <= actual < expected + timedelta(seconds=5)
+
+
+def closing(status) -> str:
+    """The message of the event that closed the incident (the review may be recorded after it)."""
+    return next(e for e in status.audit if e.kind == "closed").message
+
+
+def approve(user: str, **kw) -> DecisionRequest:
+    return DecisionRequest(user=user, verdict=Verdict.APPROVE, reason="hallucinations doubled", via="cli", **kw)
+
+
+async def test_transient_blip_is_dismissed_with_the_reason(world: World) -> None:
+    world.signals.timeline = {"hallucinations": [80, 12, 11, 10, 9], "latency_p95": [1.0]}
+    handle = await world.start(snapshot())
+    status = await handle.result()
+    assert status.outcome is Outcome.DISMISSED
+    assert "transient: 0 of the last 4 measured polls breached (sustained at 3 of 4)" in closing(status)
+    assert world.flags.writes == []
+    assert [e.kind for e in status.audit].count("poll") == 5
+    stored = await world.store.events(status.incident_id)
+    assert stored[-1].kind == "closed" and "transient" in stored[-1].message
+
+
+async def test_resolved_alert_during_confirmation_dismisses(world: World) -> None:
+    world.signals.timeline = {"hallucinations": [80, 80, 12]}
+    handle = await world.start(snapshot())
+    await world.until(handle, lambda s: any(e.kind == "poll" for e in s.audit))
+    await handle.signal(RollbackWorkflow.alerts, AlertBatch(alerts=[Alert(
+        source="alertmanager", status=AlertStatus.RESOLVED, name="GenAIQualityDegraded", fingerprint="fp-1")]))
+    status = await handle.result()
+    assert status.outcome is Outcome.DISMISSED
+    assert "source alert resolved" in closing(status)
+    assert world.flags.writes == []
+
+
+async def test_sustained_breach_is_approved_and_reverted_in_stages(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot())
+    gate = (await world.at_phase(handle, Phase.AWAITING_DECISION)).gate
+    assert gate is not None and gate.users == ["U_ONCALL", "U_ONCALL2", "U_SAFETY"]
+    result = await handle.execute_update(RollbackWorkflow.decide, approve("U_SAFETY"))
+    assert result.accepted and result.message == "approved"
+    status = await handle.result()
+
+    assert status.outcome is Outcome.REVERTED
+    assert world.writes() == [10, 50, 100]
+    assert world.flags.state["flag:flagd:chat-model"] == 100
+    assert [s.status for s in status.stages] == ["verified", "verified", "verified"]
+    assert status.detected_at and status.decided_at and status.first_revert_at and status.full_revert_at
+    # three polls at one-minute intervals make the breach sustained; stages bake five minutes each
+    assert about(status.detected_at - status.started_at, timedelta(minutes=2))
+    assert about(status.full_revert_at - status.first_revert_at, timedelta(minutes=10))
+    assert [d.user for d in status.decisions] == ["U_SAFETY"]
+    assert [c.name for c in status.integrity] == ["readback"] and status.integrity[0].passed
+    kinds = [e.kind for e in status.audit]
+    for kind in ("opened", "alert", "poll", "confirmed", "gate_opened", "decision", "decided", "stage_applied",
+                 "integrity_check", "closed"):
+        assert kind in kinds, kind
+    # the idempotency key names the workflow, the step and the stage
+    assert [w.idempotency_key.rsplit(":", 2)[-2:] for w in world.flags.writes] == [
+        ["revert", "0"], ["revert", "1"], ["revert", "2"]]
+    # the audit trail reached the incident store, and the chat got the decision request and the outcome
+    stored = await world.store.events(status.incident_id)
+    assert [e.seq for e in stored if e.seq < 1_000_000] == [e.seq for e in status.audit]
+    sent = [n.kind.value for n, _ in world.chat.sent]
+    assert sent[:2] == ["opened", "decision_request"] and sent[-1] == "completed"
+
+
+async def test_unauthorized_stale_and_repeated_decisions_are_refused(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(decision={"quorum": 2}))
+    await world.at_phase(handle, Phase.AWAITING_DECISION)
+
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(RollbackWorkflow.decide, approve("U_INTERN"))
+    assert "U_INTERN holds none of the roles that may decide here (on_call, safety_lead)" in str(refused.value.cause)
+    with pytest.raises(WorkflowUpdateFailedError) as stale:
+        await handle.execute_update(RollbackWorkflow.decide, approve("U_ONCALL", gate_id="gate-0"))
+    assert "stale decision" in str(stale.value.cause)
+
+    # a member of an authorized user group may decide
+    first = await handle.execute_update(RollbackWorkflow.decide, approve("U_SOMEONE", groups=["S_SAFETY"]))
+    assert first.message == "approval recorded; 1 more needed"
+    with pytest.raises(WorkflowUpdateFailedError) as repeated:
+        await handle.execute_update(RollbackWorkflow.decide, approve("U_SOMEONE", groups=["S_SAFETY"]))
+    assert "already decided" in str(repeated.value.cause)
+    status = await world.status(handle)
+    assert status.phase is Phase.AWAITING_DECISION and status.gate and status.gate.approvals == ["U_SOMEONE"]
+    assert world.flags.writes == []
+
+    second = await handle.execute_update(RollbackWorkflow.decide, approve("U_ONCALL"))
+    assert second.message == "approved" and second.approvals == 2
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED
+    assert [d.user for d in status.decisions] == ["U_SOMEONE", "U_ONCALL"]
+
+
+async def test_refusals_reported_by_clients_land_in_the_audit(world: World) -> None:
+    from workflows.messages import DecisionRefusal
+
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot())
+    await world.at_phase(handle, Phase.AWAITING_DECISION)
+    await handle.signal(RollbackWorkflow.decision_refused, DecisionRefusal(
+        user="U_INTERN", verdict=Verdict.APPROVE, via="slack", refusal="holds none of the roles"))
+    await handle.execute_update(RollbackWorkflow.decide, approve("U_ONCALL"))
+    status = await handle.result()
+    refused = [e for e in status.audit if e.kind == "decision_refused"]
+    assert refused and refused[0].actor == "U_INTERN" and refused[0].data["via"] == "slack"
+
+
+async def test_rejection_ends_without_touching_users(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot())
+    await world.at_phase(handle, Phase.AWAITING_DECISION)
+    await handle.execute_update(RollbackWorkflow.decide, DecisionRequest(
+        user="U_ONCALL", verdict=Verdict.REJECT, reason="known eval artefact"))
+    status = await handle.result()
+    assert status.outcome is Outcome.REJECTED
+    assert "U_ONCALL rejected: known eval artefact" in closing(status)
+    assert world.flags.writes == []
+
+
+async def test_timeout_escalates_then_applies_the_default(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot())
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED
+    escalated = next(e for e in status.audit if e.kind == "escalated")
+    assert escalated.data["mentions"] == ["U_MANAGER"]
+    timeout = next(e for e in status.audit if e.kind == "gate_timeout")
+    assert timeout.data["default_action"] == "revert"
+    # 15 minutes for the approvers, then 10 for the escalation
+    assert about(timeout.at - escalated.at, timedelta(minutes=10))
+    assert about(status.decided_at - status.detected_at, timedelta(minutes=25))
+    escalation_messages = [n for n, _ in world.chat.sent if n.kind.value == "escalated"]
+    assert escalation_messages and escalation_messages[0].channel == "#ml-escalations"
+    assert escalation_messages[0].context["mentions"] == ["U_MANAGER"]
+
+
+async def test_escalated_role_may_decide_and_default_dismiss(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(decision={"default_action": "dismiss"}))
+    await world.at_phase(handle, Phase.ESCALATED)
+    await handle.execute_update(RollbackWorkflow.decide, approve("U_MANAGER"))
+    assert (await handle.result()).outcome is Outcome.REVERTED
+
+    dismissed = await world.start(snapshot(decision={"default_action": "dismiss"}), release="chat-v3")
+    status = await dismissed.result()
+    assert status.outcome is Outcome.DISMISSED
+    assert "default is to dismiss" in closing(status)
+
+
+async def test_break_glass_approves_critical_alerts_automatically(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    critical = Alert(source="pagerduty", name="GenAIQualityDegraded", fingerprint="pd-1", severity="critical")
+    handle = await world.start(snapshot(decision={"break_glass": {"min_severity": "critical"}}), alert=critical)
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED
+    assert not any(e.kind == "gate_opened" for e in status.audit)
+    assert "break-glass: alert severity critical" in next(e for e in status.audit if e.kind == "decided").message
+
+    # a warning does not break the glass: the gate opens
+    warning = Alert(source="pagerduty", name="GenAIQualityDegraded", fingerprint="pd-2", severity="warning")
+    gated = await world.start(snapshot(decision={"break_glass": {"min_severity": "critical"}}), alert=warning,
+                              release="chat-v3")
+    await world.at_phase(gated, Phase.AWAITING_DECISION)
+    await gated.signal(RollbackWorkflow.abort, Command(by="U_ONCALL", reason="test over"))
+    assert (await gated.result()).outcome is Outcome.ABORTED
+
+
+async def test_dry_run_records_what_it_would_do_and_touches_nothing(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(decision={"mode": "dry_run"}))
+    status = await handle.result()
+    assert status.outcome is Outcome.WOULD_REVERT
+    assert "would revert flag:flagd:chat-model in stages 10% -> 50% -> 100%" in closing(status)
+    assert world.flags.writes == []
+
+
+async def test_stage_verification_failure_halts_at_that_stage(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    world.signals.phases = {"verify": {"latency_p95": [4.2]}}
+    handle = await world.start(snapshot(decision={"mode": "automatic"}))
+    status = await handle.result()
+    assert status.outcome is Outcome.HALTED
+    assert world.writes() == [10]
+    assert [s.status for s in status.stages] == ["failed", "pending", "pending"]
+    assert "stage 1 (10%) failed verification: latency_p95=4.2" in closing(status)
+    assert [n.kind.value for n, _ in world.chat.sent][-1] == "halted"
+
+
+async def test_stage_failure_can_revert_everyone_instead(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    world.signals.phases = {"verify": {"latency_p95": [4.2]}}
+    handle = await world.start(snapshot(decision={"mode": "automatic"},
+                                        rollback={"on_stage_failure": "revert_all"}))
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED
+    assert world.writes() == [10, 100]
+    assert [s.status for s in status.stages] == ["failed", "skipped", "skipped"]
+
+
+async def test_revert_all_now_skips_the_remaining_stages(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(decision={"mode": "automatic"}))
+    await world.until(handle, lambda s: s.previous_percent == 10)
+    await handle.signal(RollbackWorkflow.revert_all_now, Command(by="U_SAFETY", reason="users complaining"))
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED
+    assert world.writes() == [10, 100]
+    assert any(e.kind == "revert_all_requested" and e.actor == "U_SAFETY" for e in status.audit)
+
+
+async def test_revert_all_now_at_the_gate_is_an_emergency_decision(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot())
+    await world.at_phase(handle, Phase.AWAITING_DECISION)
+    await handle.signal(RollbackWorkflow.revert_all_now, Command(by="U_SAFETY", reason="page from legal"))
+    status = await handle.result()
+    assert world.writes() == [100]
+    assert status.outcome is Outcome.REVERTED
+
+
+async def test_abort_stops_further_stages_and_keeps_what_was_applied(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(decision={"mode": "automatic"}))
+    await world.until(handle, lambda s: s.previous_percent == 10)
+    await handle.signal(RollbackWorkflow.abort, Command(by="U_ONCALL", reason="false alarm, metric bug"))
+    status = await handle.result()
+    assert status.outcome is Outcome.ABORTED
+    assert world.writes() == [10]
+    closed = next(e for e in status.audit if e.kind == "closed")
+    assert closed.actor == "U_ONCALL" and "metric bug" in closed.message
+
+
+async def test_pause_holds_the_next_stage_until_resumed(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(decision={"mode": "automatic"}))
+    await world.until(handle, lambda s: s.previous_percent == 10)
+    await handle.signal(RollbackWorkflow.pause, Command(by="U_ONCALL", reason="checking capacity"))
+    status = await world.until(handle, lambda s: s.phase is Phase.PAUSED)
+    await world.env.sleep(timedelta(hours=1))
+    assert world.writes() == [10] and (await world.status(handle)).paused
+    await handle.signal(RollbackWorkflow.resume, Command(by="U_ONCALL"))
+    status = await handle.result()
+    assert world.writes() == [10, 50, 100] and status.outcome is Outcome.REVERTED
+
+
+async def test_fairness_breach_freezes_for_investigation_instead_of_reverting(world: World) -> None:
+    world.signals.timeline = {"hallucinations": [5], "latency_p95": [1.0], "fairness_gap": [0.25]}
+    handle = await world.start(snapshot(confirmation={"rule": None}, decision={"default_action": "revert"}))
+    status = await world.at_phase(handle, Phase.INVESTIGATING)
+    assert any(e.kind == "frozen" for e in status.audit)
+    assert status.gate and status.gate.purpose == "investigation"
+    # timeouts never turn a fairness investigation into an automatic revert
+    await world.env.sleep(timedelta(days=2))
+    assert world.flags.writes == []
+    assert (await world.status(handle)).gate is not None
+    await handle.execute_update(RollbackWorkflow.decide, DecisionRequest(
+        user="U_SAFETY", verdict=Verdict.REJECT, reason="gap is within the audited tolerance"))
+    status = await handle.result()
+    assert status.outcome is Outcome.PAUSED
+    assert world.flags.writes == []
+    assert [n.kind.value for n, _ in world.chat.sent].count("investigation") == 1
+
+
+async def test_duplicate_alerts_join_one_incident(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    snap = snapshot()
+    wf_id = incident_id(snap.playbook.name, "chat-v9")
+    handles = []
+    for n in range(5):
+        alert = Alert(source="alertmanager", name="GenAIQualityDegraded", fingerprint=f"fp-{n % 2}")
+        handles.append(await world.env.client.start_workflow(
+            RollbackWorkflow.run, __import__("workflows.messages").messages.RollbackInput(
+                snapshot=snap, release="chat-v9"),
+            id=wf_id, task_queue=world.task_queue, start_signal="alerts",
+            start_signal_args=[AlertBatch(alerts=[alert])]))
+    world.handles.append(handles[0])
+    assert len({h.result_run_id for h in handles}) == 1
+    status = await world.status(handles[0])
+    assert [a.fingerprint for a in status.alerts] == ["fp-0", "fp-1"]  # repeats of the same alert are ignored
+    await handles[0].signal(RollbackWorkflow.abort, Command(by="test"))
+    await handles[0].result()
+
+
+async def test_an_activity_retried_after_a_crash_applies_once(time_skipping_env, tmp_path) -> None:
+    class CrashAfterWrite(ScriptedFlagProvider):
+        """Writes, then dies before answering: the worker 'crashed' mid-activity the first time."""
+
+        crashed = False
+
+        async def set_previous_percent(self, target, percent, idempotency_key):
+            applied = await super().set_previous_percent(target, percent, idempotency_key)
+            if not self.crashed:
+                CrashAfterWrite.crashed = True
+                raise RuntimeError("worker lost after writing")
+            return applied
+
+    flags = CrashAfterWrite()
+    made = await make_world(time_skipping_env, tmp_path, flags=flags)
+    made.world.signals.timeline = SUSTAINED
+    async with Worker(time_skipping_env.client, task_queue=made.world.task_queue, workflows=WORKFLOWS,
+                      activities=made.activities.all()):
+        handle = await made.world.start(snapshot(decision={"mode": "automatic"}))
+        status = await handle.result()
+        await made.world.terminate_leftovers()
+    assert status.outcome is Outcome.REVERTED
+    assert [w.percent for w in flags.writes] == [10, 50, 100]  # the retried first stage wrote nothing new
+    first = next(e for e in status.audit if e.kind == "stage_applied")
+    assert "already applied: nothing written" in first.message
