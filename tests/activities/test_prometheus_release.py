@@ -10,7 +10,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import IntegrityRequest, Measurement, PollRequest
 from activities.integrity import IntegrityChecker
-from activities.prometheus import PrometheusSignalSource, ReleaseSubstitutionError, substitute_release
+from activities.prometheus import (
+    PrometheusSignalSource,
+    ReleaseSubstitutionError,
+    substitute_release,
+)
 from activities.scripted import ScriptedFlagProvider
 from playbooks.loader import load_playbook
 from playbooks.models import PromqlCheck, Signal
