@@ -564,6 +564,20 @@ class Playbook(_Model):
     def signal(self, name: str) -> Signal:
         return next(s for s in self.signals if s.name == name)
 
+    def time_scaled(self, factor: float) -> Playbook:
+        """The same playbook with every duration multiplied by ``factor`` (rehearsals at a speed-up, the demo)."""
+
+        def scale(value: object) -> object:
+            if isinstance(value, timedelta):
+                return value * factor
+            if isinstance(value, dict):
+                return {k: scale(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [scale(v) for v in value]
+            return value
+
+        return Playbook.model_validate(scale(self.model_dump()))
+
     def members(self, role_names: list[str]) -> tuple[set[str], set[str]]:
         """Users and groups holding any of ``role_names``."""
         users: set[str] = set()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import inspect
 import logging
 import signal
 import socket
@@ -557,16 +556,16 @@ def resume(incident: IncidentArg, as_user: AsUser = None, reason: Reason = "") -
 
 
 @app.command()
-def demo() -> None:
-    """Run a scripted incident end to end on the embedded defaults and show what happened."""
+def demo(
+    speedup: Annotated[float, typer.Option(min=1, max=3600, help="How much faster than the playbook's own "
+                                            "durations the demo runs (60: a playbook minute is a second).")] = 60,
+) -> None:
+    """Run a degrading release end to end on the embedded defaults (a blip dismissed, a breach reverted)."""
     settings = _settings()
     # The demo is imported lazily so every other command works without its dependencies.
     from workers.demo import run_demo
 
-    result = run_demo(settings)
-    if inspect.isawaitable(result):
-        result = _run(lambda: result)  # type: ignore[arg-type,return-value]
-    raise typer.Exit(result if isinstance(result, int) else 0)
+    raise typer.Exit(run_demo(settings, speedup=speedup))
 
 
 def main() -> None:
