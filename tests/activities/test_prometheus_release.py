@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,7 +42,7 @@ async def scraped(url: str, exporter: MetricsExporter, name: str, value: float, 
 
 
 @pytest.fixture
-async def source(prometheus_url: str) -> PrometheusSignalSource:
+async def source(prometheus_url: str) -> AsyncIterator[PrometheusSignalSource]:
     src = PrometheusSignalSource(prometheus_url)
     yield src
     await src.aclose()
