@@ -332,6 +332,10 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings) ->
         return Accepted(incident_id=workflow_id)
 
     app.include_router(v1)
+
+    from workers.gateway import mount_gateway  # alert webhooks and Slack clicks (their own authentication)
+
+    mount_gateway(app, get_service, settings)
     return app
 
 

@@ -24,6 +24,7 @@ _SECRET_FIELDS = (
     "alert_bearer_token",
     "grafana_hmac_secret",
     "pagerduty_signing_secret",
+    "alert_basic_password",
 )
 
 
@@ -53,11 +54,17 @@ class Settings(BaseSettings):
     alert_bearer_token: SecretStr | None = Field(default=None, description="bearer token alert senders present")
     grafana_hmac_secret: SecretStr | None = None
     pagerduty_signing_secret: SecretStr | None = None
+    alert_basic_user: str | None = Field(default=None, description="basic-auth user alert senders present")
+    alert_basic_password: SecretStr | None = None
+    alert_signature_window: float = Field(default=300, gt=0, description="seconds a signed timestamp stays valid")
+    alert_batch_window_ms: float = Field(default=5, ge=0, le=1000,
+                                         description="how long alerts for one incident wait to share a signal")
 
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = Field(default=None, description="xapp- token for Socket Mode")
     slack_api_url: str = "https://slack.com/api/"
+    slack_socket_mode: bool = Field(default=False, description="receive Slack clicks over Socket Mode, not HTTP")
 
     prometheus_url: str | None = None
     prometheus_bearer_token: SecretStr | None = None
