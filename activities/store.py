@@ -2,7 +2,8 @@
 
 Writes are idempotent so an activity retried or replayed never duplicates anything: the incident row is an
 upsert that never moves back in time, audit events are unique by ``(incident_id, seq)``, reviews are keyed by
-incident. ``open_store(url)`` picks the implementation from the URL scheme; SQLite is the embedded default.
+incident. ``open_store(url)`` picks the implementation from the URL scheme: SQLite is the embedded default,
+``postgresql://`` (psycopg 3) the production store.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from activities.contracts import (
     AuditBatch,
@@ -172,6 +173,139 @@ class SqliteIncidentStore:
         return ReviewDocument(incident_id=row["incident_id"], markdown=row["markdown"], tasks=json.loads(row["tasks"]))
 
 
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id   TEXT PRIMARY KEY,
+    playbook      TEXT NOT NULL,
+    playbook_hash TEXT NOT NULL,
+    release       TEXT NOT NULL,
+    phase         TEXT NOT NULL,
+    outcome       TEXT,
+    started_at    TIMESTAMPTZ NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_events (
+    incident_id TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          TIMESTAMPTZ NOT NULL,
+    kind        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    data        JSONB NOT NULL,
+    PRIMARY KEY (incident_id, seq)
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    incident_id TEXT PRIMARY KEY,
+    markdown    TEXT NOT NULL,
+    tasks       JSONB NOT NULL,
+    saved_at    TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_by_update ON incidents (updated_at DESC);
+"""
+_PG_UPSERT_INCIDENT = _UPSERT_INCIDENT.replace("?", "%s")
+_PG_INSERT_EVENT = """
+INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
+ON CONFLICT (incident_id, seq) DO NOTHING
+"""
+_PG_UPSERT_REVIEW = """
+INSERT INTO reviews (incident_id, markdown, tasks, saved_at) VALUES (%s, %s, %s::jsonb, %s)
+ON CONFLICT (incident_id) DO UPDATE SET
+    markdown = excluded.markdown, tasks = excluded.tasks, saved_at = excluded.saved_at
+"""
+# Serialises schema creation: concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL.
+_PG_SCHEMA_LOCK = 7_362_617_001
+
+
+class PostgresIncidentStore:
+    """An ``IncidentStore`` in a PostgreSQL database (psycopg 3; one short connection per call).
+
+    Same semantics as ``SqliteIncidentStore``. A connection per call means a restarted or failed-over server
+    costs one failed (retried) activity at most, and no pool to size. The tables are created on first use;
+    give unship its own database, or its own schema with ``?options=-csearch_path%3Dunship``.
+    """
+
+    def __init__(self, dsn: str, connect_timeout: int = 10) -> None:
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._schema_ready = False
+
+    def __repr__(self) -> str:  # the DSN may carry a password
+        return "PostgresIncidentStore(...)"
+
+    async def _connect(self) -> Any:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        conn = await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=self._connect_timeout,
+                                                     row_factory=dict_row)
+        if not self._schema_ready:
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+                    await conn.execute(_PG_SCHEMA)
+            except BaseException:
+                await conn.close()
+                raise
+            self._schema_ready = True
+        return conn
+
+    async def _fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        conn = await self._connect()
+        async with conn:
+            cursor = await conn.execute(query, params)
+            return list(await cursor.fetchall())
+
+    async def write(self, batch: AuditBatch) -> None:
+        """Upsert the incident and add the events not stored yet, in one transaction."""
+        inc = batch.incident
+        conn = await self._connect()
+        async with conn, conn.transaction():
+            await conn.execute(_PG_UPSERT_INCIDENT, (
+                inc.incident_id, inc.playbook, inc.playbook_hash, inc.release, inc.phase, inc.outcome,
+                _aware(inc.started_at), _aware(inc.updated_at)))
+            if batch.events:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(_PG_INSERT_EVENT, [
+                        (inc.incident_id, e.seq, _aware(e.at), e.kind, e.actor, e.message,
+                         json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events])
+
+    async def incidents(self, limit: int = 100) -> list[IncidentRecord]:
+        """The most recently updated incidents first."""
+        rows = await self._fetch("SELECT * FROM incidents ORDER BY updated_at DESC, incident_id LIMIT %s",
+                                 (max(0, limit),))
+        return [IncidentRecord(**r) for r in rows]
+
+    async def incident(self, incident_id: str) -> IncidentRecord | None:
+        """One incident, or None."""
+        rows = await self._fetch("SELECT * FROM incidents WHERE incident_id = %s", (incident_id,))
+        return IncidentRecord(**rows[0]) if rows else None
+
+    async def events(self, incident_id: str) -> list[AuditEvent]:
+        """The incident's audit trail in sequence order."""
+        rows = await self._fetch(
+            "SELECT seq, at, kind, actor, message, data FROM audit_events WHERE incident_id = %s ORDER BY seq",
+            (incident_id,))
+        return [AuditEvent(**r) for r in rows]
+
+    async def save_review(self, review: ReviewDocument) -> None:
+        """Store (or replace) the incident's review document."""
+        conn = await self._connect()
+        async with conn, conn.transaction():
+            await conn.execute(_PG_UPSERT_REVIEW, (
+                review.incident_id, review.markdown, json.dumps(review.tasks, default=str), datetime.now(UTC)))
+
+    async def review(self, incident_id: str) -> ReviewDocument | None:
+        """The incident's review document, or None if none was written yet."""
+        rows = await self._fetch("SELECT incident_id, markdown, tasks FROM reviews WHERE incident_id = %s",
+                                 (incident_id,))
+        return ReviewDocument(**rows[0]) if rows else None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class StoreConfigurationError(ValueError):
     """The incident store URL cannot be used."""
 
@@ -183,21 +317,33 @@ def _sqlite(url: str) -> IncidentStore:
     return SqliteIncidentStore(Path(path))
 
 
-# Scheme prefix -> factory. A PostgresIncidentStore registers "postgresql://" here.
-_STORES: dict[str, Callable[[str], IncidentStore]] = {"sqlite:///": _sqlite}
+def _postgres(url: str) -> IncidentStore:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise StoreConfigurationError("a postgresql:// incident store needs psycopg: pip install "
+                                      "'psycopg[binary]'") from exc
+    rest = url.split("://", 1)[1]
+    return PostgresIncidentStore(f"postgresql://{rest}")
+
+
+# Scheme prefix -> factory.
+_STORES: dict[str, Callable[[str], IncidentStore]] = {
+    "sqlite:///": _sqlite,
+    "postgresql://": _postgres,
+    "postgres://": _postgres,
+    "postgresql+psycopg://": _postgres,
+}
 
 
 def open_store(url: str) -> IncidentStore:
-    """The incident store for ``url``: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+    """The incident store for ``url``: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or
+    ``postgresql://user:password@host:port/database`` (nothing is connected until first use)."""
     for prefix, factory in _STORES.items():
         if url.startswith(prefix):
             return factory(url)
     scheme = url.split(":", 1)[0] if ":" in url else url
-    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
-        raise StoreConfigurationError(
-            "a PostgreSQL incident store is not available yet (it arrives with the real-systems work); "
-            "use sqlite:///path/to/unship.db for now"
-        )
     raise StoreConfigurationError(
-        f"unsupported incident store URL scheme {scheme!r}; use sqlite:///path/to/unship.db"
+        f"unsupported incident store URL scheme {scheme!r}; use sqlite:///path/to/unship.db or "
+        "postgresql://user@host:5432/database"
     )

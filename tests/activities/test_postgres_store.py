@@ -1,0 +1,132 @@
+"""The PostgreSQL incident store against a REAL PostgreSQL 15 (private cluster, tests/support/postgres.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from activities.contracts import (
+    AuditBatch,
+    AuditEvent,
+    IncidentRecord,
+    IncidentStore,
+    ReviewDocument,
+)
+from activities.store import PostgresIncidentStore, StoreConfigurationError, open_store
+from tests.support.postgres import PostgresCluster, free_port, start_postgres
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    pg = start_postgres(tmp_path_factory.mktemp("pg-store"), database="unship")
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def dsn(cluster: PostgresCluster) -> str:
+    """A fresh, empty database per test (the store creates its tables on first use)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return cluster.dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def record(incident_id: str = "unship:chat:r42", phase: str = "confirming", minutes: int = 0,
+           outcome: str | None = None) -> IncidentRecord:
+    return IncidentRecord(incident_id=incident_id, playbook="chat", playbook_hash="abc123", release="r42",
+                          phase=phase, outcome=outcome, started_at=T0, updated_at=T0 + timedelta(minutes=minutes))
+
+
+def event(seq: int, message: str = "") -> AuditEvent:
+    return AuditEvent(seq=seq, at=T0 + timedelta(seconds=seq), kind="note", actor="unship",
+                      message=message or f"event {seq}",
+                      data={"seq": seq, "nested": {"ok": True}, "when": T0 + timedelta(seconds=seq)})
+
+
+async def test_round_trip_and_replayed_batches(dsn: str) -> None:
+    store = open_store(dsn)
+    assert isinstance(store, PostgresIncidentStore) and isinstance(store, IncidentStore)
+    await store.write(AuditBatch(incident=record(), events=[event(1, "alert received"), event(2)]))
+    await store.write(AuditBatch(incident=record(), events=[event(1, "alert received"), event(2)]))  # a retry
+    await store.write(AuditBatch(incident=record(phase="deciding", minutes=1), events=[event(2), event(3)]))
+
+    events = await store.events("unship:chat:r42")
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert events[0].message == "alert received" and events[0].at == T0 + timedelta(seconds=1)
+    assert events[0].data == {"seq": 1, "nested": {"ok": True}, "when": str(T0 + timedelta(seconds=1))}
+    assert [(r.incident_id, r.phase) for r in await store.incidents()] == [("unship:chat:r42", "deciding")]
+    assert await store.incident("unship:chat:r42") == record(phase="deciding", minutes=1)
+    assert await store.incident("unknown") is None
+    assert await store.events("unknown") == []
+
+
+async def test_a_late_older_batch_never_moves_the_incident_back(dsn: str) -> None:
+    store = PostgresIncidentStore(dsn)
+    await store.write(AuditBatch(incident=record(phase="closed", minutes=9, outcome="reverted"), events=[]))
+    await store.write(AuditBatch(incident=record(phase="reverting", minutes=5), events=[event(7)]))
+    incident = await store.incident("unship:chat:r42")
+    assert incident is not None and (incident.phase, incident.outcome) == ("closed", "reverted")
+    assert [e.seq for e in await store.events("unship:chat:r42")] == [7]
+
+
+async def test_concurrent_first_use_and_writers_keep_every_event_once(dsn: str) -> None:
+    stores = [PostgresIncidentStore(dsn) for _ in range(4)]  # each creates the schema on its first write
+    batches = [AuditBatch(incident=record(minutes=i), events=[event(i), event(i + 1)]) for i in range(12)]
+    await asyncio.gather(*(stores[i % 4].write(b) for i, b in enumerate(batches + batches)))
+    assert [e.seq for e in await stores[0].events("unship:chat:r42")] == list(range(13))
+    assert (await stores[1].incident("unship:chat:r42")) == record(minutes=11)
+
+
+async def test_newest_first_with_limit_and_reviews(dsn: str) -> None:
+    store = PostgresIncidentStore(dsn)
+    for i in range(5):
+        await store.write(AuditBatch(incident=record(f"unship:chat:r{i}", minutes=i), events=[]))
+    assert [r.incident_id for r in await store.incidents(limit=3)] == [
+        "unship:chat:r4", "unship:chat:r3", "unship:chat:r2"]
+
+    await store.save_review(ReviewDocument(incident_id="unship:chat:r4", markdown="# Review\n",
+                                           tasks=[{"title": "root cause", "owner": "ml-lead"}]))
+    assert (await store.review("unship:chat:r4")).tasks == [{"title": "root cause", "owner": "ml-lead"}]
+    await store.save_review(ReviewDocument(incident_id="unship:chat:r4", markdown="# Review v2\n"))
+    assert await store.review("unship:chat:r4") == ReviewDocument(incident_id="unship:chat:r4",
+                                                                  markdown="# Review v2\n")
+    assert await store.review("unknown") is None
+
+
+async def test_survives_dropped_connections_and_a_new_process(dsn: str) -> None:
+    store = PostgresIncidentStore(dsn)
+    await store.write(AuditBatch(incident=record(), events=[event(1)]))
+    # The server drops every other session (a failover, an idle-connection reaper): the store still works.
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
+    await store.write(AuditBatch(incident=record(phase="reverting", minutes=2), events=[event(2)]))
+
+    fresh = open_store(dsn)  # as a restarted worker would
+    assert [e.seq for e in await fresh.events("unship:chat:r42")] == [1, 2]
+    assert (await fresh.incidents())[0].phase == "reverting"
+
+
+async def test_unreachable_database_fails_without_echoing_the_password(cluster: PostgresCluster) -> None:
+    store = PostgresIncidentStore(f"postgresql://unship:s3cret-pw@127.0.0.1:{free_port()}/unship",
+                                  connect_timeout=2)
+    with pytest.raises(psycopg.OperationalError) as err:
+        await store.incidents()
+    assert "s3cret-pw" not in str(err.value) and "s3cret-pw" not in repr(store)
+
+
+def test_store_urls(tmp_path: Path) -> None:
+    for url in ("postgresql://u@localhost/unship", "postgres://u@localhost/unship",
+                "postgresql+psycopg://u@localhost/unship"):
+        assert isinstance(open_store(url), PostgresIncidentStore), url
+    with pytest.raises(StoreConfigurationError, match="unsupported"):
+        open_store("mysql://localhost/unship")
