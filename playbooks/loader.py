@@ -31,6 +31,8 @@ from playbooks.models import Playbook, PlaybookSnapshot
 from playbooks.rendering import message_kinds, review_templates, template_error
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
+SCENARIO_SUFFIXES = (".scenario.yaml", ".scenario.yml")
+"""Tabletop scenarios (playbooks/scenarios.py) live next to playbooks; folder discovery skips them."""
 MAX_VALUES = 100_000
 """A playbook is a few hundred values; more than this (after expanding aliases) is refused."""
 ROOT_FIELD = "playbook"
@@ -174,7 +176,9 @@ _SLUG_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"  # playbooks.models.Slug
 _NAMES = re.compile(r"unknown (?:signals|roles) (\[.*?\])")
 
 
-def _validation_problems(exc: ValidationError, tree: CommentedMap) -> list[tuple[Loc, str]]:
+def _validation_problems(exc: ValidationError, tree: CommentedMap,
+                         root: type[BaseModel] = Playbook) -> list[tuple[Loc, str]]:
+    """Each pydantic error as (location in the YAML data, message); ``root`` is the model of the document."""
     problems: list[tuple[Loc, str]] = []
     unions: dict[Loc, tuple[list[str], Any]] = {}
     for error in exc.errors(include_url=False):
@@ -187,7 +191,7 @@ def _validation_problems(exc: ValidationError, tree: CommentedMap) -> list[tuple
         elif error["type"] == "union_tag_not_found":
             message = f"missing {ctx.get('discriminator', 'kind')} (which kind of entry this is)"
         elif error["type"] == "extra_forbidden":
-            allowed = _fields_at(loc[:-1], tree)
+            allowed = _fields_at(loc[:-1], tree, root)
             message = f"unknown field {str(loc[-1])!r}" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
         if union_member:
             members, _ = unions.setdefault(loc, ([], error.get("input")))
@@ -231,9 +235,9 @@ def _message(error: dict[str, Any]) -> str:
     return message
 
 
-def _fields_at(loc: Loc, tree: Any) -> list[str]:
-    """The field names the playbook language allows at ``loc`` (empty when that cannot be told)."""
-    annotation: Any = Playbook
+def _fields_at(loc: Loc, tree: Any, root: type[BaseModel] = Playbook) -> list[str]:
+    """The field names the document's language allows at ``loc`` (empty when that cannot be told)."""
+    annotation: Any = root
     node: Any = tree
     for part in loc:
         annotation = _unwrap(annotation, node)
@@ -555,7 +559,7 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
     """Playbook files named by ``paths``: files as given, folders searched recursively for *.yaml / *.yml.
 
     A path that does not exist is returned as given, so loading it reports a "no such file" issue.
-    Hidden folders (``.git``...) are skipped. The result is sorted and without duplicates.
+    Hidden folders (``.git``...) and tabletop scenarios (``*.scenario.yaml``) are skipped. The result is sorted and without duplicates.
     """
     found: set[Path] = set()
     for raw in paths:
@@ -564,6 +568,7 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
             for candidate in path.rglob("*"):
                 relative = candidate.relative_to(path).parts
                 if (candidate.suffix in PLAYBOOK_SUFFIXES and candidate.is_file()
+                        and not candidate.name.endswith(SCENARIO_SUFFIXES)
                         and not any(part.startswith(".") for part in relative)):
                     found.add(candidate)
         else:
