@@ -3,6 +3,12 @@
 Each check yields a ``CheckResult`` with evidence, pass or fail. A check that cannot run (a timeout, a missing
 environment variable, a database that is not configured) is a failed result that says why, never an exception
 that would hide the other checks' evidence.
+
+SQL checks run one statement, read-only, whatever it says: SQLite databases are opened with ``mode=ro``;
+PostgreSQL queries run in a ``READ ONLY`` transaction that is rolled back, with a statement timeout, through
+the extended query protocol (one statement, so ``SELECT 1; DELETE ...`` is refused). ``$release`` inside a
+single-quoted SQL string (``WHERE model_version = '$release'``) is replaced by the incident's release, quoted;
+anywhere else it is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -45,10 +52,11 @@ class IntegrityChecker:
     """Runs a playbook's integrity checks against the flag provider, HTTP endpoints, Prometheus and databases."""
 
     def __init__(self, flags: FlagProvider, signals: SignalSource | None = None, http_timeout: float = 10.0,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, sql_timeout: float = 10.0) -> None:
         self.flags = flags
         self.signals = signals
         self.http_timeout = http_timeout
+        self.sql_timeout = sql_timeout
         self._environ = environ
 
     async def run(self, request: IntegrityRequest) -> IntegrityResult:
@@ -65,7 +73,7 @@ class IntegrityChecker:
             if isinstance(check, PromqlCheck):
                 return await self.promql(check, request)
             if isinstance(check, SqlCheck):
-                return await self.sql(check)
+                return await self.sql(check, request.release)
             return CheckResult(name=check.name, kind=check.kind, passed=False, evidence="unknown check kind")
         except Exception as exc:  # noqa: BLE001 - every failure becomes evidence on the result
             return CheckResult(name=check.name, kind=check.kind, passed=False,
@@ -132,28 +140,112 @@ class IntegrityChecker:
         return CheckResult(name=check.name, kind=check.kind,
                            passed=observation.measurement is Measurement.HEALTHY, evidence=evidence)
 
-    async def sql(self, check: SqlCheck) -> CheckResult:
+    async def sql(self, check: SqlCheck, release: str = "") -> CheckResult:
         """A read-only query whose first column of the first row must equal ``expect``."""
         environ = self._environ if self._environ is not None else os.environ
         dsn = environ.get(check.dsn_env)
         if not dsn:
             return _fail(check, f"environment variable {check.dsn_env} is not set; set it to the database URL")
+        try:
+            query = sql_with_release(check.query, release)
+        except ValueError as exc:
+            return _fail(check, f"{exc}; fix the query in the playbook")
         if dsn.startswith("sqlite:///"):
             path = Path(dsn[len("sqlite:///"):])
             try:
-                value, found = await asyncio.to_thread(_sqlite_first_value, path, check.query)
+                value, found = await asyncio.to_thread(_sqlite_first_value, path, query)
             except sqlite3.Error as exc:
                 return _fail(check, f"sqlite {path}: {type(exc).__name__}: {exc}")
         elif dsn.startswith(("postgres://", "postgresql://")):
-            return _fail(check, f"{check.dsn_env} names a PostgreSQL database; PostgreSQL integrity checks are "
-                                "not configured in this version (sqlite:/// only)")
+            try:
+                value, found = await _postgres_first_value(dsn, query, self.sql_timeout)
+            except ImportError:
+                return _fail(check, "PostgreSQL checks need psycopg: pip install 'psycopg[binary]'")
+            except Exception as exc:  # noqa: BLE001 - psycopg.Error and OSError alike become evidence
+                return _fail(check, f"postgresql ({check.dsn_env}): {type(exc).__name__}: {_first_line(exc)}")
         else:
             scheme = dsn.split(":", 1)[0]
-            return _fail(check, f"{check.dsn_env} has unsupported scheme {scheme!r}; use sqlite:///path")
+            return _fail(check, f"{check.dsn_env} has unsupported scheme {scheme!r}; use sqlite:///path or "
+                                "postgresql://user@host/database")
         shown = repr(value) if found else "no rows"
         passed = _equal(value, check.expect)
         return CheckResult(name=check.name, kind=check.kind, passed=passed,
-                           evidence=f"{check.query.strip()} -> {shown}, expected {check.expect!r}")
+                           evidence=f"{query.strip()} -> {shown}, expected {check.expect!r}")
+
+
+RELEASE = "$release"
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_]")
+
+
+def sql_with_release(query: str, release: str) -> str:
+    """``query`` with ``$release`` inside single-quoted strings replaced by ``release`` (quotes doubled).
+
+    Raises ``ValueError`` for ``$release`` outside a single-quoted string (in an identifier, a comment or bare
+    SQL) and for a release with a backslash or control character (unsafe in ``E'...'`` strings).
+    """
+    if RELEASE not in query:
+        return query
+    if any(c == "\\" or ord(c) < 32 for c in release):
+        raise ValueError(f"release {release!r} has a backslash or control character; it cannot be put in SQL")
+    out: list[str] = []
+    i, inside = 0, False
+    while i < len(query):
+        at_token = query.startswith(RELEASE, i) and not _IDENT_CHAR.match(query, i + len(RELEASE))
+        if inside:
+            if at_token:
+                out.append(release.replace("'", "''"))
+                i += len(RELEASE)
+                continue
+            if query.startswith("''", i):
+                out.append("''")
+                i += 2
+                continue
+            inside = query[i] != "'"
+        elif at_token:
+            raise ValueError(f"{RELEASE} must stand inside a single-quoted string, e.g. model_version = "
+                             f"'{RELEASE}'")
+        else:
+            skip = _sql_skip(query, i)
+            if skip > i:
+                if RELEASE in query[i:skip] and query[i] == '"':
+                    raise ValueError(f"{RELEASE} cannot be part of a quoted identifier")
+                out.append(query[i:skip])
+                i = skip
+                continue
+            inside = query[i] == "'"
+        out.append(query[i])
+        i += 1
+    return "".join(out)
+
+
+def _sql_skip(query: str, i: int) -> int:
+    """The end of the comment or quoted identifier starting at ``i`` (``i`` when there is none)."""
+    for start, end in (("--", "\n"), ("/*", "*/"), ('"', '"')):
+        if query.startswith(start, i):
+            stop = query.find(end, i + len(start))
+            return len(query) if stop < 0 else stop + len(end)
+    return i
+
+
+async def _postgres_first_value(dsn: str, query: str, timeout: float) -> tuple[Any, bool]:
+    import psycopg
+
+    timeout_ms = max(1, int(timeout * 1000))
+    conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=max(1, math.ceil(timeout)))
+    async with conn:
+        # binary=True forces the extended protocol: exactly one statement, never "SELECT 1; DELETE ...".
+        async with conn.cursor(binary=True) as cursor:
+            await cursor.execute("SET TRANSACTION READ ONLY")
+            await cursor.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+            await cursor.execute(f"SET LOCAL lock_timeout = {timeout_ms}")
+            await cursor.execute(query)
+            row = await cursor.fetchone() if cursor.description else None
+        await conn.rollback()
+    return (row[0], True) if row else (None, False)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def _sqlite_first_value(path: Path, query: str) -> tuple[Any, bool]:
