@@ -29,7 +29,10 @@ class ExternalSystemError(Exception):
 
 
 def retry_after(response: httpx.Response) -> timedelta | None:
-    """Seconds from ``Retry-After`` (or LaunchDarkly's ``X-Ratelimit-Reset`` in ms since the epoch)."""
+    """The delay a ``Retry-After: <seconds>`` header asks for, or None (an HTTP date is not read).
+
+    Only ``Retry-After``: LaunchDarkly's ``X-Ratelimit-Reset`` is read by the LaunchDarkly provider itself.
+    """
     value = response.headers.get("Retry-After")
     if value:
         try:
