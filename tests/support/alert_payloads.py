@@ -61,8 +61,9 @@ def pagerduty(incident: str = "PABC123", event_type: str = "incident.triggered",
                  "urgency": "high", "conference_bridge": None, "resolve_reason": None}}}
 
 
-def generic(labels: dict[str, str], fingerprint: str = "", status: str = "firing") -> dict[str, Any]:
-    return {"alerts": [{"labels": labels, "status": status, "fingerprint": fingerprint,
+def generic(labels: dict[str, str], fingerprint: str = "", status: str = "firing",
+            group_key: str = "canary-checker") -> dict[str, Any]:
+    return {"alerts": [{"labels": labels, "status": status, "fingerprint": fingerprint, "group_key": group_key,
                         "annotations": {"summary": "from a script"}}]}
 
 
