@@ -25,6 +25,9 @@ _SECRET_FIELDS = (
     "grafana_hmac_secret",
     "pagerduty_signing_secret",
     "alert_basic_password",
+    "kubernetes_token",
+    "http_provider_token",
+    "http_signals_token",
 )
 
 
@@ -73,6 +76,15 @@ class Settings(BaseSettings):
     unleash_api_token: SecretStr | None = None
     launchdarkly_api_token: SecretStr | None = None
     launchdarkly_url: str = "https://app.launchdarkly.com"
+
+    kubernetes_api_url: str | None = Field(default=None, description="Kubernetes API for KServe targets")
+    kubernetes_token: SecretStr | None = Field(default=None, description="bearer token for the Kubernetes API")
+    kubernetes_ca_file: str | None = Field(default=None, description="CA bundle of the Kubernetes API")
+    kubernetes_in_cluster: bool = Field(default=False, description="KServe via the pod's service account")
+
+    http_provider_url: str | None = Field(default=None, description="base URL of a generic HTTP flag/router")
+    http_provider_token: SecretStr | None = None
+    http_signals_token: SecretStr | None = Field(default=None, description="bearer token for http signals")
 
     @model_validator(mode="before")
     @classmethod
