@@ -6,7 +6,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from workers.settings import Settings
@@ -21,25 +23,18 @@ log = logging.getLogger(__name__)
 def build_activities(settings: Settings) -> RollbackActivities:
     """The production adapters the settings describe, wrapped as the rollback activities.
 
-    Flags always include the flagd file in the state folder; signals include Prometheus when
-    ``UNSHIP_PROMETHEUS_URL`` is set; chat goes to the log (until a Slack token is configured).
+    Flags and signals are routed by the names playbooks use (see ``flag_providers`` / ``signal_sources``);
+    chat goes to the log (until a Slack token is configured).
     """
     from activities.chat import LogNotifier
-    from activities.flagd import FlagdFileProvider
     from activities.integrity import IntegrityChecker
     from activities.rollback import RollbackActivities
     from activities.routing import FlagRouter, SignalRouter
     from activities.store import open_store
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    flags = FlagRouter({"flagd": FlagdFileProvider(settings.resolved_flagd_path)})
-    sources: dict[str, Any] = {}
-    if settings.prometheus_url:
-        from activities.prometheus import PrometheusSignalSource
-
-        token = settings.prometheus_bearer_token.get_secret_value() if settings.prometheus_bearer_token else None
-        sources["prometheus"] = PrometheusSignalSource(settings.prometheus_url, token)
-    signals = SignalRouter(sources)
+    flags = FlagRouter(flag_providers(settings))
+    signals = SignalRouter(signal_sources(settings))
     return RollbackActivities(
         flags,
         signals,
@@ -48,6 +43,65 @@ def build_activities(settings: Settings) -> RollbackActivities:
         integrity=IntegrityChecker(flags, signals),
         review_dir=settings.state_dir / "reviews",
     )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
+
+
+def flag_providers(settings: Settings) -> dict[str, Any]:
+    """The flag/serving providers the settings configure, by the ``target.provider`` name playbooks use.
+
+    ``flagd`` (the file in the state folder) always; ``unleash`` with ``UNSHIP_UNLEASH_URL``, ``launchdarkly``
+    with ``UNSHIP_LAUNCHDARKLY_API_TOKEN``, ``kserve`` with ``UNSHIP_KUBERNETES_API_URL`` or
+    ``UNSHIP_KUBERNETES_IN_CLUSTER``, ``http`` with ``UNSHIP_HTTP_PROVIDER_URL``. A playbook naming one that is
+    not configured fails with the router's non-retryable "not configured" error; a half-configured one (a URL
+    without its token) stops the worker at start with what is missing.
+    """
+    from activities.flagd import FlagdFileProvider
+
+    providers: dict[str, Any] = {"flagd": FlagdFileProvider(settings.resolved_flagd_path)}
+    try:
+        if settings.unleash_url:
+            from activities.unleash import UnleashProvider
+
+            providers["unleash"] = UnleashProvider(settings.unleash_url, _secret(settings.unleash_api_token))
+        if settings.launchdarkly_api_token:
+            from activities.launchdarkly import LaunchDarklyProvider
+
+            providers["launchdarkly"] = LaunchDarklyProvider(_secret(settings.launchdarkly_api_token),
+                                                             settings.launchdarkly_url)
+        if settings.kubernetes_in_cluster or settings.kubernetes_api_url:
+            from activities.kserve import KServeProvider
+
+            providers["kserve"] = (
+                KServeProvider.in_cluster() if settings.kubernetes_in_cluster
+                else KServeProvider(settings.kubernetes_api_url, _secret(settings.kubernetes_token),
+                                    ca_file=settings.kubernetes_ca_file)
+            )
+        if settings.http_provider_url:
+            from activities.http_providers import HttpProvider
+
+            providers["http"] = HttpProvider(settings.http_provider_url, _secret(settings.http_provider_token))
+    except ApplicationError as exc:
+        raise ValueError(f"settings: {exc.message}") from None
+    except OSError as exc:  # e.g. an unreadable UNSHIP_KUBERNETES_CA_FILE
+        raise ValueError(f"settings: cannot read {exc.filename}: {exc.strerror}") from None
+    return providers
+
+
+def signal_sources(settings: Settings) -> dict[str, Any]:
+    """The signal sources by ``source.type``: ``prometheus`` with ``UNSHIP_PROMETHEUS_URL``; ``http`` always
+    (its URL is in the playbook; ``UNSHIP_HTTP_SIGNALS_TOKEN`` is sent as a bearer token when set)."""
+    from activities.http_signals import HttpSignalSource
+
+    sources: dict[str, Any] = {"http": HttpSignalSource(token=_secret(settings.http_signals_token))}
+    if settings.prometheus_url:
+        from activities.prometheus import PrometheusSignalSource
+
+        sources["prometheus"] = PrometheusSignalSource(settings.prometheus_url,
+                                                       _secret(settings.prometheus_bearer_token))
+    return sources
 
 
 async def ensure_flagd_flags(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> list[str]:
