@@ -24,7 +24,7 @@ def build_activities(settings: Settings) -> RollbackActivities:
     """The production adapters the settings describe, wrapped as the rollback activities.
 
     Flags and signals are routed by the names playbooks use (see ``flag_providers`` / ``signal_sources``);
-    chat goes to the log (until a Slack token is configured).
+    chat goes to Slack with ``UNSHIP_SLACK_BOT_TOKEN`` (``chat_notifier``), else to the log.
     """
     from activities.chat import LogNotifier
     from activities.integrity import IntegrityChecker
@@ -38,11 +38,28 @@ def build_activities(settings: Settings) -> RollbackActivities:
     return RollbackActivities(
         flags,
         signals,
-        LogNotifier(),
+        chat_notifier(settings) or LogNotifier(),
         open_store(settings.resolved_database_url),
         integrity=IntegrityChecker(flags, signals),
         review_dir=settings.state_dir / "reviews",
     )
+
+
+def chat_notifier(settings: Settings) -> Any:
+    """Slack when ``UNSHIP_SLACK_BOT_TOKEN`` is set (the library's stages shown as the plan), else None."""
+    if settings.slack_bot_token is None:
+        return None
+    from activities.slack import SlackNotifier
+
+    plans: dict[str, Any] = {}
+    try:
+        from playbooks.loader import load_library
+
+        folder = settings.playbooks_dir if settings.playbooks_dir.is_dir() else None
+        plans = {name: snap.playbook.rollback.stages for name, snap in load_library(folder).items()}
+    except Exception as exc:  # noqa: BLE001 - the plan only decorates messages; never block the worker on it
+        log.warning("Slack messages will not show planned stages: %s", exc)
+    return SlackNotifier.from_token(settings.slack_bot_token.get_secret_value(), settings.slack_api_url, plans)
 
 
 def _secret(value: SecretStr | None) -> str | None:
