@@ -222,6 +222,8 @@ def up() -> None:
         check_bind_allowed(settings)
     except ValueError as exc:
         _fail(EXIT_USAGE, str(exc))
+    if settings.slack_socket_mode and not (settings.slack_app_token and settings.slack_bot_token):
+        _fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
     playbooks = _playbooks_or_fail(settings)
     _configure_logging()
     _run(lambda: _up(settings, playbooks))
@@ -256,6 +258,7 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
 
     from workers.api import create_app
     from workers.client import connect
+    from workers.gateway import socket_mode_task
     from workers.service import IncidentService
     from workers.temporal_server import EmbeddedTemporal
     from workers.worker import build_activities, ensure_flagd_flags, run_worker
@@ -283,11 +286,12 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
         if created:
             err.print(f"created flagd flags {', '.join(created)} in {settings.resolved_flagd_path}")
         service = IncidentService(client, settings, playbooks, store=activities.store)
-        http = _Server(uvicorn.Config(create_app(service, settings), log_level="warning", lifespan="on",
-                                      access_log=False))
+        api = create_app(service, settings)
+        http = _Server(uvicorn.Config(api, log_level="warning", lifespan="on", access_log=False))
         with _stop_on_signals(stop, on_second=lambda: setattr(http, "force_exit", True)):
             worker_task = asyncio.create_task(run_worker(client, settings, activities, stop))
             http_task = asyncio.create_task(http.serve(sockets=[sock]))
+            socket_task = socket_mode_task(api, settings, stop)  # Slack clicks over Socket Mode, when enabled
             while not http.started and not http_task.done() and not worker_task.done():
                 await asyncio.sleep(0.05)
             if http.started:
@@ -296,7 +300,8 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
             await asyncio.wait({worker_task, http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
             http.should_exit = True
-            results = await asyncio.gather(worker_task, http_task, return_exceptions=True)
+            results = await asyncio.gather(worker_task, http_task, *([socket_task] if socket_task else []),
+                                           return_exceptions=True)
             stopper.cancel()
         sock.close()
         for result in results:
@@ -318,6 +323,38 @@ def _print_up(settings: Settings, ui_url: str | None, playbooks: dict[str, Playb
     table.add_row("Playbooks", ", ".join(sorted(playbooks)) or "none")
     out.print("[bold green]unship is up[/]  (Ctrl-C to stop)")
     out.print(table)
+
+
+@app.command()
+def gateway() -> None:
+    """Serve only the gateway (alert webhooks, Slack clicks) against TEMPORAL_ADDRESS or `unship up`'s Temporal."""
+    settings = _settings()
+    from workers.api import check_bind_allowed
+
+    try:
+        check_bind_allowed(settings)
+    except ValueError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    if settings.slack_socket_mode and not (settings.slack_app_token and settings.slack_bot_token):
+        _fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
+    playbooks = _playbooks_or_fail(settings)
+    _configure_logging()
+
+    async def main() -> None:
+        from workers.gateway import run_gateway
+
+        host, port = settings.http_host_port
+        sock = _listen(host, port)
+        stop = asyncio.Event()
+        with _stop_on_signals(stop):
+            out.print(f"gateway listening on http://{host}:{port} (alerts: /v1/alerts/<source>, Slack: "
+                      f"/v1/slack/interactivity); Temporal {settings.temporal_target}")
+            try:
+                await run_gateway(settings, playbooks, sock, stop)
+            finally:
+                sock.close()
+
+    _run(main)
 
 
 @app.command()

@@ -246,3 +246,52 @@ def create_gateway_app(service: IncidentService | Callable[[], Awaitable[Inciden
 
     mount_gateway(app, get_service, settings, gateway)
     return app
+
+
+def socket_mode_task(app: FastAPI, settings: Settings, stop: asyncio.Event) -> asyncio.Task[None] | None:
+    """With ``UNSHIP_SLACK_SOCKET_MODE``, receive Slack clicks over Socket Mode for ``app``'s gateway until ``stop``."""
+    if not settings.slack_socket_mode:
+        return None
+    app_token, bot_token = _secret(settings.slack_app_token), _secret(settings.slack_bot_token)
+    if not app_token or not bot_token:
+        raise ValueError("UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN (xapp-...) and UNSHIP_SLACK_BOT_TOKEN")
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from workers.slack_actions import run_socket_mode
+
+    web = AsyncWebClient(token=bot_token, base_url=settings.slack_api_url)
+    return asyncio.create_task(run_socket_mode(app.state.gateway.slack, app_token, web, stop))
+
+
+async def run_gateway(settings: Settings, playbooks: dict[str, Any], sock: Any, stop: asyncio.Event) -> None:
+    """Serve the gateway alone on ``sock`` until ``stop`` (``unship gateway``); Temporal is connected on first use."""
+    import contextlib
+    from collections.abc import Iterator
+
+    import uvicorn
+
+    from workers.client import connect
+
+    async def service() -> IncidentService:
+        return IncidentService(await connect(settings), settings, playbooks)
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # the CLI handles signals
+            yield
+
+    app = create_gateway_app(service, settings)
+    http = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    socket_task = socket_mode_task(app, settings, stop)
+    http_task = asyncio.create_task(http.serve(sockets=[sock]))
+    stopper = asyncio.create_task(stop.wait())
+    tasks = {http_task, stopper} | ({socket_task} if socket_task else set())
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    http.should_exit = True
+    results = await asyncio.gather(*(t for t in (http_task, socket_task) if t), return_exceptions=True)
+    stopper.cancel()
+    await app.state.gateway.slack.drain()
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
