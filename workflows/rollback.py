@@ -14,7 +14,9 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
+        CohortResult,
         IntegrityRequest,
+        ReadbackRequest,
         IntegrityResult,
         MessageKind,
     )
@@ -26,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         StageFailure,
         format_duration,
     )
-    from workflows.base import ACTION_RETRY, IncidentWorkflowBase, _cause
+    from workflows.base import ACTION_RETRY, EVIDENCE_RETRY, IncidentWorkflowBase, _cause
     from workflows.confirmation import BreachTracker, assess_poll, fairness_rule, quality_rule
     from workflows.messages import (
         AlertBatch,
@@ -381,10 +383,20 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._status.phase = Phase.REVERTING
         self._status.stages = [StageProgress(index=i, percent=s.percent, status="pending")
                                for i, s in enumerate(rollback.stages)]
+        already = 0.0
+        if workflow.patched("read-split-before-revert"):
+            already = await self._current_previous_percent()
         for i, stage in enumerate(rollback.stages):
             self._check_abort()
             if self._revert_all is not None:
                 break
+            if stage.percent <= already:
+                # A revert never moves users back toward the release under suspicion (e.g. a new incident for
+                # a release an earlier incident already reverted).
+                self._status.stages[i].status = "skipped"
+                self._audit("stage_skipped", f"stage {i + 1} ({stage.percent:g}%) skipped: {already:g}% of users "
+                            "are already on the previous model", stage=i)
+                continue
             if self._paused:
                 self._status.phase = Phase.PAUSED
                 await workflow.wait_condition(
@@ -426,6 +438,22 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 if progress.status == "pending":
                     progress.status = "skipped"
         self._status.full_revert_at = self._status.full_revert_at or workflow.now()
+
+    async def _current_previous_percent(self) -> float:
+        """The smallest share already on the previous model across the targets (0 when it cannot be read)."""
+        try:
+            result: CohortResult = await workflow.execute_activity(
+                "read_cohort", ReadbackRequest(targets=self._playbook.rollback.targets), result_type=CohortResult,
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY,
+            )
+        except ActivityError as err:
+            self._audit("readback_failed", f"could not read the current split before reverting: {_cause(err)}")
+            return 0.0
+        shares = [s.previous_percent for s in result.states]
+        if not shares or any(s is None for s in shares):
+            return 0.0
+        self._status.previous_percent = min(shares)
+        return min(shares)
 
     async def _apply_stage(self, index: int | None, percent: float, step: str) -> None:
         label = f"stage {index + 1} ({percent:g}%)" if index is not None else f"all users ({percent:g}%)"

@@ -342,3 +342,16 @@ async def test_an_activity_retried_after_a_crash_applies_once(time_skipping_env,
     assert [w.percent for w in flags.writes] == [10, 50, 100]  # the retried first stage wrote nothing new
     first = next(e for e in status.audit if e.kind == "stage_applied")
     assert "already applied: nothing written" in first.message
+
+
+async def test_a_revert_never_moves_users_back_toward_the_suspect_release(world: World) -> None:
+    """A new incident for a release already half reverted continues from there, never back down to 10%."""
+    world.signals.timeline = SUSTAINED
+    world.flags.state["flag:flagd:chat-model"] = 50
+    handle = await world.start(snapshot(decision={"mode": "automatic"}))
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED
+    assert world.writes() == [100]
+    assert [s.status for s in status.stages] == ["skipped", "skipped", "verified"]
+    assert "stage 1 (10%) skipped: 50% of users are already on the previous model" in [
+        e.message for e in status.audit if e.kind == "stage_skipped"][0]
