@@ -199,16 +199,20 @@ class SlackActions:
         now = self.clock.now()
         if abs(now - sent) > self.window:
             return SlackReply(401, {"detail": "stale request: the timestamp is more than 5 minutes old"})
-        if not self.verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return SlackReply(400, {"detail": "body: not UTF-8 (Slack sends a URL-encoded form)"})
+        if not self.verifier.is_valid(body=text, timestamp=timestamp, signature=signature):
             return SlackReply(401, {"detail": "the Slack signature does not match"})
         self._forget_old(now)
         if signature in self._seen:
             return SlackReply(401, {"detail": "replayed request"})
         self._seen[signature] = now
         try:
-            form = urllib.parse.parse_qs(body.decode(), strict_parsing=False)
+            form = urllib.parse.parse_qs(text, strict_parsing=False)
             payload = json.loads(form["payload"][0])
-        except (UnicodeDecodeError, KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError):
             return SlackReply(400, {"detail": "payload: the form field 'payload' must hold a JSON document"})
         if not isinstance(payload, dict):
             return SlackReply(400, {"detail": "payload: must be a JSON object"})
@@ -216,7 +220,9 @@ class SlackActions:
         return SlackReply(200)
 
     def _forget_old(self, now: float) -> None:
-        if len(self._seen) > 10_000 or any(now - t > self.window for t in list(self._seen.values())[:1]):
+        # signatures older than the window can no longer pass the timestamp check, so they need no memory
+        oldest = next(iter(self._seen.values()), now)
+        if now - oldest > self.window:
             self._seen = {s: t for s, t in self._seen.items() if now - t <= self.window}
 
     # --- shared -----------------------------------------------------------------------------------------------
