@@ -1,0 +1,220 @@
+"""Alert storm: N incidents x M distinct alerts each, all posted to the gateway at once, over real HTTP.
+
+The gateway (uvicorn, the real routes and router) runs against the embedded Temporal dev server (SQLite) with
+a worker running the real RollbackWorkflow (a long confirmation window, so every incident stays open). Each
+alert is its own Alertmanager webhook request with its own fingerprint. Measured twice in the same run:
+
+- group commit (the gateway's default): alerts for one incident that arrive together share one
+  signal-with-start;
+- baseline: one signal-with-start per alert.
+
+For each: alerts/s accepted (first request sent -> last 202), signals sent, that exactly N workflows exist,
+and that every alert's fingerprint is in its incident's evidence (zero lost). Append the output to
+BENCHMARKS.md with the machine and date.
+
+    ./dev bench alert_storm [--incidents 20] [--alerts 50] [--concurrency 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvicorn
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.chat import LogNotifier  # noqa: E402
+from activities.rollback import RollbackActivities  # noqa: E402
+from activities.routing import FlagRouter, SignalRouter  # noqa: E402
+from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource  # noqa: E402
+from activities.store import SqliteIncidentStore  # noqa: E402
+from playbooks.loader import content_hash, library_folder, load_playbook  # noqa: E402
+from playbooks.models import Playbook, PlaybookSnapshot  # noqa: E402
+from workers.alert_router import AlertRouter  # noqa: E402
+from workers.gateway import Gateway, create_gateway_app  # noqa: E402
+from workers.service import IncidentService  # noqa: E402
+from workers.settings import Settings  # noqa: E402
+from workers.temporal_server import EmbeddedTemporal, free_port  # noqa: E402
+from workflows.messages import IncidentStatus, incident_id  # noqa: E402
+from workflows.release import ReleaseWorkflow  # noqa: E402
+from workflows.review import ReviewWorkflow  # noqa: E402
+from workflows.rollback import RollbackWorkflow  # noqa: E402
+
+TOKEN = "bench-alert-token"
+
+
+def open_playbook() -> PlaybookSnapshot:
+    """The library's chat playbook with scripted signals and a one-hour confirmation: incidents stay open."""
+    base = load_playbook(library_folder() / "conversational-agent.yaml").playbook.model_dump()
+    base["confirmation"].update(window=3600, interval=600, breaches=3, out_of=5)
+    for signal in base["signals"]:
+        signal["source"] = {"type": "scripted"}
+    base["integrity"] = []
+    playbook = Playbook.model_validate(base)
+    return PlaybookSnapshot(playbook=playbook, content_hash=content_hash(playbook), source="bench")
+
+
+def webhook(release: str, fingerprint: str) -> bytes:
+    labels = {"alertname": "GenAIQualityDegraded", "service": "chat-assistant", "release": release,
+              "severity": "warning", "pod": fingerprint}
+    return json.dumps({
+        "version": "4", "groupKey": f'{{}}:{{alertname="GenAIQualityDegraded",release="{release}"}}',
+        "status": "firing", "receiver": "unship", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager", "truncatedAlerts": 0,
+        "alerts": [{"status": "firing", "labels": labels, "annotations": {}, "startsAt": "2026-08-01T10:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": fingerprint}],
+    }).encode()
+
+
+@contextlib.contextmanager
+def _no_signal_capture(server: uvicorn.Server) -> Iterator[None]:
+    yield
+
+
+async def storm(client: Client, settings: Settings, snapshot: PlaybookSnapshot, *, batching: bool, incidents: int,
+                alerts: int, concurrency: int, tag: str) -> dict[str, Any]:
+    """Post the storm; the result's ``check`` verifies it once a worker runs."""
+    service = IncidentService(client, settings, {snapshot.playbook.name: snapshot})
+    router = AlertRouter.for_service(service, batching=batching, window=settings.alert_batch_window_ms / 1000)
+    app = create_gateway_app(service, settings, Gateway(settings, lambda: _ready(service), router=router))
+    port = free_port("127.0.0.1")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, timeout_keep_alive=120, backlog=4096))
+    server.capture_signals = lambda: _no_signal_capture(server)  # type: ignore[method-assign]
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+
+    releases = [f"{tag}-{n}" for n in range(incidents)]
+    # interleave incidents so every incident's alerts arrive spread over the whole storm
+    requests = [(r, f"{tag}-{n:03d}-{m:04d}") for m in range(alerts) for n, r in enumerate(releases)]
+    statuses: list[int] = []
+    # aiohttp, not httpx, as the load generator: httpx's pool costs O(connections) per request at this concurrency
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    url = f"http://127.0.0.1:{port}/v1/alerts/alertmanager"
+    async with aiohttp.ClientSession(connector=connector, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as http:
+        async def post(release: str, fingerprint: str) -> None:
+            async with http.post(url, data=webhook(release, fingerprint)) as response:
+                await response.read()
+                statuses.append(response.status)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(post(r, f) for r, f in requests))
+        elapsed = time.perf_counter() - started
+    server.should_exit = True
+    await serving
+
+    ids = {incident_id(snapshot.playbook.name, r) for r in releases}
+    return {"check": lambda: verify(client, snapshot, tag, releases, requests, ids), **{
+        "mode": "group commit" if batching else "one signal per alert", "requests": len(requests),
+        "accepted": statuses.count(202), "other_status": len(statuses) - statuses.count(202),
+        "seconds": elapsed, "alerts_per_s": statuses.count(202) / elapsed, "signals": router.signals_sent}}
+
+
+async def verify(client: Client, snapshot: PlaybookSnapshot, tag: str, releases: list[str],
+                 requests: list[tuple[str, str]], ids: set[str]) -> dict[str, Any]:
+    """Exactly one workflow per incident, and every alert's fingerprint in its incident's evidence."""
+    query = f'WorkflowId STARTS_WITH "unship:{snapshot.playbook.name}:{tag}-"'
+    deadline = time.monotonic() + 10  # visibility is eventually consistent
+    while True:
+        found = [e.id async for e in client.list_workflows(query)]
+        if len(found) >= len(ids) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    lost = 0
+    for release in releases:
+        wf = incident_id(snapshot.playbook.name, release)
+        expected = {f for r, f in requests if r == release}
+        deadline = time.monotonic() + 60  # the worker applies the signals it finds in the history
+        while True:
+            status = await client.get_workflow_handle(wf).query("status", result_type=IncidentStatus)
+            seen = {a["fingerprint"] for e in status.audit if e.kind == "alert" for a in e.data.get("alerts", [])}
+            if expected <= seen or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        lost += len(expected - seen)
+    return {"workflows": len(found), "expected_workflows": len(ids),
+                     "duplicates": len(found) - len(set(found)), "lost": lost}
+
+
+async def _ready(service: IncidentService) -> IncidentService:
+    return service
+
+
+async def main(incidents: int, alerts: int, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        async with EmbeddedTemporal(state, port=free_port("127.0.0.1"), ui_port=0) as server:
+            client = await Client.connect(server.target, data_converter=pydantic_data_converter)
+            snapshot = open_playbook()
+            queue = f"bench-{uuid.uuid4().hex[:6]}"
+            settings = Settings(state_dir=state, task_queue=queue, alert_bearer_token=TOKEN)
+            acts = RollbackActivities(FlagRouter({"flagd": ScriptedFlagProvider()}),
+                                      SignalRouter({"scripted": ScriptedSignalSource({})}), LogNotifier(),
+                                      SqliteIncidentStore(state / "unship.db"))
+            worker = Worker(client, task_queue=queue, workflows=[RollbackWorkflow, ReviewWorkflow, ReleaseWorkflow],
+                            activities=acts.all())
+            warmup = await storm(client, settings, snapshot, batching=True, incidents=2, alerts=5,
+                                 concurrency=concurrency, tag="warmup")
+            results = [warmup]
+            for batching in (True, False):
+                tag = f"{'gc' if batching else 'one'}{uuid.uuid4().hex[:4]}"
+                results.append(await storm(client, settings, snapshot, batching=batching, incidents=incidents,
+                                           alerts=alerts, concurrency=concurrency, tag=tag))
+            async with worker:
+                for r in results:
+                    r.update(await r.pop("check")())
+                results = results[1:]
+                async for execution in client.list_workflows(f'TaskQueue="{queue}" AND ExecutionStatus="Running"'):
+                    await client.get_workflow_handle(execution.id).terminate("bench done")
+    print(f"# alert_storm  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {platform.machine()}  nproc {os.cpu_count()}  "
+          f"{_cpu()}  python {platform.python_version()}")
+    print(f"{incidents} incidents x {alerts} alerts = {incidents * alerts} webhook requests, {concurrency} in flight, "
+          f"embedded dev server (SQLite), batch window {settings.alert_batch_window_ms:g} ms")
+    print(f"{'mode':<22} {'accepted':>9} {'seconds':>8} {'alerts/s':>9} {'signals':>8} {'workflows':>10} {'lost':>5}")
+    for r in results:
+        print(f"{r['mode']:<22} {r['accepted']:>9} {r['seconds']:>8.2f} {r['alerts_per_s']:>9.0f} {r['signals']:>8} "
+              f"{r['workflows']:>5}/{r['expected_workflows']:<4} {r['lost']:>5}")
+    print(f"speed-up of group commit: {results[0]['alerts_per_s'] / results[1]['alerts_per_s']:.1f}x")
+    failed = [r for r in results if r["lost"] or r["workflows"] != r["expected_workflows"] or r["other_status"]]
+    if failed:
+        print(f"FAILED: {failed}")
+        raise SystemExit(1)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--incidents", type=int, default=20, help="distinct (playbook, release) incidents")
+    parser.add_argument("--alerts", type=int, default=50, help="alerts per incident, each its own request")
+    parser.add_argument("--concurrency", type=int, default=100, help="requests in flight at once")
+    args = parser.parse_args()
+    asyncio.run(main(args.incidents, args.alerts, args.concurrency))
