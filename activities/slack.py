@@ -15,7 +15,6 @@ a person can fix (unknown channel, bot not in channel, bad token, missing scope)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -249,5 +248,5 @@ class SlackNotifier:
             return await call
         except SlackApiError as exc:
             raise slack_failure(method, channel, exc) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, SlackClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, SlackClientError) as exc:
             raise transport_failure("slack", f"{method} to {channel}", exc) from None

@@ -40,22 +40,22 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.chat import LogNotifier  # noqa: E402
-from activities.rollback import RollbackActivities  # noqa: E402
-from activities.routing import FlagRouter, SignalRouter  # noqa: E402
-from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource  # noqa: E402
-from activities.store import SqliteIncidentStore  # noqa: E402
-from playbooks.loader import content_hash, library_folder, load_playbook  # noqa: E402
-from playbooks.models import Playbook, PlaybookSnapshot  # noqa: E402
-from workers.alert_router import AlertRouter  # noqa: E402
-from workers.gateway import Gateway, create_gateway_app  # noqa: E402
-from workers.service import IncidentService  # noqa: E402
-from workers.settings import Settings  # noqa: E402
-from workers.temporal_server import EmbeddedTemporal, free_port  # noqa: E402
-from workflows.messages import IncidentStatus, incident_id  # noqa: E402
-from workflows.release import ReleaseWorkflow  # noqa: E402
-from workflows.review import ReviewWorkflow  # noqa: E402
-from workflows.rollback import RollbackWorkflow  # noqa: E402
+from activities.chat import LogNotifier
+from activities.rollback import RollbackActivities
+from activities.routing import FlagRouter, SignalRouter
+from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
+from activities.store import SqliteIncidentStore
+from playbooks.loader import content_hash, library_folder, load_playbook
+from playbooks.models import Playbook, PlaybookSnapshot
+from workers.alert_router import AlertRouter
+from workers.gateway import Gateway, create_gateway_app
+from workers.service import IncidentService
+from workers.settings import Settings
+from workers.temporal_server import EmbeddedTemporal, free_port
+from workflows.messages import IncidentStatus, incident_id
+from workflows.release import ReleaseWorkflow
+from workflows.review import ReviewWorkflow
+from workflows.rollback import RollbackWorkflow
 
 TOKEN = "bench-alert-token"
 
@@ -124,10 +124,10 @@ async def storm(client: Client, settings: Settings, snapshot: PlaybookSnapshot, 
     await serving
 
     ids = {incident_id(snapshot.playbook.name, r) for r in releases}
-    return {"check": lambda: verify(client, snapshot, tag, releases, requests, ids), **{
+    return {"check": lambda: verify(client, snapshot, tag, releases, requests, ids), 
         "mode": "group commit" if batching else "one signal per alert", "requests": len(requests),
         "accepted": statuses.count(202), "other_status": len(statuses) - statuses.count(202),
-        "seconds": elapsed, "alerts_per_s": statuses.count(202) / elapsed, "signals": router.signals_sent}}
+        "seconds": elapsed, "alerts_per_s": statuses.count(202) / elapsed, "signals": router.signals_sent}
 
 
 async def verify(client: Client, snapshot: PlaybookSnapshot, tag: str, releases: list[str],

@@ -28,7 +28,12 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from playbooks.models import PlaybookSnapshot, Severity
-from workers.service import InvalidInput, IncidentService, ServiceError, TemporalUnavailable
+from workers.service import (
+    IncidentService,
+    InvalidInput,
+    ServiceError,
+    TemporalUnavailable,
+)
 from workflows.messages import Alert, AlertBatch, RollbackInput, incident_id
 
 log = logging.getLogger(__name__)

@@ -195,7 +195,7 @@ def _string_map(value: Any) -> Any:
             elif isinstance(item, (int, float, str)):
                 out[key] = str(item)
             else:
-                raise ValueError(f"the value of {key!r} must be a string")
+                raise ValueError(f"the value of {key!r} must be a string")  # noqa: TRY004 - pydantic wants ValueError
         return out
     return value
 
@@ -207,10 +207,10 @@ class _AmAlert(_Lenient):
     status: AlertStatus
     labels: _Labels
     annotations: _Labels = Field(default_factory=dict)
-    startsAt: datetime | None = None  # noqa: N815 - wire names
-    endsAt: datetime | None = None  # noqa: N815
+    startsAt: datetime | None = None
+    endsAt: datetime | None = None
     fingerprint: str = Field(default="", max_length=200)
-    generatorURL: str = ""  # noqa: N815
+    generatorURL: str = ""
     values: dict[str, float | None] | None = None  # Grafana only
 
     _maps = field_validator("labels", "annotations", mode="before")(_string_map)
@@ -219,10 +219,10 @@ class _AmAlert(_Lenient):
 class _AmMessage(_Lenient):
     version: str
     status: AlertStatus | None = None
-    groupKey: str = Field(default="", max_length=2000)  # noqa: N815
+    groupKey: str = Field(default="", max_length=2000)
     receiver: str = ""
     alerts: list[_AmAlert] = Field(min_length=0, max_length=MAX_ALERTS)
-    truncatedAlerts: int = 0  # noqa: N815
+    truncatedAlerts: int = 0
 
     @field_validator("version", mode="before")
     @classmethod

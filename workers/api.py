@@ -333,7 +333,8 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings) ->
 
     app.include_router(v1)
 
-    from workers.gateway import mount_gateway  # alert webhooks and Slack clicks (their own authentication)
+    # alert webhooks and Slack clicks, each with its own authentication
+    from workers.gateway import mount_gateway
 
     mount_gateway(app, get_service, settings)
     return app

@@ -144,7 +144,7 @@ class Gateway:
         except ServiceError as exc:
             log.error("alerts from %s could not be delivered: %s", source, exc)
             return 503, {"detail": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - e.g. Temporal unreachable at first use: the sender retries
+        except Exception as exc:
             log.exception("alerts from %s could not be delivered", source)
             return 503, {"detail": f"alerts could not be delivered: {type(exc).__name__}"}
         return 202, result.model_dump()
@@ -224,7 +224,7 @@ def create_gateway_app(service: IncidentService | Callable[[], Awaitable[Inciden
                 if not resolved:
                     try:
                         resolved.append(await service())  # type: ignore[operator]
-                    except Exception as exc:  # noqa: BLE001 - Temporal unreachable at first use: 503, retried
+                    except Exception as exc:
                         raise TemporalUnavailable(str(exc)) from exc
         return resolved[0]
 

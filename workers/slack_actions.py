@@ -28,7 +28,13 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from activities.slack import APPROVE_ACTION, REJECT_ACTION
-from workers.service import DecisionRefused, IncidentClosed, IncidentNotFound, IncidentService, ServiceError
+from workers.service import (
+    DecisionRefused,
+    IncidentClosed,
+    IncidentNotFound,
+    IncidentService,
+    ServiceError,
+)
 from workflows.messages import DecisionRequest, Verdict
 
 log = logging.getLogger(__name__)
@@ -136,7 +142,7 @@ class GroupResolver:
         try:
             self.calls += 1
             response = await self.client.usergroups_users_list(usergroup=group_id)
-        except (SlackApiError, SlackClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SlackApiError, SlackClientError, OSError) as exc:
             log.warning("could not list the members of Slack group %s: %s", group, exc)
             return frozenset()
         members = frozenset(str(u) for u in response.get("users") or [])
@@ -150,7 +156,7 @@ class GroupResolver:
             try:
                 self.calls += 1
                 response = await self.client.usergroups_list()
-            except (SlackApiError, SlackClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, SlackApiError, SlackClientError, OSError) as exc:
                 log.warning("could not list Slack user groups: %s", exc)
                 return None
             self._handles = (now, {str(g.get("handle")): str(g.get("id"))
@@ -286,7 +292,7 @@ class SlackActions:
         try:
             await self.client.chat_postEphemeral(channel=click.channel, user=click.user,
                                                  text=f"{icon} {prefix}{outcome.message}")
-        except (SlackApiError, SlackClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SlackApiError, SlackClientError, OSError) as exc:
             log.warning("could not answer %s in Slack: %s", click.user, exc)
 
 

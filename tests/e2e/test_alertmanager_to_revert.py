@@ -28,10 +28,19 @@ from activities.routing import FlagRouter, SignalRouter
 from activities.slack import APPROVE_ACTION, SlackNotifier
 from activities.store import open_store
 from playbooks.loader import load_library
-from tests.support.alertmanager import alerting_config, start_alertmanager, stop_alertmanager
+from tests.support.alertmanager import (
+    alerting_config,
+    start_alertmanager,
+    stop_alertmanager,
+)
 from tests.support.fake_slack import FakeSlack
 from tests.support.playbooks import snapshot
-from tests.support.prometheus import MetricsExporter, start_prometheus, stop_prometheus, wait_for
+from tests.support.prometheus import (
+    MetricsExporter,
+    start_prometheus,
+    stop_prometheus,
+    wait_for,
+)
 from tests.workers.conftest import make_settings, serve
 from workers.api import create_app
 from workers.service import IncidentService

@@ -28,7 +28,7 @@ async def test_gateway_process_accepts_alerts_into_temporal(local_env: WorkflowE
     env.update({"TEMPORAL_ADDRESS": temporal_target(local_env), "UNSHIP_HTTP_ADDR": f"127.0.0.1:{port}",
                 "UNSHIP_TASK_QUEUE": queue, "UNSHIP_ALERT_BEARER_TOKEN": TOKEN,
                 "UNSHIP_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"})
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "gateway"], cwd=ROOT, env=env, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "gateway"], cwd=ROOT, env=env, text=True,  # noqa: ASYNC220
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
