@@ -134,6 +134,8 @@ def decode_json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError("body", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise PayloadError("body", "JSON nested too deeply") from None
 
 
 def decode_form_or_json(body: bytes, content_type: str) -> Any:

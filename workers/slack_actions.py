@@ -87,8 +87,9 @@ def parse_clicks(payload: Any) -> list[Click]:
     container = payload.get("container") if isinstance(payload.get("container"), dict) else {}
     channel = payload.get("channel") if isinstance(payload.get("channel"), dict) else {}
     channel_id = container.get("channel_id") or channel.get("id")
-    clicks = []
-    for action in payload.get("actions") or []:
+    actions = payload.get("actions")
+    clicks: list[Click] = []
+    for action in actions if isinstance(actions, list) else []:
         if not isinstance(action, dict) or action.get("action_id") not in (APPROVE_ACTION, REJECT_ACTION):
             continue
         try:
@@ -218,7 +219,7 @@ class SlackActions:
         try:
             form = urllib.parse.parse_qs(text, strict_parsing=False)
             payload = json.loads(form["payload"][0])
-        except (KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError, RecursionError):
             return SlackReply(400, {"detail": "payload: the form field 'payload' must hold a JSON document"})
         if not isinstance(payload, dict):
             return SlackReply(400, {"detail": "payload: must be a JSON object"})

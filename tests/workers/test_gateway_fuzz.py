@@ -86,6 +86,7 @@ def mutated(draw: st.DrawFn, source: str) -> bytes:
 
 bodies = st.one_of(
     st.binary(max_size=200),
+    st.integers(min_value=1, max_value=200_000).map(lambda n: b"[" * n + b"]" * n),  # nesting bombs
     json_values.map(lambda v: json.dumps(v, allow_nan=True).encode()),
     st.text(max_size=200).map(str.encode),
 )
@@ -165,8 +166,14 @@ def test_mutated_valid_payloads_are_accepted_or_named(loop: asyncio.AbstractEven
         assert response.json()["field"], "a 422 names the field"
 
 
+block_actions_like = st.fixed_dictionaries(
+    {"type": st.just("block_actions")},
+    optional={"user": json_values, "actions": json_values, "container": json_values, "channel": json_values},
+)
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
-@given(payload=json_values, raw=st.booleans(), junk=st.binary(max_size=100))
+@given(payload=json_values | block_actions_like, raw=st.booleans(), junk=st.binary(max_size=100))
 def test_signed_slack_requests_with_any_payload_never_get_a_5xx(
         loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient, payload: Any, raw: bool, junk: bytes) -> None:
     body = junk if raw else urllib.parse.urlencode({"payload": json.dumps(payload, allow_nan=True)}).encode()
