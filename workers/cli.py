@@ -605,6 +605,74 @@ def demo(
     raise typer.Exit(run_demo(settings, speedup=speedup))
 
 
+# --- rehearsing: tabletop exercises, backtests, scheduled rehearsals -----------------------------------------
+
+
+@app.command()
+def tabletop(
+    scenarios: Annotated[list[str], typer.Argument(help="Scenario files (*.scenario.yaml) or folders of them.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per scenario.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a Markdown report with charts here.")] = None,
+    staging: Annotated[bool, typer.Option("--staging", help="Run against the configured Temporal/flags/chat.")] = False,
+    speedup: Annotated[float, typer.Option("--speedup", min=1.0, help="Staging: how much faster than written.")] = 60.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Figures and expectations only, no timeline.")] = False,
+) -> None:
+    """Rehearse playbooks: run scenarios through the real workflows on simulated time (exit 1 if one fails)."""
+    from workers.tabletop import tabletop_command
+
+    settings = _settings() if staging else None
+    raise typer.Exit(tabletop_command(scenarios, as_json=as_json, report=report, staging=staging, speedup=speedup,
+                                      settings=settings, quiet=quiet))
+
+
+@app.command()
+def backtest(
+    playbook: Annotated[str, typer.Argument(help="Playbook file.")],
+    history: Annotated[str, typer.Option("--history", help="Metric history CSV (timestamp + one column per signal).")],
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Try a candidate, e.g. latency-p95.threshold=5.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Replay recorded metric history through a playbook's trigger rules: when would it have fired?"""
+    from workers.tabletop import backtest_command
+
+    raise typer.Exit(backtest_command(playbook, history, sets or [], as_json=as_json))
+
+
+rehearse_app = typer.Typer(help="Scheduled rehearsals: replay a scenario on a cadence (Temporal Schedules).",
+                           no_args_is_help=True)
+app.add_typer(rehearse_app, name="rehearse")
+
+
+@rehearse_app.command("schedule")
+def rehearse_schedule(
+    scenario: Annotated[str, typer.Argument(help="Scenario file to replay.")],
+    every: Annotated[str, typer.Option("--every", help="Cadence, e.g. 1d, 12h, 7d.")],
+) -> None:
+    """Create (or replace) a schedule that replays SCENARIO every DURATION and posts the result."""
+    from workers.rehearse import schedule_command
+
+    settings = _settings()
+    raise typer.Exit(_run(lambda: schedule_command(settings, scenario, every)))
+
+
+@rehearse_app.command("list")
+def rehearse_list() -> None:
+    """List the scheduled rehearsals."""
+    from workers.rehearse import list_command
+
+    settings = _settings()
+    raise typer.Exit(_run(lambda: list_command(settings)))
+
+
+@rehearse_app.command("delete")
+def rehearse_delete(name: Annotated[str, typer.Argument(help="Schedule id or scenario name.")]) -> None:
+    """Delete a scheduled rehearsal."""
+    from workers.rehearse import delete_command
+
+    settings = _settings()
+    raise typer.Exit(_run(lambda: delete_command(settings, name)))
+
+
 def main() -> None:
     """Console-script entry point (``unship``)."""
     app(prog_name="unship")

@@ -320,12 +320,13 @@ def _result(loaded: LoadedScenario, s: Any, workflow_id: str, clock: ScenarioClo
             script_log: list[Any], flag_failures: list[tuple[float, str]], end_s: float,
             wall_s: float) -> TabletopResult:
     def at(value: datetime | None) -> float | None:
-        return round(clock.to_s(value), 1) if value is not None else None
+        # whole seconds: the server's clock creeps by milliseconds while activities run
+        return float(round(clock.to_s(value))) if value is not None else None
 
     first_target = loaded.snapshot.playbook.rollback.targets[0].ref
-    splits = [(c.at_s, c.previous_percent) for c in changes if c.target == first_target]
+    splits = [(float(round(c.at_s)), c.previous_percent) for c in changes if c.target == first_target]
     closed_s = at(status.closed_at)
-    exposure_end = closed_s if closed_s is not None else min(end_s, s.duration.total_seconds())
+    exposure_end = closed_s if closed_s is not None else min(float(round(end_s)), s.duration.total_seconds())
     exposure = exposure_user_minutes(s.users, s.initial_previous_percent, splits, exposure_end)
     timeline = [TimelineEntry(clock.to_s(e.at), e.actor, e.kind, e.message) for e in status.audit]
     # accepted decisions and commands are on the audit trail already; show what the workflow never saw
@@ -347,7 +348,7 @@ def _result(loaded: LoadedScenario, s: Any, workflow_id: str, clock: ScenarioClo
         closed_at_s=closed_s, exposure_user_minutes=exposure, users=s.users, expectations=[],
         timeline=timeline, splits=splits, observations=list(observed), messages=list(chat.sent),
         flag_writes=[c.previous_percent for c in changes if c.target == first_target],
-        simulated_s=closed_s if closed_s is not None else end_s, wall_s=wall_s, timed_out=timed_out, status=status, loaded=loaded)
+        simulated_s=closed_s if closed_s is not None else float(round(end_s)), wall_s=wall_s, timed_out=timed_out, status=status, loaded=loaded)
     result.expectations = check_expectations(result)
     return result
 
@@ -529,3 +530,35 @@ def tabletop_command(paths: list[str], as_json: bool = False, report: Path | Non
         passed = sum(r.passed for r in results)
         print(f"{passed} of {len(results)} scenario(s) passed")
     return EXIT_PASSED if all(r.passed for r in results) else EXIT_FAILED
+
+
+# --- backtest ----------------------------------------------------------------------------------------------------
+
+
+def backtest_command(playbook_path: str, history_path: str, sets: list[str], as_json: bool = False) -> int:
+    """``unship backtest``: 0 with the answer (fired or not), 2 for an invalid playbook, history or ``--set``."""
+    from playbooks.history import HistoryError, load_history
+    from playbooks.loader import load_playbook
+    from workflows.backtest import OverrideError, apply_overrides, backtest
+
+    try:
+        playbook = apply_overrides(load_playbook(playbook_path).playbook, sets)
+        history = load_history(history_path, playbook.signals)
+    except (PlaybookError, HistoryError, OverrideError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    result = backtest(playbook, history)
+    if as_json:
+        print(json.dumps({"playbook": playbook.name, "history": history_path, "sets": sets, **result.to_json()}))
+        return EXIT_PASSED
+    print(f"playbook {playbook.name} over {history_path} ({_clock(history.end_s - history.start_s)} of history, "
+          f"{result.polls} polls every {_clock(playbook.confirmation.interval.total_seconds())})")
+    for name, threshold in result.thresholds.items():
+        print(f"  {name:<24} breaches when {threshold}")
+    if result.fired:
+        print(f"WOULD FIRE at +{_clock(result.fired_at_s)} ({result.kind}): {result.reason}")
+    else:
+        print(f"would NOT fire: {result.reason}")
+    if result.first_breach_at_s is not None:
+        print(f"first breaching poll at +{_clock(result.first_breach_at_s)}")
+    return EXIT_PASSED
