@@ -139,11 +139,19 @@ async def ensure_flagd_flags(settings: Settings, playbooks: dict[str, PlaybookSn
 
 def workflow_classes() -> list[type]:
     """Every workflow unship runs (imported here, not at module import, so the CLI starts fast)."""
+    from workflows.rehearsal import RehearsalWorkflow
     from workflows.release import ReleaseWorkflow
     from workflows.review import ReviewWorkflow
     from workflows.rollback import RollbackWorkflow
 
-    return [RollbackWorkflow, ReviewWorkflow, ReleaseWorkflow]
+    return [RollbackWorkflow, ReviewWorkflow, ReleaseWorkflow, RehearsalWorkflow]
+
+
+def _rehearsal_activity() -> Any:
+    """Scheduled rehearsals (``unship rehearse``) run their scenario in this worker."""
+    from workers.rehearse import run_rehearsal
+
+    return run_rehearsal
 
 
 async def run_worker(
@@ -158,7 +166,7 @@ async def run_worker(
         client,
         task_queue=settings.task_queue,
         workflows=workflow_classes(),
-        activities=activities.all(),
+        activities=[*activities.all(), _rehearsal_activity()],
     )
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_target)
     if stop is None:
