@@ -28,9 +28,9 @@ from temporalio.exceptions import ApplicationError
 from activities.contracts import (
     ChatNotifier,
     CheckResult,
+    FlagProvider,
     IntegrityRequest,
     IntegrityResult,
-    FlagProvider,
     MessageKind,
     MessageRef,
     Notification,
@@ -267,7 +267,14 @@ class TabletopActivities:
     @activity.defn(name="tabletop_act")
     async def act(self, req: ActRequest) -> ActResult:
         """Decide (the ``decide`` update, refusals reported back as the CLI does) or send a signal."""
-        from workflows.messages import Alert, AlertBatch, Command, DecisionRefusal, DecisionRequest, Verdict
+        from workflows.messages import (
+            Alert,
+            AlertBatch,
+            Command,
+            DecisionRefusal,
+            DecisionRequest,
+            Verdict,
+        )
 
         handle = activity.client().get_workflow_handle(req.workflow_id)
         if req.action in ("approve", "reject"):

@@ -128,7 +128,7 @@ def _timestamp(cell: str, origin: datetime | None, source: str, line: int) -> tu
     except ValueError:
         pass
     try:
-        stamp = datetime.fromisoformat(cell.replace("Z", "+00:00"))
+        stamp = datetime.fromisoformat(cell)
     except ValueError:
         raise HistoryError(f"{source}:{line}: timestamp: {cell!r} is neither ISO 8601 nor seconds") from None
     if origin is None:

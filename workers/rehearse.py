@@ -99,9 +99,12 @@ async def list_schedules(client: Any) -> list[dict[str, Any]]:
         if not entry.id.startswith(SCHEDULE_PREFIX):
             continue
         desc = await client.get_schedule_handle(entry.id).describe()
-        action = desc.schedule.action
-        args = getattr(action, "args", [])
-        path = args[0].get("scenario_path") if args and isinstance(args[0], dict) else getattr(args[0], "scenario_path", "?") if args else "?"
+        args = list(getattr(desc.schedule.action, "args", []))  # described schedules carry raw payloads
+        path = "?"
+        if args:
+            with contextlib.suppress(Exception):
+                [decoded] = await client.data_converter.decode(args[:1], [RehearsalInput])
+                path = decoded.scenario_path
         every = [str(i.every) for i in desc.schedule.spec.intervals]
         next_runs = desc.info.next_action_times[:1]
         out.append({"id": entry.id, "scenario": path, "every": ", ".join(every),

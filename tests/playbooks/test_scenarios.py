@@ -8,7 +8,13 @@ import pytest
 
 from playbooks.history import HistoryError, parse_history
 from playbooks.loader import discover, library_folder
-from playbooks.scenarios import ScenarioError, discover_scenarios, load_scenario, load_scenario_text, scenario_folder
+from playbooks.scenarios import (
+    ScenarioError,
+    discover_scenarios,
+    load_scenario,
+    load_scenario_text,
+    scenario_folder,
+)
 
 PLAYBOOK = str(library_folder() / "conversational-agent.yaml")
 
