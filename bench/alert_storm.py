@@ -21,14 +21,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,7 @@ from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot
+from bench.machine import header  # noqa: E402
 from workers.alert_router import AlertRouter
 from workers.gateway import Gateway, create_gateway_app
 from workers.service import IncidentService
@@ -186,8 +184,7 @@ async def main(incidents: int, alerts: int, concurrency: int) -> None:
                 results = results[1:]
                 async for execution in client.list_workflows(f'TaskQueue="{queue}" AND ExecutionStatus="Running"'):
                     await client.get_workflow_handle(execution.id).terminate("bench done")
-    print(f"# alert_storm  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {platform.machine()}  nproc {os.cpu_count()}  "
-          f"{_cpu()}  python {platform.python_version()}")
+    print(header("alert_storm"))
     print(f"{incidents} incidents x {alerts} alerts = {incidents * alerts} webhook requests, {concurrency} in flight, "
           f"embedded dev server (SQLite), batch window {settings.alert_batch_window_ms:g} ms")
     print(f"{'mode':<22} {'accepted':>9} {'seconds':>8} {'alerts/s':>9} {'signals':>8} {'workflows':>10} {'lost':>5}")
@@ -199,16 +196,6 @@ async def main(incidents: int, alerts: int, concurrency: int) -> None:
     if failed:
         print(f"FAILED: {failed}")
         raise SystemExit(1)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
@@ -35,6 +32,7 @@ from activities.rollback import RollbackActivities  # noqa: E402
 from activities.scripted import ScriptedSignalSource  # noqa: E402
 from activities.store import SqliteIncidentStore  # noqa: E402
 from bench.floor import FINISHED, FloorWorkflow, noop  # noqa: E402
+from bench.machine import header, percentile  # noqa: E402
 from playbooks.loader import content_hash, library_folder, load_playbook  # noqa: E402
 from playbooks.models import Playbook, PlaybookSnapshot  # noqa: E402
 from workers.service import IncidentService  # noqa: E402
@@ -73,20 +71,40 @@ def automatic_playbook() -> PlaybookSnapshot:
     return PlaybookSnapshot(playbook=playbook, content_hash=content_hash(playbook), source="bench")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+async def wait_for(condition, what: str, timeout: float = 30.0) -> None:  # noqa: ANN001
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"benchmark stuck: {what} within {timeout:g} s")
+        await asyncio.sleep(0.001)
 
 
-async def activities_before_first_write(client: Client, workflow_id: str) -> int:
-    """Activities the rollback scheduled before (and including) its first apply_cohort."""
-    count = 0
+BACKGROUND = {"record_audit", "notify"}  # delivered by background coroutines, off the critical path
+
+
+async def activities_before_first_write(client: Client, workflow_id: str) -> tuple[int, int]:
+    """Activities the rollback scheduled up to its first apply_cohort: all of them, and those on the path."""
+    total = on_path = 0
     async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            count += 1
-            if event.activity_task_scheduled_event_attributes.activity_type.name == "apply_cohort":
-                return count
-    return count
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            total += 1
+            on_path += name not in BACKGROUND
+            if name == "apply_cohort":
+                break
+    return total, on_path
+
+
+async def measure_floor(client: Client, queue: str, activities: int, incidents: int) -> list[float]:
+    floor: list[float] = []
+    for n in range(incidents + 5):  # the first 5 warm up and are not counted
+        wf_id = f"floor-{activities}-{n}-{uuid.uuid4().hex[:4]}"
+        await client.start_workflow(FloorWorkflow.run, activities, id=wf_id, task_queue=queue, start_signal="go")
+        accepted = time.perf_counter()
+        await wait_for(lambda: wf_id in FINISHED, f"{wf_id} never ran its last activity")
+        if n >= 5:
+            floor.append(FINISHED[wf_id] - accepted)
+    return floor
 
 
 async def main(incidents: int) -> None:
@@ -96,7 +114,8 @@ async def main(incidents: int) -> None:
             client = await Client.connect(server.target, data_converter=pydantic_data_converter)
             flags = TimedFlags(state / "flags.json")
             snapshot = automatic_playbook()
-            await flags.ensure_flag(snapshot.playbook.rollback.targets[0])
+            target = snapshot.playbook.rollback.targets[0]
+            await flags.ensure_flag(target)
             acts = RollbackActivities(flags, ScriptedSignalSource({}), LogNotifier(),
                                       SqliteIncidentStore(state / "unship.db"))
             queue = f"bench-{uuid.uuid4().hex[:6]}"
@@ -109,44 +128,32 @@ async def main(incidents: int) -> None:
                 for n in range(incidents + 5):  # the first 5 warm up and are not counted
                     release = f"bench-{n}"
                     wf_id = incident_id(snapshot.playbook.name, release)
+                    # Each incident is a fresh rollout: everyone on the new release (a revert never moves users
+                    # toward the suspect release, so a flag left at 100% would make it skip every stage).
+                    await flags.set_previous_percent(target, 0, f"bench-rollout-{n}")
                     await service.trigger(snapshot.playbook.name, release, started_by="bench")
                     accepted = time.perf_counter()
-                    while wf_id not in flags.first_write:
-                        await asyncio.sleep(0.001)
+                    await wait_for(lambda: wf_id in flags.first_write, f"{wf_id} never wrote its first cohort")
                     if n >= 5:
                         latencies.append(flags.first_write[wf_id] - accepted)
                     await client.get_workflow_handle(wf_id).result()
-                k = await activities_before_first_write(client, incident_id(snapshot.playbook.name, "bench-5"))
-                floor: list[float] = []
-                for n in range(incidents + 5):
-                    wf_id = f"floor-{n}-{uuid.uuid4().hex[:4]}"
-                    await client.start_workflow(FloorWorkflow.run, k, id=wf_id, task_queue=queue, start_signal="go")
-                    accepted = time.perf_counter()
-                    while wf_id not in FINISHED:
-                        await asyncio.sleep(0.001)
-                    if n >= 5:
-                        floor.append(FINISHED[wf_id] - accepted)
+                k, path = await activities_before_first_write(
+                    client, incident_id(snapshot.playbook.name, "bench-5"))
+                floors = {k: await measure_floor(client, queue, k, incidents)}
+                floors.setdefault(path, await measure_floor(client, queue, path, incidents))
     ms = 1000
-    print(f"# alert_to_revert  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {platform.machine()}  "
-          f"{os.cpu_count()} cores  {_cpu()}  python {platform.python_version()}")
+    print(header("alert_to_revert"))
     print(f"incidents: {incidents} (sequential, automatic, no confirmation window, embedded dev server)")
-    print(f"activities scheduled up to and including the first flag write: {k}")
-    print(f"unship  trigger accepted -> first cohort in flag file: p50 {pct(latencies, .5) * ms:7.1f} ms   "
-          f"p95 {pct(latencies, .95) * ms:7.1f} ms   mean {statistics.fmean(latencies) * ms:7.1f} ms")
-    print(f"floor   start accepted -> {k}th no-op activity ran:       p50 {pct(floor, .5) * ms:7.1f} ms   "
-          f"p95 {pct(floor, .95) * ms:7.1f} ms   mean {statistics.fmean(floor) * ms:7.1f} ms")
-    print(f"ratio unship/floor: p50 {pct(latencies, .5) / pct(floor, .5):.2f}x   "
-          f"p95 {pct(latencies, .95) / pct(floor, .95):.2f}x")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    print(f"activities scheduled up to and including the first flag write: {k} "
+          f"({path} on the critical path; audit and chat run in the background)")
+    print(f"unship            trigger accepted -> first cohort in flag file: p50 "
+          f"{percentile(latencies, .5) * ms:7.1f} ms   p95 {percentile(latencies, .95) * ms:7.1f} ms   "
+          f"mean {statistics.fmean(latencies) * ms:7.1f} ms")
+    for n, floor in sorted(floors.items(), reverse=True):
+        print(f"floor, {n} no-op activities in sequence, started the same way: p50 {percentile(floor, .5) * ms:7.1f} ms"
+              f"   p95 {percentile(floor, .95) * ms:7.1f} ms   mean {statistics.fmean(floor) * ms:7.1f} ms   "
+              f"ratio unship/floor p50 {percentile(latencies, .5) / percentile(floor, .5):.2f}x "
+              f"p95 {percentile(latencies, .95) / percentile(floor, .95):.2f}x")
 
 
 if __name__ == "__main__":
