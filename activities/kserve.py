@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,8 @@ class KServeProvider:
         self._settle_timeout = settle_timeout
         self._poll_interval = poll_interval
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, verify=ca_file or True)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, verify=verify)
 
     @classmethod
     def in_cluster(cls, **kwargs: Any) -> KServeProvider:

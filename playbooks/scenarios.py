@@ -274,7 +274,7 @@ def _playbook(scenario: Scenario, base: Path, source: str, issue: Any) -> Playbo
     snapshot = load_playbook(path)  # the playbook's own problems, at the playbook's own lines
     if not scenario.overrides:
         return snapshot
-    merged = _merge(snapshot.playbook.model_dump(mode="json"), scenario.overrides)
+    merged = deep_merge(snapshot.playbook.model_dump(mode="json"), scenario.overrides)
     try:
         playbook = Playbook.model_validate(merged)
     except ValidationError as exc:
@@ -288,12 +288,12 @@ def _playbook(scenario: Scenario, base: Path, source: str, issue: Any) -> Playbo
                             source=f"{snapshot.source} (with overrides from {source})")
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge mappings; lists and values in ``overrides`` replace the playbook's."""
     out = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out

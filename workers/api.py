@@ -217,6 +217,26 @@ def _service_error_response(exc: ServiceError) -> JSONResponse:
 # --- the app -------------------------------------------------------------------------------------------------
 
 
+def mount_health(app: FastAPI, get_service: ServiceFactory) -> None:
+    """``/healthz`` (the process is up) and ``/readyz`` (Temporal answers), without a token."""
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Temporal answers (503 otherwise)."""
+        try:
+            ready = await (await get_service()).ready()
+        except ServiceError:
+            ready = False
+        if ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "detail": "Temporal does not answer"}, status_code=503)
+
+
 def create_app(service: IncidentService | ServiceFactory, settings: Settings) -> FastAPI:
     """The API over ``service`` (or over the service a zero-argument async factory builds on first use)."""
     app = FastAPI(title="unship", version="1", summary="Revert problematic generative-model releases")
@@ -258,21 +278,7 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings) ->
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return _service_error_response(exc)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
-        """Temporal answers (503 otherwise)."""
-        try:
-            ready = await (await get_service()).ready()
-        except ServiceError:
-            ready = False
-        if ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "unavailable", "detail": "Temporal does not answer"}, status_code=503)
+    mount_health(app, get_service)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 

@@ -211,7 +211,7 @@ def _alert_route(gw: Gateway, source: str) -> Callable[[Request], Awaitable[JSON
 def create_gateway_app(service: IncidentService | Callable[[], Awaitable[IncidentService]],
                        settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     """The gateway alone (``unship gateway``): alert and Slack routes, health, readiness and OpenAPI."""
-    from workers.api import MAX_BODY_BYTES, BodyLimit
+    from workers.api import MAX_BODY_BYTES, BodyLimit, mount_health
 
     app = FastAPI(title="unship gateway", version="1", summary="Alert webhooks in, Slack approvals in")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
@@ -228,21 +228,7 @@ def create_gateway_app(service: IncidentService | Callable[[], Awaitable[Inciden
                         raise TemporalUnavailable(str(exc)) from exc
         return resolved[0]
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
-        """Temporal answers (503 otherwise)."""
-        try:
-            ready = await (await get_service()).ready()
-        except ServiceError:
-            ready = False
-        if ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "unavailable", "detail": "Temporal does not answer"}, status_code=503)
+    mount_health(app, get_service)
 
     mount_gateway(app, get_service, settings, gateway)
     return app

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from playbooks.loader import content_hash
 from playbooks.models import Playbook, PlaybookSnapshot
+from playbooks.scenarios import deep_merge
 
 BASE: dict[str, Any] = {
     "name": "chat-test",
@@ -43,18 +43,8 @@ BASE: dict[str, Any] = {
 }
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def playbook(**overrides: Any) -> Playbook:
-    return Playbook.model_validate(_merge(BASE, overrides))
+    return Playbook.model_validate(deep_merge(BASE, overrides))
 
 
 def snapshot(**overrides: Any) -> PlaybookSnapshot:
