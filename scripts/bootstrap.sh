@@ -79,7 +79,7 @@ bootstrap_venv() {
     fi
 }
 
-# Debian packages the tests run for real: Prometheus + Alertmanager, PostgreSQL 15, Chromium + ChromeDriver.
+# Debian packages the tests run for real: Prometheus + Alertmanager and PostgreSQL 15.
 bootstrap_debian() {
     local missing=() names=()
     if ! command -v prometheus >/dev/null 2>&1; then missing+=(prometheus); names+=(prometheus); fi
@@ -87,8 +87,6 @@ bootstrap_debian() {
         missing+=(prometheus-alertmanager); names+=(prometheus-alertmanager)
     fi
     if [ ! -x "$POSTGRES_INITDB" ]; then missing+=(postgresql); names+=("postgresql (15)"); fi
-    if ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); names+=(chromium); fi
-    if ! command -v chromedriver >/dev/null 2>&1; then missing+=(chromium-driver); names+=(chromium-driver); fi
     if [ "${#missing[@]}" -eq 0 ]; then return 0; fi
     say "installing $(join_by ', ' "${names[@]}") (Debian)"
     apt_install "${missing[@]}"
