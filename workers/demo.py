@@ -100,6 +100,7 @@ async def _demo(settings: Settings, console: Console, speedup: float) -> None:
     playbook = loaded.playbook.time_scaled(1 / speedup)
     snapshot = PlaybookSnapshot(playbook=playbook, content_hash=content_hash(playbook), source=str(source))
     console.rule(f"[bold]unship demo[/]: playbook {playbook.name} (version {loaded.version})")
+    console.print(f"The demo runs a time-scaled copy of it (version {snapshot.version}), as a rehearsal would.")
     console.print(f"Every duration of the playbook runs {speedup:g}x faster here: its "
                   f"{format_duration(loaded.playbook.confirmation.window)} confirmation window takes "
                   f"{format_duration(playbook.confirmation.window)}. Times below are real seconds since the alert.")
@@ -149,9 +150,10 @@ async def _demo(settings: Settings, console: Console, speedup: float) -> None:
             _print_timeline(console, sustained)
             review_path = state / "reviews" / (sustained.incident_id.replace(":", "_") + ".md")
             console.print(f"\npost-incident review: [bold]{review_path}[/] ({len(review.markdown.splitlines())} lines)")
-            if sustained.review_workflow_id:
-                # Its regulatory and purge reminders would wait hours; the demo's server goes away with it.
-                await client.get_workflow_handle(sustained.review_workflow_id).terminate("demo finished")
+        if sustained.review_workflow_id:
+            # Its regulatory and purge reminders would wait hours; the demo's server goes away with it. Ended
+            # after the worker stopped, so no workflow task of it is in flight.
+            await client.get_workflow_handle(sustained.review_workflow_id).terminate("demo finished")
     console.rule("[bold green]demo finished[/]: blip dismissed, breach reverted and verified")
 
 
