@@ -212,9 +212,8 @@ def _stop_on_signals(stop: asyncio.Event, on_second: Callable[[], None] | None =
 # --- running the service ---------------------------------------------------------------------------------------
 
 
-@app.command()
-def up() -> None:
-    """Run everything here: embedded Temporal (unless TEMPORAL_ADDRESS), the worker and the HTTP API."""
+def _serving_setup() -> tuple[Settings, dict[str, PlaybookSnapshot]]:
+    """Settings and playbooks for a process that serves HTTP, refusing unsafe or incomplete configurations."""
     settings = _settings()
     from workers.api import check_bind_allowed
 
@@ -226,6 +225,13 @@ def up() -> None:
         _fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
     playbooks = _playbooks_or_fail(settings)
     _configure_logging()
+    return settings, playbooks
+
+
+@app.command()
+def up() -> None:
+    """Run everything here: embedded Temporal (unless TEMPORAL_ADDRESS), the worker and the HTTP API."""
+    settings, playbooks = _serving_setup()
     _run(lambda: _up(settings, playbooks))
 
 
@@ -328,17 +334,7 @@ def _print_up(settings: Settings, ui_url: str | None, playbooks: dict[str, Playb
 @app.command()
 def gateway() -> None:
     """Serve only the gateway (alert webhooks, Slack clicks) against TEMPORAL_ADDRESS or `unship up`'s Temporal."""
-    settings = _settings()
-    from workers.api import check_bind_allowed
-
-    try:
-        check_bind_allowed(settings)
-    except ValueError as exc:
-        _fail(EXIT_USAGE, str(exc))
-    if settings.slack_socket_mode and not (settings.slack_app_token and settings.slack_bot_token):
-        _fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
-    playbooks = _playbooks_or_fail(settings)
-    _configure_logging()
+    settings, playbooks = _serving_setup()
 
     async def main() -> None:
         from workers.gateway import run_gateway
