@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 from temporalio.client import (
@@ -190,22 +190,9 @@ class IncidentService:
                 severity=severity or Severity.WARNING,
                 received_at=datetime.now(UTC),
             )
-        workflow_id = incident_id(playbook, release)
         arg = RollbackInput(snapshot=snapshot, release=release, started_by=started_by, severity=severity)
-        await self._call(
-            workflow_id,
-            self.client.start_workflow(
-                ROLLBACK_WORKFLOW,
-                arg,
-                id=workflow_id,
-                task_queue=self.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                start_signal=ALERTS_SIGNAL,
-                start_signal_args=[AlertBatch(alerts=[alert])],
-                rpc_timeout=_RPC_TIMEOUT,
-            ),
-        )
-        return workflow_id
+        return await self._start(ROLLBACK_WORKFLOW, arg, incident_id(playbook, release),
+                                 start_signal=ALERTS_SIGNAL, start_signal_args=[AlertBatch(alerts=[alert])])
 
     async def release(
         self,
@@ -218,19 +205,17 @@ class IncidentService:
         """Start the guarded re-release of a fixed ``release`` (idempotent while it runs); returns its id."""
         snapshot = self.snapshot(playbook)
         self.check_release(release)
-        arg = ReleaseInput(snapshot=snapshot, release=release, started_by=started_by)
-        if stages is not None:
-            arg = ReleaseInput(snapshot=snapshot, release=release, started_by=started_by, stages=stages)
-        workflow_id = release_id(playbook, release)
+        arg = ReleaseInput(snapshot=snapshot, release=release, started_by=started_by,
+                           **({"stages": stages} if stages is not None else {}))
+        return await self._start(RELEASE_WORKFLOW, arg, release_id(playbook, release))
+
+    async def _start(self, workflow: str, arg: Any, workflow_id: str, **options: Any) -> str:
+        """Start ``workflow`` or join the running one with that id (USE_EXISTING); returns the id."""
         await self._call(
             workflow_id,
             self.client.start_workflow(
-                RELEASE_WORKFLOW,
-                arg,
-                id=workflow_id,
-                task_queue=self.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                rpc_timeout=_RPC_TIMEOUT,
+                workflow, arg, id=workflow_id, task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, rpc_timeout=_RPC_TIMEOUT, **options,
             ),
         )
         return workflow_id

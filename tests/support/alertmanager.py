@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
-
+from tests.support.processes import start_server, stop_server
 from tests.support.prometheus import free_port
 
 BOOTSTRAP = "./dev bootstrap (or: DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus-alertmanager)"
@@ -59,35 +57,16 @@ def start_alertmanager(tmp_dir: Path, webhook_url: str, bearer_token: str,
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp_dir / "alertmanager.log", "wb")  # noqa: SIM115 - owned by the process for its lifetime
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.path={tmp_dir / 'am-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", f"--web.external-url={url}",
-         "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"alertmanager exited with {process.returncode}: {_tail(tmp_dir / 'alertmanager.log')}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return url, process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    stop_alertmanager(process)
-    raise RuntimeError(f"alertmanager not ready after {timeout:g}s: {_tail(tmp_dir / 'alertmanager.log')}")
+    argv = [binary, f"--config.file={config}", f"--storage.path={tmp_dir / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", f"--web.external-url={url}",
+            "--log.level=warn"]
+    process = start_server("alertmanager", argv, tmp_dir / "alertmanager.log", f"{url}/-/ready", timeout)
+    return url, process
 
 
 def stop_alertmanager(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Terminate the Alertmanager started by ``start_alertmanager``."""
+    stop_server(process)
 
 
 def alerting_config(alertmanager_url: str, rules_file: Path) -> str:
@@ -96,10 +75,3 @@ def alerting_config(alertmanager_url: str, rules_file: Path) -> str:
     return (f"rule_files: ['{rules_file}']\n"
             "alerting:\n  alertmanagers:\n    - static_configs:\n"
             f"        - targets: ['{target}']\n")
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-2000:]
-    except OSError:
-        return "(no log)"

@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.processes import start_server, stop_server
+
 BOOTSTRAP = "./dev bootstrap (or: DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus)"
 
 
@@ -56,42 +58,15 @@ def start_prometheus(
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp_dir / "prometheus.log", "wb")  # noqa: SIM115 - owned by the process for its lifetime
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_dir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", f"--web.external-url={url}", "--web.enable-lifecycle"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {process.returncode}: {_tail(tmp_dir / 'prometheus.log')}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return url, process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    stop_prometheus(process)
-    raise RuntimeError(f"prometheus not ready after {timeout:g}s: {_tail(tmp_dir / 'prometheus.log')}")
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", f"--web.external-url={url}", "--web.enable-lifecycle"]
+    process = start_server("prometheus", argv, tmp_dir / "prometheus.log", f"{url}/-/ready", timeout)
+    return url, process
 
 
 def stop_prometheus(process: subprocess.Popen[bytes]) -> None:
     """Terminate the Prometheus started by ``start_prometheus`` (kill it if it does not stop in 10s)."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-2000:]
-    except OSError:
-        return "(no log)"
+    stop_server(process)
 
 
 class MetricsExporter:
