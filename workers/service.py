@@ -205,7 +205,9 @@ class IncidentService:
         """Start the guarded re-release of a fixed ``release`` (idempotent while it runs); returns its id."""
         snapshot = self.snapshot(playbook)
         self.check_release(release)
-        arg = ReleaseInput(snapshot=snapshot, release=release, started_by=started_by,
+        # Each forward stage is watched as long as the playbook's longest revert bake.
+        bake = max(stage.bake for stage in snapshot.playbook.rollback.stages).total_seconds() or 1.0
+        arg = ReleaseInput(snapshot=snapshot, release=release, started_by=started_by, bake_seconds=bake,
                            **({"stages": stages} if stages is not None else {}))
         return await self._start(RELEASE_WORKFLOW, arg, release_id(playbook, release))
 

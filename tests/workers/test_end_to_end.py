@@ -58,6 +58,7 @@ class Stack:
     http: httpx.AsyncClient
     runner: CliRunner
     env: dict[str, Any]
+    signals: SignalRouter
 
     async def cli(self, *args: str) -> Result:
         # In a thread: the CLI runs its own event loop while this one keeps the worker and the API going.
@@ -98,15 +99,15 @@ async def stack(local_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator
     assert await ensure_flagd_flags(settings, playbooks) == ["chat-model"]
     store = open_store(settings.resolved_database_url)
     router = FlagRouter({"flagd": flags})
-    activities = RollbackActivities(router, SignalRouter({"scripted": ScriptedSignalSource(BAD_RELEASE)}),
-                                    LogNotifier(), store, review_dir=settings.state_dir / "reviews")
+    signals = SignalRouter({"scripted": ScriptedSignalSource(BAD_RELEASE)})
+    activities = RollbackActivities(router, signals, LogNotifier(), store, review_dir=settings.state_dir / "reviews")
     service = IncidentService(local_env.client, settings, playbooks, store=store)
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(local_env.client, settings, activities, stop))
     try:
         async with serve(create_app(service, settings)) as url, api_client(url) as http:
             env = cli_env(settings, UNSHIP_PLAYBOOKS_DIR=str(folder))
-            yield Stack(settings, service, flags, http, CliRunner(), env)
+            yield Stack(settings, service, flags, http, CliRunner(), env, signals)
     finally:
         stop.set()
         await worker
@@ -192,3 +193,18 @@ async def test_abort_over_http_stops_before_any_user_moves(stack: Stack) -> None
     await stack.service.client.get_workflow_handle(incident).result()
     closed = await stack.http.post(f"/v1/incidents/{incident}/pause", json={"reason": "too late"})
     assert closed.status_code == 409 and "is closed" in closed.json()["detail"]
+
+
+async def test_re_release_over_http_moves_users_forward_stage_by_stage(stack: Stack) -> None:
+    target = stack.service.playbooks["chat-test"].playbook.rollback.targets[0]
+    await stack.flags.set_previous_percent(target, 100, "an earlier revert")
+    healthy = ScriptedSignalSource({"hallucinations": [5.0], "latency_p95": [1.0], "fairness_gap": [0.01]})
+    stack.signals.sources["scripted"] = healthy
+    opened = await stack.http.post("/v1/releases", json={"playbook": "chat-test", "release": "chat-v5",
+                                                         "stages": [25, 100]})
+    assert opened.status_code == 202, opened.text
+    release = opened.json()["incident_id"]
+    done = await stack.until(release, lambda s: s["outcome"] is not None, "an outcome")
+    assert done["outcome"] == "released", done["audit"][-3:]
+    assert [e["data"]["percent"] for e in done["audit"] if e["kind"] == "stage_applied"] == [25, 100]
+    assert await stack.share_on_previous() == 0
