@@ -108,7 +108,36 @@ def same_percent(a: float | None, b: float) -> bool:
     return a is not None and math.isclose(a, b, abs_tol=_TOLERANCE)
 
 
-class HttpProvider:
+class HttpAdapter:
+    """The httpx client of an adapter: the one a test passes in, or one it owns (and ``aclose`` closes)."""
+
+    _client: httpx.AsyncClient
+    _owns_client: bool
+
+    def _use_client(self, client: httpx.AsyncClient | None, **options: Any) -> None:
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, **options)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
+class ProjectFlagAdapter(HttpAdapter):
+    """A flag system that scopes flags by project and environment, with per-system defaults."""
+
+    default_project = "default"
+    default_environment = "production"
+
+    def _where(self, target: Target) -> tuple[str, str]:
+        return target.project or self.default_project, target.environment or self.default_environment
+
+    def _obj(self, target: Target) -> str:
+        project, environment = self._where(target)
+        return f"flag {target.key!r} (project {project!r}, environment {environment!r})"
+
+
+class HttpProvider(HttpAdapter):
     """A ``FlagProvider`` for any service speaking the contract in this module's docstring."""
 
     def __init__(
@@ -124,12 +153,7 @@ class HttpProvider:
         self.system = system
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        self._use_client(client)
 
     def _url(self, target: Target) -> str:
         return f"{self._base}/targets/{segment(target.key)}"

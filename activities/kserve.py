@@ -33,7 +33,7 @@ import httpx
 
 from activities.errors import configuration_error
 from activities.http_providers import (
-    DEFAULT_TIMEOUT,
+    HttpAdapter,
     heartbeat,
     json_body,
     readback_mismatch,
@@ -81,7 +81,7 @@ def _not_ready(isvc: dict[str, Any]) -> str:
     return "; ".join(bad) or "no condition reports a problem"
 
 
-class KServeProvider:
+class KServeProvider(HttpAdapter):
     """Moves an InferenceService's predictor traffic between its previous and latest revisions."""
 
     system = SYSTEM
@@ -102,9 +102,7 @@ class KServeProvider:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._settle_timeout = settle_timeout
         self._poll_interval = poll_interval
-        self._owns_client = client is None
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, verify=verify)
+        self._use_client(client, verify=ssl.create_default_context(cafile=ca_file) if ca_file else True)
 
     @classmethod
     def in_cluster(cls, **kwargs: Any) -> KServeProvider:
@@ -116,10 +114,6 @@ class KServeProvider:
                                                           "configure the Kubernetes API URL and token instead")
         return cls(f"https://{host}:{port}", token_file.read_text().strip(),
                    ca_file=str(SERVICE_ACCOUNT / "ca.crt"), **kwargs)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     @staticmethod
     def _obj(target: Target) -> str:

@@ -29,7 +29,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import configuration_error, http_failure
 from activities.http_providers import (
-    DEFAULT_TIMEOUT,
+    ProjectFlagAdapter,
     json_body,
     readback_mismatch,
     same_percent,
@@ -109,10 +109,12 @@ def previous_share(environment: dict[str, Any], previous_index: int) -> float | 
     return None
 
 
-class LaunchDarklyProvider:
+class LaunchDarklyProvider(ProjectFlagAdapter):
     """Moves the fallthrough rollout of a LaunchDarkly flag between its previous and candidate variations."""
 
     system = SYSTEM
+    default_project = DEFAULT_PROJECT
+    default_environment = DEFAULT_ENVIRONMENT
 
     def __init__(
         self,
@@ -129,20 +131,7 @@ class LaunchDarklyProvider:
         self._base = url.rstrip("/")
         self._headers = {"Authorization": api_token, "LD-API-Version": API_VERSION}
         self._kill_switch = turn_off_at_full_revert
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    @staticmethod
-    def _where(target: Target) -> tuple[str, str]:
-        return target.project or DEFAULT_PROJECT, target.environment or DEFAULT_ENVIRONMENT
-
-    def _obj(self, target: Target) -> str:
-        project, environment = self._where(target)
-        return f"flag {target.key!r} (project {project!r}, environment {environment!r})"
+        self._use_client(client)
 
     def _url(self, target: Target) -> str:
         project, _ = self._where(target)

@@ -33,7 +33,7 @@ import httpx
 
 from activities.errors import configuration_error
 from activities.http_providers import (
-    DEFAULT_TIMEOUT,
+    ProjectFlagAdapter,
     json_body,
     readback_mismatch,
     same_percent,
@@ -103,10 +103,12 @@ def previous_share(environment: dict[str, Any]) -> float | None:
     return None if rollout is None else float(100 - rollout)
 
 
-class UnleashProvider:
+class UnleashProvider(ProjectFlagAdapter):
     """Moves users between a flag's previous (disabled) and candidate (enabled) cohorts in Unleash."""
 
     system = SYSTEM
+    default_project = DEFAULT_PROJECT
+    default_environment = DEFAULT_ENVIRONMENT
 
     def __init__(
         self,
@@ -126,20 +128,7 @@ class UnleashProvider:
         self._base = self._base.removesuffix("/api")
         self._headers = {"Authorization": api_token}
         self._kill_switch = disable_environment_at_full_revert
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    @staticmethod
-    def _where(target: Target) -> tuple[str, str]:
-        return target.project or DEFAULT_PROJECT, target.environment or DEFAULT_ENVIRONMENT
-
-    def _obj(self, target: Target) -> str:
-        project, environment = self._where(target)
-        return f"flag {target.key!r} (project {project!r}, environment {environment!r})"
+        self._use_client(client)
 
     def _env_url(self, target: Target) -> str:
         project, environment = self._where(target)
