@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
+from temporalio import activity
 
 from playbooks.models import IntegrityCheck, Signal, Target
 
@@ -187,6 +188,53 @@ class ReviewRequest(_Model):
     incident_id: str
     status: dict[str, Any]
     template: str | None = None
+
+
+# --- the activities the incident workflows call ------------------------------------------------------------
+
+
+class IncidentActivities:
+    """The activity interface of the incident workflows: what they may ask the outside world to do.
+
+    Workflows call these by typed reference (``workflow.execute_activity_method(IncidentActivities.notify,
+    ...)``), so they import no implementation; ``activities.rollback.RollbackActivities`` implements every
+    method under the same activity name, and a test holds the two together.
+    """
+
+    @activity.defn(name="poll_signals")
+    async def poll_signals(self, req: PollRequest) -> PollResult:
+        """Measure the requested signals once."""
+        raise NotImplementedError
+
+    @activity.defn(name="apply_cohort")
+    async def apply_cohort(self, req: CohortChange) -> CohortResult:
+        """Move a share of users back to the previous model on every target (absolute, idempotent)."""
+        raise NotImplementedError
+
+    @activity.defn(name="read_cohort")
+    async def read_cohort(self, req: ReadbackRequest) -> CohortResult:
+        """Read what the targets serve now."""
+        raise NotImplementedError
+
+    @activity.defn(name="check_integrity")
+    async def check_integrity(self, req: IntegrityRequest) -> IntegrityResult:
+        """Run the playbook's integrity checks."""
+        raise NotImplementedError
+
+    @activity.defn(name="notify")
+    async def notify(self, req: Notification) -> MessageRef:
+        """Render and send a chat message (or update the incident's message in place)."""
+        raise NotImplementedError
+
+    @activity.defn(name="record_audit")
+    async def record_audit(self, req: AuditBatch) -> None:
+        """Project the incident and its new audit events into the incident store."""
+        raise NotImplementedError
+
+    @activity.defn(name="write_review")
+    async def write_review(self, req: ReviewRequest) -> ReviewDocument:
+        """Render and store the post-incident review."""
+        raise NotImplementedError
 
 
 # --- adapter Protocols -------------------------------------------------------------------------------------

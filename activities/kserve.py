@@ -154,12 +154,10 @@ class KServeProvider(HttpAdapter):
             return False
         wrote = False
         if asked != canary:
-            patch = {
-                "metadata": {"resourceVersion": (isvc.get("metadata") or {}).get("resourceVersion")},
-                "spec": {"predictor": {"canaryTrafficPercent": canary}},
-            }
-            if patch["metadata"]["resourceVersion"] is None:
-                del patch["metadata"]
+            version = (isvc.get("metadata") or {}).get("resourceVersion")
+            patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": canary}}}
+            if version is not None:
+                patch["metadata"] = {"resourceVersion": version}
             await send(self._client, SYSTEM, obj, "PATCH", self._url(target), json=patch,
                        headers={**self._headers, "Content-Type": MERGE_PATCH})
             wrote = True

@@ -103,7 +103,7 @@ def previous_share(environment: dict[str, Any], previous_index: int) -> float | 
     rollout = fallthrough.get("rollout")
     if rollout:
         weights = {v.get("variation"): v.get("weight", 0) for v in rollout.get("variations", [])}
-        return weights.get(previous_index, 0) * 100.0 / TOTAL_WEIGHT
+        return float(weights.get(previous_index, 0)) * 100.0 / TOTAL_WEIGHT
     if fallthrough.get("variation") is not None:
         return 100.0 if fallthrough["variation"] == previous_index else 0.0
     return None

@@ -19,6 +19,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from temporalio.exceptions import ApplicationError
@@ -156,7 +157,7 @@ class PrometheusSignalSource:
             return QueryResult(None, f"query failed: {body.get('error', '')}")
         return _first_sample(body.get("data") or {}, promql, body.get("warnings") or [])
 
-    async def _post(self, path: str, promql: str, form: dict[str, str]) -> dict:
+    async def _post(self, path: str, promql: str, form: dict[str, str]) -> dict[str, Any]:
         """The ``success`` answer, or ``{"status": "error"}`` for a valid query that failed on the data."""
         url = f"{self.base_url}{path}"
         try:
@@ -226,7 +227,7 @@ def _for_release(signal: Signal, promql: str, release: str) -> str:
         raise configuration_error(SYSTEM, f"signal {signal.name}", f"{exc}; fix the query in the playbook") from exc
 
 
-def _json(response: httpx.Response) -> dict:
+def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
@@ -234,7 +235,7 @@ def _json(response: httpx.Response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def _first_sample(data: dict, promql: str, warnings: list[str]) -> QueryResult:
+def _first_sample(data: dict[str, Any], promql: str, warnings: list[str]) -> QueryResult:
     kind = data.get("resultType")
     result = data.get("result")
     notes = [f"warning: {w}" for w in warnings]
@@ -247,7 +248,7 @@ def _first_sample(data: dict, promql: str, warnings: list[str]) -> QueryResult:
         if len(samples) > 1:
             notes.append(f"{len(samples)} series; used the first, {samples[0].get('metric', {})}")
         raw = samples[0]["value"][1]
-    elif kind == "scalar":
+    elif kind == "scalar" and isinstance(result, list) and len(result) == 2:
         raw = result[1]
     else:
         raise ApplicationError(

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -25,6 +26,7 @@ from activities.contracts import (
     CohortChange,
     CohortResult,
     FlagProvider,
+    IncidentActivities,
     IncidentStore,
     IntegrityRequest,
     IntegrityResult,
@@ -42,13 +44,14 @@ from activities.contracts import (
 )
 from activities.integrity import READBACK_TOLERANCE, IntegrityChecker
 from playbooks.models import Signal
+from playbooks.rendering import render_message, render_review
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5.0
 
 
-class RollbackActivities:
+class RollbackActivities(IncidentActivities):
     """The activities, as bound methods over one set of adapters (``all()`` gives them to the Worker)."""
 
     def __init__(
@@ -67,7 +70,7 @@ class RollbackActivities:
         self.integrity = integrity or IntegrityChecker(flags, signals)
         self.review_dir = review_dir
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """The bound activity methods, for ``Worker(activities=...)``."""
         return [self.poll_signals, self.apply_cohort, self.read_cohort, self.check_integrity, self.notify,
                 self.record_audit, self.write_review]
@@ -148,8 +151,6 @@ class RollbackActivities:
     @activity.defn(name="write_review")
     async def write_review(self, req: ReviewRequest) -> ReviewDocument:
         """Render the review document, store it, and write it to ``review_dir`` as Markdown when configured."""
-        from playbooks.rendering import render_review
-
         try:
             markdown = render_review(req.status, req.template)
         except ValueError as exc:  # a broken review template: only a person can fix it
@@ -167,10 +168,6 @@ class RollbackActivities:
 
 def _render_message(req: Notification) -> str:
     """The rendered message; a plain line (saying why) if the template cannot render, so the news still goes out."""
-    try:
-        from playbooks.rendering import render_message
-    except ImportError as exc:
-        return _plain_message(req, f"templates unavailable: {exc}")
     try:
         return render_message(req.kind.value, req.context, req.template_overrides)
     except Exception as exc:  # noqa: BLE001 - a broken template override must not silence an incident

@@ -6,7 +6,7 @@ same message with ``chat.update`` (who decided, stage progress, the outcome). Me
 (the escalation channel) are posted on their own, with the mentions of the next tier.
 
 While a decision gate is open the message carries Approve (with a confirm dialog) and Reject buttons whose
-``value`` names the incident, the gate and the verdict (``button_value``); ``workers.slack_actions`` turns a
+``value`` names the incident, the gate and the verdict (``button_value``); ``workers.web.slack_actions`` turns a
 click into the workflow's ``decide`` update.
 
 Failures: HTTP 429 / 5xx and Slack's transient errors are retryable (honouring ``Retry-After``); errors only
@@ -97,7 +97,8 @@ def _num(value: Any) -> str:
 
 
 def _sections(text: str) -> list[dict[str, Any]]:
-    chunks, rest = [], text.strip() or " "
+    chunks: list[str] = []
+    rest = text.strip() or " "
     while rest and len(chunks) < 5:
         chunks.append(rest[:_SECTION_LIMIT])
         rest = rest[_SECTION_LIMIT:]

@@ -79,7 +79,8 @@ def _managed(strategies: list[dict[str, Any]]) -> dict[str, Any] | None:
         return active[0]
     disabled = [s for s in unconstrained if s.get("name") == "flexibleRollout"]
     titled = [s for s in disabled if s.get("title") == STRATEGY_TITLE]
-    return (titled or disabled or [None])[0]
+    found = titled or disabled
+    return found[0] if found else None
 
 
 def _rollout_of(strategy: dict[str, Any]) -> int | None:

@@ -42,17 +42,17 @@ from activities.rollback import RollbackActivities
 from activities.routing import FlagRouter, SignalRouter
 from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
 from activities.store import SqliteIncidentStore
+from bench.machine import header
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot
-from bench.machine import header  # noqa: E402
-from workers.alert_router import AlertRouter
-from workers.gateway import Gateway, create_gateway_app
-from workers.service import IncidentService
-from workers.settings import Settings
-from workers.temporal_server import EmbeddedTemporal, free_port
-from workflows.messages import IncidentStatus, incident_id
-from workflows.release import ReleaseWorkflow
-from workflows.review import ReviewWorkflow
+from workers.runtime.service import IncidentService
+from workers.runtime.settings import Settings
+from workers.runtime.temporal_server import EmbeddedTemporal, free_port
+from workers.web.alert_router import AlertRouter
+from workers.web.app import create_app
+from workers.web.gateway import Gateway
+from workflows.messages import incident_id
+from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.rollback import RollbackWorkflow
 
 TOKEN = "bench-alert-token"
@@ -91,7 +91,7 @@ async def storm(client: Client, settings: Settings, snapshot: PlaybookSnapshot, 
     """Post the storm; the result's ``check`` verifies it once a worker runs."""
     service = IncidentService(client, settings, {snapshot.playbook.name: snapshot})
     router = AlertRouter.for_service(service, batching=batching, window=settings.alert_batch_window_ms / 1000)
-    app = create_gateway_app(service, settings, Gateway(settings, lambda: _ready(service), router=router))
+    app = create_app(service, settings, api=False, gateway=Gateway(settings, lambda: _ready(service), router=router))
     port = free_port("127.0.0.1")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, timeout_keep_alive=120, backlog=4096))
@@ -122,7 +122,7 @@ async def storm(client: Client, settings: Settings, snapshot: PlaybookSnapshot, 
     await serving
 
     ids = {incident_id(snapshot.playbook.name, r) for r in releases}
-    return {"check": lambda: verify(client, snapshot, tag, releases, requests, ids), 
+    return {"check": lambda: verify(client, snapshot, tag, releases, requests, ids),
         "mode": "group commit" if batching else "one signal per alert", "requests": len(requests),
         "accepted": statuses.count(202), "other_status": len(statuses) - statuses.count(202),
         "seconds": elapsed, "alerts_per_s": statuses.count(202) / elapsed, "signals": router.signals_sent}
@@ -144,7 +144,7 @@ async def verify(client: Client, snapshot: PlaybookSnapshot, tag: str, releases:
         expected = {f for r, f in requests if r == release}
         deadline = time.monotonic() + 60  # the worker applies the signals it finds in the history
         while True:
-            status = await client.get_workflow_handle(wf).query("status", result_type=IncidentStatus)
+            status = await client.get_workflow_handle(wf).query(RollbackWorkflow.status)
             seen = {a["fingerprint"] for e in status.audit if e.kind == "alert" for a in e.data.get("alerts", [])}
             if expected <= seen or time.monotonic() > deadline:
                 break
@@ -169,7 +169,7 @@ async def main(incidents: int, alerts: int, concurrency: int) -> None:
             acts = RollbackActivities(FlagRouter({"flagd": ScriptedFlagProvider()}),
                                       SignalRouter({"scripted": ScriptedSignalSource({})}), LogNotifier(),
                                       SqliteIncidentStore(state / "unship.db"))
-            worker = Worker(client, task_queue=queue, workflows=[RollbackWorkflow, ReviewWorkflow, ReleaseWorkflow],
+            worker = Worker(client, task_queue=queue, workflows=INCIDENT_WORKFLOWS,
                             activities=acts.all())
             warmup = await storm(client, settings, snapshot, batching=True, incidents=2, alerts=5,
                                  concurrency=concurrency, tag="warmup")

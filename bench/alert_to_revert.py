@@ -26,22 +26,21 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.chat import LogNotifier  # noqa: E402
-from activities.flagd import FlagdFileProvider  # noqa: E402
-from activities.rollback import RollbackActivities  # noqa: E402
-from activities.scripted import ScriptedSignalSource  # noqa: E402
-from activities.store import SqliteIncidentStore  # noqa: E402
-from bench.floor import FINISHED, FloorWorkflow, noop  # noqa: E402
-from bench.machine import header, percentile  # noqa: E402
-from playbooks.loader import content_hash, library_folder, load_playbook  # noqa: E402
-from playbooks.models import Playbook, PlaybookSnapshot  # noqa: E402
-from workers.service import IncidentService  # noqa: E402
-from workers.settings import Settings  # noqa: E402
-from workers.temporal_server import EmbeddedTemporal, free_port  # noqa: E402
-from workflows.messages import Command, incident_id  # noqa: E402
-from workflows.release import ReleaseWorkflow  # noqa: E402
-from workflows.review import ReviewWorkflow  # noqa: E402
-from workflows.rollback import RollbackWorkflow  # noqa: E402
+from activities.chat import LogNotifier
+from activities.flagd import FlagdFileProvider
+from activities.rollback import RollbackActivities
+from activities.scripted import ScriptedSignalSource
+from activities.store import SqliteIncidentStore
+from bench.floor import FINISHED, FloorWorkflow, noop
+from bench.machine import header, percentile
+from playbooks.loader import content_hash, library_folder, load_playbook
+from playbooks.models import Playbook, PlaybookSnapshot
+from workers.runtime.service import IncidentService
+from workers.runtime.settings import Settings
+from workers.runtime.temporal_server import EmbeddedTemporal, free_port
+from workflows.messages import Command, incident_id
+from workflows.registry import INCIDENT_WORKFLOWS
+from workflows.rollback import RollbackWorkflow
 
 
 class TimedFlags(FlagdFileProvider):
@@ -51,7 +50,7 @@ class TimedFlags(FlagdFileProvider):
         super().__init__(path)
         self.first_write: dict[str, float] = {}
 
-    async def set_previous_percent(self, target, percent, idempotency_key):  # noqa: ANN001
+    async def set_previous_percent(self, target, percent, idempotency_key):
         applied = await super().set_previous_percent(target, percent, idempotency_key)
         incident, _, step = idempotency_key.rpartition(":revert:")
         if step == "0":
@@ -71,7 +70,7 @@ def automatic_playbook() -> PlaybookSnapshot:
     return PlaybookSnapshot(playbook=playbook, content_hash=content_hash(playbook), source="bench")
 
 
-async def wait_for(condition, what: str, timeout: float = 30.0) -> None:  # noqa: ANN001
+async def wait_for(condition, what: str, timeout: float = 30.0) -> None:
     deadline = time.perf_counter() + timeout
     while not condition():
         if time.perf_counter() > deadline:
@@ -101,7 +100,7 @@ async def measure_floor(client: Client, queue: str, activities: int, incidents: 
         wf_id = f"floor-{activities}-{n}-{uuid.uuid4().hex[:4]}"
         await client.start_workflow(FloorWorkflow.run, activities, id=wf_id, task_queue=queue, start_signal="go")
         accepted = time.perf_counter()
-        await wait_for(lambda: wf_id in FINISHED, f"{wf_id} never ran its last activity")
+        await wait_for(lambda wf_id=wf_id: wf_id in FINISHED, f"{wf_id} never ran its last activity")
         if n >= 5:
             floor.append(FINISHED[wf_id] - accepted)
     return floor
@@ -122,7 +121,7 @@ async def main(incidents: int) -> None:
             settings = Settings(state_dir=state, task_queue=queue)
             service = IncidentService(client, settings, {snapshot.playbook.name: snapshot})
             latencies: list[float] = []
-            async with Worker(client, task_queue=queue, workflows=[RollbackWorkflow, ReviewWorkflow, ReleaseWorkflow,
+            async with Worker(client, task_queue=queue, workflows=[*INCIDENT_WORKFLOWS,
                                                                    FloorWorkflow],
                               activities=[*acts.all(), noop]):
                 for n in range(incidents + 5):  # the first 5 warm up and are not counted
@@ -133,13 +132,13 @@ async def main(incidents: int) -> None:
                     await flags.set_previous_percent(target, 0, f"bench-rollout-{n}")
                     await service.trigger(snapshot.playbook.name, release, started_by="bench")
                     accepted = time.perf_counter()
-                    await wait_for(lambda: wf_id in flags.first_write, f"{wf_id} never wrote its first cohort")
+                    await wait_for(lambda wf_id=wf_id: wf_id in flags.first_write, f"{wf_id} never wrote its first cohort")
                     if n >= 5:
                         latencies.append(flags.first_write[wf_id] - accepted)
                     # Only the first cohort is measured: abort the rest (bake timers have ~1 s resolution on the
                     # dev server) so the next incident starts on an idle server.
                     handle = client.get_workflow_handle(wf_id)
-                    await handle.signal("abort", Command(by="bench", reason="measured"))
+                    await handle.signal(RollbackWorkflow.abort, Command(by="bench", reason="measured"))
                     await handle.result()
                 k, path = await activities_before_first_write(
                     client, incident_id(snapshot.playbook.name, "bench-5"))

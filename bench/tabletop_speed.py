@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from playbooks.scenarios import discover_scenarios, load_scenario, scenario_folder
-from workers.tabletop import run_time_skipping
+from tabletop.runner import run_time_skipping
+from tabletop.scenarios import discover_scenarios, load_scenario, scenario_folder
 
 
 async def main(repeat: int) -> None:

@@ -22,6 +22,7 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -32,7 +33,7 @@ from playbooks.rendering import message_kinds, review_templates, template_error
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 SCENARIO_SUFFIXES = (".scenario.yaml", ".scenario.yml")
-"""Tabletop scenarios (playbooks/scenarios.py) live next to playbooks; folder discovery skips them."""
+"""Tabletop scenarios (tabletop/scenarios.py) live next to playbooks; folder discovery skips them."""
 MAX_VALUES = 100_000
 """A playbook is a few hundred values; more than this (after expanding aliases) is refused."""
 ROOT_FIELD = "playbook"
@@ -81,25 +82,25 @@ def load_playbook(path: str | Path) -> PlaybookSnapshot:
 
 def load_playbook_text(text: str, source: str = "<string>") -> PlaybookSnapshot:
     """Validate playbook YAML given as a string; ``source`` names it in issues and the snapshot."""
-    tree = _parse(text, source)
+    tree = parse_yaml(text, source)
     if not isinstance(tree, CommentedMap):
-        got = "an empty document" if tree is None else _type_name(_plain(tree))
+        got = "an empty document" if tree is None else _type_name(plain_data(tree))
         message = f"expected a mapping of playbook fields, got {got}"
         raise PlaybookError([PlaybookIssue(source, _node_line(tree, 1), ROOT_FIELD, message)])
 
-    locator = _Locator(tree)
+    locator = Locator(tree)
     references = list(_cross_reference_problems(tree))
     templates = list(_template_problems(tree))
     try:
-        playbook = Playbook.model_validate(_plain(tree))
-    except _TooLarge:
+        playbook = Playbook.model_validate(plain_data(tree))
+    except TooLarge:
         message = f"more than {MAX_VALUES} values once YAML aliases are expanded; this is not a playbook"
         raise PlaybookError([PlaybookIssue(source, 1, ROOT_FIELD, message)]) from None
     except ValidationError as exc:
-        problems = _merge(_validation_problems(exc, tree), references)
-        raise PlaybookError(_issues(source, locator, [*problems, *templates])) from None
+        problems = _merge(validation_problems(exc, tree), references)
+        raise PlaybookError(issues_at(source, locator, [*problems, *templates])) from None
     if references or templates:  # the model agrees on cross-references today; ours stay authoritative
-        raise PlaybookError(_issues(source, locator, [*references, *templates]))
+        raise PlaybookError(issues_at(source, locator, [*references, *templates]))
     return PlaybookSnapshot(playbook=playbook, content_hash=content_hash(playbook), source=source)
 
 
@@ -109,7 +110,7 @@ def content_hash(playbook: Playbook) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _parse(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str) -> Any:
     yaml = YAML(typ="rt")
     try:
         with warnings.catch_warnings():
@@ -127,11 +128,11 @@ def _parse(text: str, source: str) -> Any:
         raise PlaybookError([PlaybookIssue(source, 1, "yaml", str(exc).strip())]) from None
 
 
-class _TooLarge(Exception):
+class TooLarge(Exception):
     pass
 
 
-def _plain(node: Any, budget: list[int] | None = None) -> Any:
+def plain_data(node: Any, budget: list[int] | None = None) -> Any:
     """ruamel's round-trip types as plain Python values, so pydantic sees exactly what YAML says.
 
     Aliases are expanded; ``budget`` stops a few nested aliases ("billion laughs") from expanding forever.
@@ -139,11 +140,11 @@ def _plain(node: Any, budget: list[int] | None = None) -> Any:
     budget = budget if budget is not None else [MAX_VALUES]
     budget[0] -= 1
     if budget[0] < 0:
-        raise _TooLarge
+        raise TooLarge
     if isinstance(node, dict):
-        return {(_plain(k, budget) if not isinstance(k, str) else str(k)): _plain(v, budget) for k, v in node.items()}
+        return {(plain_data(k, budget) if not isinstance(k, str) else str(k)): plain_data(v, budget) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v, budget) for v in node]
+        return [plain_data(v, budget) for v in node]
     if isinstance(node, bool):
         return bool(node)
     if isinstance(node, int):
@@ -176,7 +177,7 @@ _SLUG_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"  # playbooks.models.Slug
 _NAMES = re.compile(r"unknown (?:signals|roles) (\[.*?\])")
 
 
-def _validation_problems(exc: ValidationError, tree: CommentedMap,
+def validation_problems(exc: ValidationError, tree: CommentedMap,
                          root: type[BaseModel] = Playbook) -> list[tuple[Loc, str]]:
     """Each pydantic error as (location in the YAML data, message); ``root`` is the model of the document."""
     problems: list[tuple[Loc, str]] = []
@@ -217,7 +218,7 @@ def _validation_problems(exc: ValidationError, tree: CommentedMap,
     return filled
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
@@ -502,7 +503,7 @@ def _get(tree: Any, *keys: str) -> Any:
 # --- locations -> lines ------------------------------------------------------------------------------------
 
 
-class _Locator:
+class Locator:
     """Finds the YAML line of a data location: the deepest key or list item that exists."""
 
     def __init__(self, tree: CommentedMap) -> None:
@@ -542,7 +543,7 @@ def _field(loc: Loc) -> str:
     return ".".join(str(p) for p in loc) or ROOT_FIELD
 
 
-def _issues(source: str, locator: _Locator,
+def issues_at(source: str, locator: Locator,
             problems: Iterable[tuple[Loc, str] | tuple[Loc, str, int]]) -> list[PlaybookIssue]:
     issues: list[PlaybookIssue] = []
     for loc, message, *offset in problems:
@@ -607,7 +608,7 @@ def _duplicate_names(snapshots: list[PlaybookSnapshot]) -> list[PlaybookIssue]:
 def _name_line(source: str) -> int:
     try:
         tree = YAML(typ="rt").load(Path(source).read_text(encoding="utf-8"))
-        return _Locator(tree).line(("name",))
+        return Locator(tree).line(("name",))
     except (OSError, YAMLError, AttributeError):
         return 1
 

@@ -8,11 +8,12 @@ workflow sandbox: no I/O here, only data and pure validation.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -427,7 +428,7 @@ class Rollback(_Model):
     @model_validator(mode="after")
     def _stages_increase(self) -> Rollback:
         percents = [s.percent for s in self.stages]
-        if any(b <= a for a, b in zip(percents, percents[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(percents)):
             raise ValueError(f"stage percentages must increase, got {percents}")
         if percents[-1] != 100:
             raise ValueError(f"the last stage must move 100% of users back, got {percents[-1]:g}%")
@@ -474,7 +475,7 @@ class SqlCheck(_Model):
         return query
 
 
-IntegrityCheck = Annotated[Union[ReadbackCheck, HttpCheck, PromqlCheck, SqlCheck], Field(discriminator="kind")]
+IntegrityCheck = Annotated[ReadbackCheck | HttpCheck | PromqlCheck | SqlCheck, Field(discriminator="kind")]
 
 
 class Communications(_Model):

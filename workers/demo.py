@@ -38,9 +38,9 @@ from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import PlaybookSnapshot, Severity, format_duration
-from workers.service import DecisionRefused, IncidentService
-from workers.settings import Settings
-from workers.temporal_server import EmbeddedTemporal, free_port
+from workers.runtime.service import DecisionRefused, IncidentService
+from workers.runtime.settings import Settings
+from workers.runtime.temporal_server import EmbeddedTemporal, free_port
 from workflows.messages import (
     Alert,
     DecisionRequest,
@@ -49,8 +49,7 @@ from workflows.messages import (
     Phase,
     Verdict,
 )
-from workflows.release import ReleaseWorkflow
-from workflows.review import ReviewWorkflow
+from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.rollback import RollbackWorkflow
 
 PLAYBOOK = "conversational-agent.yaml"
@@ -60,10 +59,11 @@ TASK_QUEUE = "unship-demo"
 CHAT_DB_ENV = "UNSHIP_CHAT_DB_URL"
 
 # What monitoring would have measured, poll by poll (one poll per playbook minute, a second here).
-HEALTHY = {"moderation-failures": [0.1], "latency-p95": [1.8], "thumbs-down-rate": [4.0], "fairness-gap": [1.0]}
-BLIP = {**HEALTHY, "hallucination-rate": [52.0, 18.0, 14.0, 12.0, 11.0]}
-SUSTAINED = {**HEALTHY, "hallucination-rate": [41.0, 57.0, 66.0, 71.0, 74.0]}
-SAMPLES = {"hallucination-rate": [4200.0], "moderation-failures": [4200.0], "thumbs-down-rate": [900.0]}
+Timeline = dict[str, list[float | None]]
+HEALTHY: Timeline = {"moderation-failures": [0.1], "latency-p95": [1.8], "thumbs-down-rate": [4.0], "fairness-gap": [1.0]}
+BLIP: Timeline = {**HEALTHY, "hallucination-rate": [52.0, 18.0, 14.0, 12.0, 11.0]}
+SUSTAINED: Timeline = {**HEALTHY, "hallucination-rate": [41.0, 57.0, 66.0, 71.0, 74.0]}
+SAMPLES: Timeline = {"hallucination-rate": [4200.0], "moderation-failures": [4200.0], "thumbs-down-rate": [900.0]}
 
 ON_CALL = DecisionRequest(user="U05ONCALL7", verdict=Verdict.APPROVE, via="cli", groups=["S05MLONCALL"],
                           reason="hallucination rate doubled after the rollout; confirmed in samples")
@@ -125,7 +125,7 @@ async def _demo(settings: Settings, console: Console, speedup: float) -> None:
         service = IncidentService(client, settings.model_copy(update={"task_queue": TASK_QUEUE}),
                                   {playbook.name: snapshot}, store=store)
         console.print(f"Temporal at {server.target}; flag file {flags_file}; incident store {store.path}")
-        async with Worker(client, task_queue=TASK_QUEUE, workflows=[RollbackWorkflow, ReviewWorkflow, ReleaseWorkflow],
+        async with Worker(client, task_queue=TASK_QUEUE, workflows=INCIDENT_WORKFLOWS,
                           activities=activities.all()):
             target = playbook.rollback.targets[0]
             console.print(f"flag [bold]{target.key}[/]: {await flagd.get_previous_percent(target):g}% of users on "
@@ -164,7 +164,7 @@ async def _play(service: IncidentService, console: Console, alert_id: str, decid
                           "severity": "warning"},
                   severity=Severity.WARNING, group_key='{}:{alertname="GenAIQualityDegraded"}')
     incident = await service.trigger("chat-assistant", RELEASE, alert=alert, started_by="alertmanager")
-    handle: WorkflowHandle = service.client.get_workflow_handle_for(RollbackWorkflow.run, incident)
+    handle: WorkflowHandle[RollbackWorkflow, IncidentStatus] = service.client.get_workflow_handle_for(RollbackWorkflow.run, incident)
     console.print(f"alert GenAIQualityDegraded fired for release {RELEASE}: incident [bold]{incident}[/]")
     shown = 0
     decided = False

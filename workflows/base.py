@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         AuditEvent,
         CohortChange,
         CohortResult,
+        IncidentActivities,
         IncidentRecord,
         Measurement,
         MessageKind,
@@ -31,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         SignalObservation,
     )
     from playbooks.models import PlaybookSnapshot, Signal, Target
-    from workflows.messages import IncidentStatus, Outcome, Phase
+    from workflows.messages import Command, IncidentStatus, Outcome, Phase
 
 # Signals and chat are best-effort evidence paths: bounded retries, then the failure is recorded.
 EVIDENCE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
@@ -61,6 +62,37 @@ class IncidentWorkflowBase:
         self._thread_ref: str | None = None
         self._closing = False
         self._background: list[asyncio.Task[None]] = []
+        self._paused = False
+        self._aborted: Command | None = None
+
+    # --- what every incident answers -----------------------------------------------------------------------
+
+    @workflow.signal
+    def abort(self, command: Command) -> None:
+        """Stop where we are: no further stage is applied (what was applied stays)."""
+        if self._aborted is None:
+            self._aborted = command
+            self._audit("abort_requested", command.reason or "abort requested", actor=command.by)
+
+    @workflow.signal
+    def pause(self, command: Command) -> None:
+        """Hold before the next stage until resumed."""
+        if not self._paused:
+            self._paused = True
+            self._audit("paused", command.reason or "paused by operator", actor=command.by)
+
+    @workflow.signal
+    def resume(self, command: Command) -> None:
+        """Continue a paused incident."""
+        if self._paused:
+            self._paused = False
+            self._audit("resumed", command.reason or "resumed by operator", actor=command.by)
+
+    @workflow.query
+    def status(self) -> IncidentStatus:
+        """The live status: phase, stages, gate, decisions, evidence and the audit trail."""
+        self._status.paused = self._paused
+        return self._status
 
     # --- audit -------------------------------------------------------------------------------------------
 
@@ -86,8 +118,8 @@ class IncidentWorkflowBase:
                 return
             batch, self._unflushed = self._unflushed, []
             try:
-                await workflow.execute_activity(
-                    "record_audit", AuditBatch(incident=self._record(), events=batch),
+                await workflow.execute_activity_method(
+                    IncidentActivities.record_audit, AuditBatch(incident=self._record(), events=batch),
                     start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
                     schedule_to_close_timeout=ACTION_DEADLINE,
                 )
@@ -128,8 +160,8 @@ class IncidentWorkflowBase:
             if note.channel == self._playbook.communications.channel:
                 note = note.model_copy(update={"thread_ref": self._thread_ref})
             try:
-                ref: MessageRef = await workflow.execute_activity(
-                    "notify", note, result_type=MessageRef, start_to_close_timeout=timedelta(seconds=30),
+                ref: MessageRef = await workflow.execute_activity_method(
+                    IncidentActivities.notify, note, start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=EVIDENCE_RETRY,
                 )
                 if self._thread_ref is None and note.channel == self._playbook.communications.channel:
@@ -158,11 +190,11 @@ class IncidentWorkflowBase:
     async def _poll(self, signals: list[Signal], poll: int, phase: str) -> list[SignalObservation]:
         """Measure ``signals`` once; a source that keeps failing is "not measured", never "measured bad"."""
         try:
-            result: PollResult = await workflow.execute_activity(
-                "poll_signals",
+            result: PollResult = await workflow.execute_activity_method(
+                IncidentActivities.poll_signals,
                 PollRequest(incident_id=self._id, release=self._status.release, signals=signals, poll=poll,
                             phase=phase),
-                result_type=PollResult, start_to_close_timeout=timedelta(seconds=60),
+                start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=EVIDENCE_RETRY,
             )
             observations = result.observations
@@ -180,11 +212,11 @@ class IncidentWorkflowBase:
     async def _apply(self, targets: list[Target], previous_percent: float, step: str) -> CohortResult:
         """Write the absolute split to every target in order, with a business idempotency key."""
         key = f"{self._id}:{step}"
-        result: CohortResult = await workflow.execute_activity(
-            "apply_cohort",
+        result: CohortResult = await workflow.execute_activity_method(
+            IncidentActivities.apply_cohort,
             CohortChange(incident_id=self._id, idempotency_key=key, targets=targets,
                          previous_percent=previous_percent),
-            result_type=CohortResult, start_to_close_timeout=timedelta(minutes=2),
+            start_to_close_timeout=timedelta(minutes=2),
             heartbeat_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
             schedule_to_close_timeout=ACTION_DEADLINE,
         )

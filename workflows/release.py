@@ -17,7 +17,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.base import IncidentWorkflowBase, _cause
     from workflows.confirmation import PollVerdict, assess_poll, fairness_rule, quality_rule
     from workflows.messages import (
-        Command,
         IncidentStatus,
         Outcome,
         Phase,
@@ -35,31 +34,6 @@ class ReleaseWorkflow(IncidentWorkflowBase):
     @workflow.init
     def __init__(self, input: ReleaseInput) -> None:
         self._init_incident(input.snapshot, input.release, Phase.RELEASING)
-        self._paused = False
-        self._aborted: Command | None = None
-
-    @workflow.signal
-    def pause(self, command: Command) -> None:
-        if not self._paused:
-            self._paused = True
-            self._audit("paused", command.reason or "paused", actor=command.by)
-
-    @workflow.signal
-    def resume(self, command: Command) -> None:
-        if self._paused:
-            self._paused = False
-            self._audit("resumed", command.reason or "resumed", actor=command.by)
-
-    @workflow.signal
-    def abort(self, command: Command) -> None:
-        if self._aborted is None:
-            self._aborted = command
-            self._audit("abort_requested", command.reason or "abort requested", actor=command.by)
-
-    @workflow.query
-    def status(self) -> IncidentStatus:
-        self._status.paused = self._paused
-        return self._status
 
     @workflow.run
     async def run(self, input: ReleaseInput) -> IncidentStatus:

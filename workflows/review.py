@@ -15,9 +15,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
         AuditBatch,
         AuditEvent,
+        IncidentActivities,
         IncidentRecord,
         MessageKind,
-        MessageRef,
         Notification,
         ReviewDocument,
         ReviewRequest,
@@ -57,10 +57,10 @@ class ReviewWorkflow:
         status["review_tasks"] = self._status.tasks
         deadlines = self._deadlines(input, started)
         status["deadlines"] = [{"what": what, "at": at.isoformat()} for at, what, _ in deadlines]
-        doc: ReviewDocument = await workflow.execute_activity(
-            "write_review", ReviewRequest(incident_id=input.incident_id, status=status,
+        doc: ReviewDocument = await workflow.execute_activity_method(
+            IncidentActivities.write_review, ReviewRequest(incident_id=input.incident_id, status=status,
                                           template=playbook.review.template),
-            result_type=ReviewDocument, start_to_close_timeout=timedelta(minutes=1), retry_policy=ACTION_RETRY,
+            start_to_close_timeout=timedelta(minutes=1), retry_policy=ACTION_RETRY,
             schedule_to_close_timeout=ACTION_DEADLINE,
         )
         self._status.document_written = bool(doc.markdown)
@@ -92,13 +92,13 @@ class ReviewWorkflow:
     async def _remind(self, input: ReviewInput, what: str, message: str) -> None:
         comms = input.snapshot.playbook.communications
         try:
-            await workflow.execute_activity(
-                "notify",
+            await workflow.execute_activity_method(
+                IncidentActivities.notify,
                 Notification(incident_id=input.incident_id, kind=MessageKind.REMINDER, channel=comms.channel,
                              context={"incident_id": input.incident_id, "release": input.status.release,
                                       "playbook": input.status.playbook, "reason": message, "what": what},
                              template_overrides=comms.templates),
-                result_type=MessageRef, start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY,
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY,
             )
         except ActivityError:
             workflow.logger.warning("reminder %s for %s could not be sent", what, input.incident_id)
@@ -114,8 +114,8 @@ class ReviewWorkflow:
             started_at=s.started_at, updated_at=workflow.now(),
         )
         event = AuditEvent(seq=REVIEW_SEQ_BASE + self._seq, at=workflow.now(), kind=kind, actor="unship-review", message=message)
-        await workflow.execute_activity(
-            "record_audit", AuditBatch(incident=record, events=[event]),
+        await workflow.execute_activity_method(
+            IncidentActivities.record_audit, AuditBatch(incident=record, events=[event]),
             start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
             schedule_to_close_timeout=ACTION_DEADLINE,
         )

@@ -7,6 +7,7 @@ unauthorized, stale and repeated decisions before anything is written to history
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -15,15 +16,16 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
         CohortResult,
+        IncidentActivities,
         IntegrityRequest,
-        ReadbackRequest,
         IntegrityResult,
         MessageKind,
+        ReadbackRequest,
     )
     from playbooks.models import (
         DecisionMode,
-        ReadbackCheck,
         DefaultAction,
+        ReadbackCheck,
         Severity,
         StageFailure,
         format_duration,
@@ -59,6 +61,9 @@ class _Stop(Exception):
         self.outcome, self.reason, self.actor = outcome, reason, actor
 
 
+ALERTS_SIGNAL = "alerts"
+"""The signal that carries alerts; named once because signal-with-start takes the name, not the method."""
+
 @workflow.defn
 class RollbackWorkflow(IncidentWorkflowBase):
     @workflow.init
@@ -69,15 +74,13 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._fingerprints: list[str] = []
         self._max_severity: Severity | None = input.severity
         self._resolved = False
-        self._aborted: Command | None = None
         self._revert_all: Command | None = None
-        self._paused = False
         self._gate_seq = 0
         self._rejected: DecisionRecord | None = None
 
     # --- signals, update, query ---------------------------------------------------------------------------
 
-    @workflow.signal
+    @workflow.signal(name=ALERTS_SIGNAL)
     def alerts(self, batch: AlertBatch) -> None:
         """Evidence from monitoring. Duplicates (same fingerprint, start and status) are ignored."""
         fresh = []
@@ -106,25 +109,6 @@ class RollbackWorkflow(IncidentWorkflowBase):
                     alerts=[{"name": a.name, "status": a.status.value, "fingerprint": a.fingerprint,
                              "group_key": a.group_key, "severity": a.severity.value, "source": a.source}
                             for a in fresh])
-
-    @workflow.signal
-    def abort(self, command: Command) -> None:
-        """Stop where we are: no further stage is applied (what was applied stays)."""
-        if self._aborted is None:
-            self._aborted = command
-            self._audit("abort_requested", command.reason or "abort requested", actor=command.by)
-
-    @workflow.signal
-    def pause(self, command: Command) -> None:
-        if not self._paused:
-            self._paused = True
-            self._audit("paused", command.reason or "paused by operator", actor=command.by)
-
-    @workflow.signal
-    def resume(self, command: Command) -> None:
-        if self._paused:
-            self._paused = False
-            self._audit("resumed", command.reason or "resumed by operator", actor=command.by)
 
     @workflow.signal
     def revert_all_now(self, command: Command) -> None:
@@ -172,11 +156,6 @@ class RollbackWorkflow(IncidentWorkflowBase):
         if request.user not in gate.users and not set(request.groups) & set(gate.groups):
             raise ValueError(f"{request.user} holds none of the roles that may decide here "
                              f"({', '.join(gate.roles)})")
-
-    @workflow.query
-    def status(self) -> IncidentStatus:
-        self._status.paused = self._paused
-        return self._status
 
     # --- the run -----------------------------------------------------------------------------------------
 
@@ -344,7 +323,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
             return
         self._decided(f"approved by {', '.join(gate.approvals)}", gate.approvals[-1])
 
-    async def _wait(self, condition, timeout: timedelta | None) -> bool:
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta | None) -> bool:
         try:
             await workflow.wait_condition(condition, timeout=timeout)
             return True
@@ -442,18 +421,19 @@ class RollbackWorkflow(IncidentWorkflowBase):
     async def _current_previous_percent(self) -> float:
         """The smallest share already on the previous model across the targets (0 when it cannot be read)."""
         try:
-            result: CohortResult = await workflow.execute_activity(
-                "read_cohort", ReadbackRequest(targets=self._playbook.rollback.targets), result_type=CohortResult,
+            result: CohortResult = await workflow.execute_activity_method(
+                IncidentActivities.read_cohort, ReadbackRequest(targets=self._playbook.rollback.targets),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY,
             )
         except ActivityError as err:
             self._audit("readback_failed", f"could not read the current split before reverting: {_cause(err)}")
             return 0.0
         shares = [s.previous_percent for s in result.states]
-        if not shares or any(s is None for s in shares):
+        known = [s for s in shares if s is not None]
+        if not known or len(known) != len(shares):
             return 0.0
-        self._status.previous_percent = min(shares)
-        return min(shares)
+        self._status.previous_percent = min(known)
+        return min(known)
 
     async def _apply_stage(self, index: int | None, percent: float, step: str) -> None:
         label = f"stage {index + 1} ({percent:g}%)" if index is not None else f"all users ({percent:g}%)"
@@ -484,12 +464,12 @@ class RollbackWorkflow(IncidentWorkflowBase):
         if not any(c.kind == "readback" for c in checks):
             checks.insert(0, ReadbackCheck(name="readback"))
         try:
-            result: IntegrityResult = await workflow.execute_activity(
-                "check_integrity",
+            result: IntegrityResult = await workflow.execute_activity_method(
+                IncidentActivities.check_integrity,
                 IntegrityRequest(incident_id=self._id, release=self._status.release, checks=checks,
                                  targets=self._playbook.rollback.targets,
                                  expected_previous_percent=self._status.previous_percent),
-                result_type=IntegrityResult, start_to_close_timeout=timedelta(minutes=5),
+                start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=60), retry_policy=ACTION_RETRY,
                 schedule_to_close_timeout=timedelta(minutes=15),
             )

@@ -41,10 +41,10 @@ from tests.support.prometheus import (
     stop_prometheus,
     wait_for,
 )
-from tests.workers.conftest import make_settings, serve
-from workers.api import create_app
-from workers.service import IncidentService
-from workers.worker import ensure_flagd_flags, run_worker
+from tests.support.stack import make_settings, serve
+from workers.runtime.service import IncidentService
+from workers.runtime.worker import ensure_flagd_flags, run_worker
+from workers.web.app import create_app
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from workers.alert_sources import grafana_signature, pagerduty_signature
+from workers.web.alert_sources import grafana_signature, pagerduty_signature
 
 FIRING_END = "0001-01-01T00:00:00Z"
 

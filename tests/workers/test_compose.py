@@ -1,7 +1,7 @@
 """The deployment files a newcomer or an operator runs: docker-compose.yml, Dockerfile, ./dev and .ci/run.
 
 Docker cannot run here, so the compose stack is checked statically, but against the real code: every
-``UNSHIP_*`` name the stack sets must be read by ``workers.settings.Settings`` (a typo would be ignored
+``UNSHIP_*`` name the stack sets must be read by ``workers.runtime.settings.Settings`` (a typo would be ignored
 silently at run time), and the shell entry points are run for the behaviour a user sees.
 """
 
@@ -21,7 +21,7 @@ import pytest
 from pydantic import AliasChoices, SecretStr
 from ruamel.yaml import YAML
 
-from workers.settings import Settings
+from workers.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -220,7 +220,7 @@ def test_unship_env_names_are_real_settings_fields(compose: dict[str, Any]) -> N
     unship_names = [name for name in used if _is_unship_name(name)]
     assert unship_names, "no UNSHIP_* settings found at all"
     unknown = sorted({name for name in unship_names if name not in known})
-    assert not unknown, f"not fields of workers.settings.Settings (would be ignored): {unknown}"
+    assert not unknown, f"not fields of workers.runtime.settings.Settings (would be ignored): {unknown}"
 
 
 @pytest.mark.parametrize("service", UNSHIP_SERVICES)
@@ -373,19 +373,22 @@ def test_ci_run_calls_the_readme_test_command() -> None:
     assert re.search(r"^\s*\./dev test\b", text, re.M), ".ci/run must run ./dev test"
 
 
-@pytest.mark.parametrize(("pytest_exit", "ci_exit"), [(0, 0), (1, 1), (5, 1)])
-def test_ci_run_passes_pytest_exit_code_but_fails_when_no_tests_ran(
-    tmp_path: Path, pytest_exit: int, ci_exit: int
+@pytest.mark.parametrize(("lint_exit", "pytest_exit", "ci_exit"), [(0, 0, 0), (0, 1, 1), (0, 5, 1), (1, 0, 1)])
+def test_ci_run_lints_then_passes_pytest_exit_code_but_fails_when_no_tests_ran(
+    tmp_path: Path, lint_exit: int, pytest_exit: int, ci_exit: int
 ) -> None:
     (tmp_path / ".ci").mkdir()
     shutil.copy2(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
     stub = tmp_path / "dev"
-    stub.write_text(f'#!/usr/bin/env bash\necho "stub dev $*" > "$(dirname "$0")/called"\nexit {pytest_exit}\n')
+    stub.write_text('#!/usr/bin/env bash\necho "$1" >> "$(dirname "$0")/called"\n'
+                    f'if [ "$1" = lint ]; then exit {lint_exit}; fi\nexit {pytest_exit}\n')
     stub.chmod(0o755)
 
     result = _run("bash", tmp_path / ".ci" / "run", cwd=tmp_path, env={**os.environ, "CI": "true"})
 
     assert result.returncode == ci_exit, result.stdout + result.stderr
-    assert (tmp_path / "called").read_text().startswith("stub dev test")
+    called = (tmp_path / "called").read_text().split()
+    # a lint finding fails CI before the tests run
+    assert called == (["lint"] if lint_exit else ["lint", "test"])
     if pytest_exit == 5:
         assert "no tests" in result.stderr

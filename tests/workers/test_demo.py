@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from workers.demo import run_demo
-from workers.settings import Settings
+from workers.runtime.settings import Settings
 
 
 def run(state: Path) -> tuple[int, str]:

@@ -28,12 +28,12 @@ from activities.scripted import ScriptedSignalSource
 from activities.store import open_store
 from playbooks.loader import load_library
 from tests.support.playbooks import snapshot
-from tests.workers.conftest import api_client, cli_env, make_settings, serve
-from workers.api import create_app
+from tests.support.stack import api_client, cli_env, make_settings, serve
 from workers.cli import app as cli
-from workers.service import IncidentService
-from workers.settings import Settings
-from workers.worker import ensure_flagd_flags, run_worker
+from workers.runtime.service import IncidentService
+from workers.runtime.settings import Settings
+from workers.runtime.worker import ensure_flagd_flags, run_worker
+from workers.web.app import create_app
 
 FAST = {
     "confirmation": {"window": "6s", "interval": "1s", "breaches": 2, "out_of": 3,

@@ -3,7 +3,9 @@
 Run it only when a deliberate, versioned change (``workflow.patched``) needs a new saved history, never to
 "fix" a failing replay test: a failing replay means in-flight incidents would break on deploy.
 
-    .venv/bin/python -m tests.workflows.record_histories
+    .venv/bin/python -m tests.workflows.record_histories PREFIX
+
+PREFIX names the code generation (``v3`` for the typed-reference layout); earlier files are never overwritten.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.support.playbooks import snapshot
-from tests.workflows.conftest import WORKFLOWS, make_world
-from workflows.messages import DecisionRequest, Phase, Verdict
+from tests.support.world import WORKFLOWS, make_world
+from workflows.messages import DecisionRequest, Phase, ReleaseInput, Verdict
+from workflows.release import ReleaseWorkflow, release_id
 from workflows.rollback import RollbackWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 SUSTAINED = {"hallucinations": [55, 61, 70, 72, 75], "latency_p95": [1.2], "fairness_gap": [0.02]}
 
 
-async def record() -> None:
+async def record(prefix: str) -> None:
     binary = shutil.which("temporal-test-server") or str(Path(sys.executable).parent / "temporal-test-server")
     env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,
                                                        test_server_existing_path=binary)
@@ -52,14 +55,33 @@ async def record() -> None:
                 world.signals.timeline = SUSTAINED
                 escalated = await world.start(snapshot(), release="escalated-v1")
                 await escalated.result()
-                for name, handle in (("approved_staged_revert", approved), ("transient_dismissed", dismissed),
-                                     ("timeout_escalation_default", escalated)):
+
+                world.signals.timeline = {"hallucinations": [10], "latency_p95": [1.0]}
+                released = await env.client.start_workflow(
+                    ReleaseWorkflow.run, ReleaseInput(snapshot=snapshot(), release="fixed-v2", bake_seconds=60),
+                    id=release_id("chat-test", "fixed-v2"), task_queue=world.task_queue)
+                await released.result()
+                status = await approved.query(RollbackWorkflow.status)
+                assert status.review_workflow_id is not None
+                review = env.client.get_workflow_handle(status.review_workflow_id)
+                await review.terminate(reason="recorded after the review document was written")
+
+                saved_handles = (("rollback_approved_staged_revert", approved),
+                                 ("rollback_transient_dismissed", dismissed),
+                                 ("rollback_timeout_escalation_default", escalated),
+                                 ("release_staged", released), ("review_written", review))
+                for name, handle in saved_handles:
                     history = await handle.fetch_history()
                     saved = {"workflow_id": handle.id, "history": json.loads(history.to_json())}
-                    (HISTORIES / f"rollback_{name}.json").write_text(json.dumps(saved, indent=1))
-                    print(f"saved {name}: {len(history.events)} events")
+                    target = HISTORIES / f"{prefix}_{name}.json"
+                    if target.exists():
+                        raise SystemExit(f"{target} exists: saved histories are never overwritten")
+                    target.write_text(json.dumps(saved, indent=1))
+                    print(f"saved {target.name}: {len(history.events)} events")
                 await world.terminate_leftovers()
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m tests.workflows.record_histories PREFIX   (e.g. v3)")
+    asyncio.run(record(sys.argv[1]))

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-from tests.workflows.conftest import WORKFLOWS
+from tests.support.world import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -40,7 +40,7 @@ async def test_a_changed_workflow_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     """The replay test can fail: a workflow that skips confirmation no longer matches the history."""
     from workflows.rollback import RollbackWorkflow
 
-    async def skip_confirmation(self) -> bool:  # noqa: ANN001
+    async def skip_confirmation(self) -> bool:
         return False
 
     monkeypatch.setattr(RollbackWorkflow, "_confirm", skip_confirmation)

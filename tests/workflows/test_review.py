@@ -10,9 +10,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.contracts import AuditEvent
-from tests.conftest import _binary
 from tests.support.playbooks import snapshot
-from tests.workflows.conftest import WORKFLOWS, make_world
+from tests.support.processes import binary
+from tests.support.world import WORKFLOWS, make_world
 from workflows.messages import IncidentStatus, Outcome, Phase, ReviewInput, ReviewStatus
 from workflows.review import ReviewWorkflow
 
@@ -33,7 +33,7 @@ def reverted_incident(started: datetime) -> IncidentStatus:
 async def test_review_document_tasks_and_durable_reminders(tmp_path: Path) -> None:
     # A server of its own: this test skips a month of simulated time.
     env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,
-                                                       test_server_existing_path=_binary("temporal-test-server"))
+                                                       test_server_existing_path=binary("temporal-test-server"))
     async with env:
         made = await make_world(env, tmp_path)
         world = made.world

@@ -10,7 +10,7 @@ from temporalio.worker import Worker
 
 from activities.scripted import ScriptedFlagProvider
 from tests.support.playbooks import snapshot
-from tests.workflows.conftest import WORKFLOWS, World, make_world
+from tests.support.world import WORKFLOWS, World, make_world
 from workflows.messages import (
     Alert,
     AlertBatch,
@@ -353,5 +353,5 @@ async def test_a_revert_never_moves_users_back_toward_the_suspect_release(world:
     assert status.outcome is Outcome.REVERTED
     assert world.writes() == [100]
     assert [s.status for s in status.stages] == ["skipped", "skipped", "verified"]
-    assert "stage 1 (10%) skipped: 50% of users are already on the previous model" in [
-        e.message for e in status.audit if e.kind == "stage_skipped"][0]
+    assert "stage 1 (10%) skipped: 50% of users are already on the previous model" in next(
+        e.message for e in status.audit if e.kind == "stage_skipped")

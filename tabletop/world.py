@@ -1,0 +1,321 @@
+"""The scripted world of a tabletop exercise, answering by SIMULATED time.
+
+Inside an activity, ``activity.info().current_attempt_scheduled_time`` is the server's time, which Temporal's
+time-skipping server moves forward; minus the scenario's start it gives "seconds into the scenario" (times a
+speed-up on a real server). Every adapter here asks a ``ScenarioClock`` for that:
+
+- ``TimelineSignalSource``: the scenario's signal values (or recorded history) at that time;
+- ``TabletopFlags``: wraps any ``FlagProvider`` (the in-memory one, or the real configured one in staging),
+  injects the scenario's flag faults in their time windows and records every split change with its time;
+- ``TabletopChat``: wraps any ``ChatNotifier``, injects chat outages, records what went out, and tells the
+  scenario's script (``TabletopScriptWorkflow``) when a decision gate opened so people can react to it;
+- ``TabletopActivities.tabletop_act``: what a scripted person does (decide, abort, pause, revert all, alert),
+  through the Temporal client exactly like the CLI and the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from temporalio import activity
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import (
+    ChatNotifier,
+    CheckResult,
+    FlagProvider,
+    IntegrityRequest,
+    IntegrityResult,
+    MessageKind,
+    MessageRef,
+    Notification,
+    PollRequest,
+    SignalObservation,
+)
+from activities.integrity import IntegrityChecker
+from activities.routing import classify
+from playbooks.models import Playbook, Signal, Target
+from tabletop.history import History
+from tabletop.scenarios import Fault, FaultKind
+from workflows.base import IncidentWorkflowBase
+from workflows.messages import Alert, AlertBatch, Command, DecisionRefusal, DecisionRequest, Verdict
+from workflows.rollback import RollbackWorkflow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScenarioClock:
+    """Seconds since the scenario's start, in scenario time (server time since ``start`` times ``speedup``)."""
+
+    start: datetime
+    speedup: float = 1.0
+
+    def now_s(self) -> float:
+        now = activity.info().current_attempt_scheduled_time if activity.in_activity() else datetime.now(UTC)
+        return (now - self.start).total_seconds() * self.speedup
+
+    def to_s(self, at: datetime) -> float:
+        return (at - self.start).total_seconds() * self.speedup
+
+
+def _fault_error(fault: Fault, system: str, what: str) -> ApplicationError:
+    if fault.kind is FaultKind.REFUSED:
+        return ApplicationError(f"tabletop: {system}: {what} refused: HTTP 403 (scripted fault); grant access",
+                                type="tabletop.http_403", non_retryable=True)
+    if fault.kind is FaultKind.TIMEOUT:
+        return ApplicationError(f"tabletop: {system}: {what} timed out (scripted fault); will retry",
+                                type="tabletop.timeout", non_retryable=False)
+    return ApplicationError(f"tabletop: {system}: {what} failed: HTTP 500 (scripted fault); will retry",
+                            type="tabletop.http_500", non_retryable=False)
+
+
+class TimelineSignalSource:
+    """A ``SignalSource`` that reads each signal's value at the current scenario time from a ``History``."""
+
+    def __init__(self, history: History, clock: ScenarioClock, faults: list[Fault] | None = None) -> None:
+        self.history = history
+        self.clock = clock
+        self.faults = [f for f in faults or [] if f.system == "signals"]
+        self.observed: list[tuple[float, str, float | None, str]] = []  # (t, signal, value, measurement)
+
+    async def observe(self, signal: Signal, request: PollRequest) -> SignalObservation:
+        """The scripted value of ``signal`` now (no data before its first point or during a fault)."""
+        at_s = self.clock.now_s()
+        for fault in self.faults:
+            if fault.active(at_s) and (not fault.signals or signal.name in fault.signals):
+                self.observed.append((at_s, signal.name, None, "source_down"))
+                raise _fault_error(fault, "signal source", f"query for {signal.name}")
+        point = self.history.at(signal.name, at_s)
+        detail = f"scenario t={at_s:.0f}s ({request.phase} poll {request.poll})"
+        if point is None:
+            observation = classify(signal, None, None, f"no scripted value yet; {detail}")
+        else:
+            observation = classify(signal, point.value, point.samples, detail)
+        self.observed.append((at_s, signal.name, observation.value, observation.measurement.value))
+        return observation
+
+
+@dataclass(frozen=True)
+class SplitChange:
+    """A split that reached the flag system: ``previous_percent`` of users on the previous model from ``at_s``."""
+
+    at_s: float
+    target: str
+    previous_percent: float
+    idempotency_key: str
+
+
+class TabletopFlags:
+    """A ``FlagProvider`` wrapper: scenario faults in their windows, and a log of every split that changed."""
+
+    def __init__(self, inner: FlagProvider, clock: ScenarioClock, faults: list[Fault] | None = None) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.faults = [f for f in faults or [] if f.system == "flags"]
+        self.changes: list[SplitChange] = []
+        self.failures: list[tuple[float, str]] = []
+
+    def _fault(self, operation: str) -> Fault | None:
+        at_s = self.clock.now_s()
+        for fault in self.faults:
+            if fault.active(at_s) and fault.operations in (operation, "both"):
+                return fault
+        return None
+
+    async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
+        """Write through the wrapped provider unless a fault is active (``after_write``: write, then fail)."""
+        fault = self._fault("write")
+        if fault is not None and not fault.after_write:
+            self.failures.append((self.clock.now_s(), f"write {percent:g}% to {target.ref}: {fault.kind.value}"))
+            raise _fault_error(fault, target.ref, f"write of {percent:g}%")
+        wrote = await self.inner.set_previous_percent(target, percent, idempotency_key)
+        if wrote:
+            self.changes.append(SplitChange(self.clock.now_s(), target.ref, percent, idempotency_key))
+        if fault is not None:
+            self.failures.append((self.clock.now_s(), f"write {percent:g}% to {target.ref} landed, answer lost"))
+            raise _fault_error(fault, target.ref, f"answer to the write of {percent:g}%")
+        return wrote
+
+    async def get_previous_percent(self, target: Target) -> float | None:
+        """Read through the wrapped provider unless a read fault is active."""
+        fault = self._fault("read")
+        if fault is not None:
+            self.failures.append((self.clock.now_s(), f"read of {target.ref}: {fault.kind.value}"))
+            raise _fault_error(fault, target.ref, "read-back")
+        return await self.inner.get_previous_percent(target)
+
+
+class TabletopIntegrity:
+    """Integrity checks in an exercise: read-backs run for real against the (scripted) flags; checks that need
+    production systems (SQL, HTTP, PromQL) give the result the scenario scripts (default: passed)."""
+
+    def __init__(self, real: IntegrityChecker, scripted: dict[str, bool] | None = None) -> None:
+        self.real = real
+        self.scripted = scripted or {}
+
+    async def run(self, request: IntegrityRequest) -> IntegrityResult:
+        """Run the read-backs, then add the scripted results of the other checks."""
+        readbacks = [c for c in request.checks if c.kind == "readback"]
+        results = list((await self.real.run(request.model_copy(update={"checks": readbacks}))).results
+                       if readbacks else [])
+        for check in request.checks:
+            if check.kind != "readback":
+                passed = self.scripted.get(check.name, True)
+                results.append(CheckResult(name=check.name, kind=check.kind, passed=passed,
+                                           evidence=f"scripted by the scenario: {'passes' if passed else 'fails'}"))
+        return IntegrityResult(results=results)
+
+
+class GateSeen(BaseModel):
+    """A decision gate became visible to people: the script's ``gate_seen`` signal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str  # decision | escalation | investigation
+    gate_id: str
+    at: datetime
+
+
+_GATE_KINDS = {MessageKind.DECISION_REQUEST: "decision", MessageKind.ESCALATED: "escalation",
+               MessageKind.INVESTIGATION: "investigation"}
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    at_s: float
+    kind: str
+    channel: str
+    text: str
+
+
+class TabletopChat:
+    """A ``ChatNotifier`` wrapper: chat outages in their windows, a log of what went out, and gate news.
+
+    People notice an open gate whatever the chat does (the status page, the CLI): the script hears of it on
+    the first attempt, before an injected outage fails the message itself.
+    """
+
+    def __init__(self, inner: ChatNotifier, clock: ScenarioClock, playbook: Playbook,
+                 faults: list[Fault] | None = None, script_id: str | None = None) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.playbook = playbook
+        self.faults = [f for f in faults or [] if f.system == "chat"]
+        self.script_id = script_id
+        self.sent: list[SentMessage] = []
+        self.failed: list[tuple[float, str]] = []
+        self._told: set[tuple[str, str]] = set()
+
+    async def send(self, notification: Notification, text: str) -> MessageRef:
+        """Tell the script about gates, then fail (outage) or send through the wrapped notifier."""
+        await self._tell_script(notification)
+        at_s = self.clock.now_s()
+        for fault in self.faults:
+            if fault.active(at_s):
+                self.failed.append((at_s, notification.kind.value))
+                raise _fault_error(fault, "chat", f"message to {notification.channel}")
+        ref = await self.inner.send(notification, text)
+        self.sent.append(SentMessage(at_s, notification.kind.value, notification.channel, text))
+        return ref
+
+    async def _tell_script(self, notification: Notification) -> None:
+        kind = _GATE_KINDS.get(notification.kind)
+        gate = notification.context.get("gate")
+        if kind is None or not isinstance(gate, dict) or self.script_id is None:
+            return
+        key = (kind, str(gate.get("gate_id")))
+        if key in self._told:
+            return
+        at = datetime.fromisoformat(str(gate["opened_at"]))
+        escalation = self.playbook.decision.escalation
+        if kind == "escalation" and escalation is not None and gate.get("deadline"):
+            at = datetime.fromisoformat(str(gate["deadline"])) - escalation.timeout
+        try:
+            await activity.client().get_workflow_handle(self.script_id).signal(
+                "gate_seen", GateSeen(kind=kind, gate_id=key[1], at=at))
+            self._told.add(key)
+        except Exception as exc:  # noqa: BLE001 - the script may have ended; the message still goes out
+            log.info("tabletop script %s not told about %s: %s", self.script_id, key, exc)
+
+
+class ActRequest(BaseModel):
+    """One scripted person's action against the incident workflow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow_id: str
+    action: str
+    user: str = "operator"
+    reason: str = ""
+    groups: list[str] = []
+    alert: dict[str, Any] | None = None
+
+
+class ActResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accepted: bool
+    message: str
+
+
+PERSON_SIGNALS = {
+    "revert_all": RollbackWorkflow.revert_all_now,
+    "abort": IncidentWorkflowBase.abort,
+    "pause": IncidentWorkflowBase.pause,
+    "resume": IncidentWorkflowBase.resume,
+}
+"""What a scripted person can send, by the scenario's action name."""
+
+
+class TabletopActivities:
+    """The activity the script runs to act like a person (``tabletop_act``)."""
+
+    @activity.defn(name="tabletop_act")
+    async def act(self, req: ActRequest) -> ActResult:
+        """Decide (the ``decide`` update, refusals reported back as the CLI does) or send a signal."""
+
+        handle = activity.client().get_workflow_handle(req.workflow_id)
+        if req.action in ("approve", "reject"):
+            request = DecisionRequest(user=req.user, verdict=Verdict(req.action), reason=req.reason, via="cli",
+                                      groups=req.groups)
+            try:
+                result = await handle.execute_update(RollbackWorkflow.decide, request)
+            except WorkflowUpdateFailedError as exc:
+                refusal = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
+                await handle.signal(RollbackWorkflow.decision_refused, DecisionRefusal(
+                    user=req.user, verdict=Verdict(req.action), via="cli", refusal=refusal))
+                return ActResult(accepted=False, message=f"refused: {refusal}")
+            except Exception as exc:  # noqa: BLE001 - e.g. the incident already closed: the click is too late
+                return ActResult(accepted=False, message=f"too late: {type(exc).__name__}: {exc}")
+            return ActResult(accepted=True, message=result.message)
+        if req.action == "end":
+            try:
+                await handle.terminate(reason="tabletop: the scenario's duration is over")
+            except Exception as exc:  # noqa: BLE001 - it closed meanwhile
+                return ActResult(accepted=False, message=f"already closed: {exc}")
+            return ActResult(accepted=True, message="scenario over: incident ended")
+        if req.action == "alert":
+            alert = Alert.model_validate(req.alert or {})
+            try:
+                await handle.signal(RollbackWorkflow.alerts, AlertBatch(alerts=[alert]))
+            except Exception as exc:  # noqa: BLE001 - the incident closed: a late alert changes nothing
+                return ActResult(accepted=False, message=f"incident already closed: {exc}")
+            return ActResult(accepted=True, message=f"alert {alert.name} {alert.status.value}")
+        signal = PERSON_SIGNALS.get(req.action)
+        if signal is None:
+            return ActResult(accepted=False, message=f"unknown action {req.action!r}")
+        try:
+            await handle.signal(signal, Command(by=req.user, reason=req.reason))
+        except Exception as exc:  # noqa: BLE001
+            return ActResult(accepted=False, message=f"too late: {exc}")
+        return ActResult(accepted=True, message=f"{req.action} sent")
+
+
+__all__ = ["ActRequest", "ActResult", "GateSeen", "ScenarioClock", "SentMessage", "SplitChange", "TabletopActivities",
+           "TabletopChat", "TabletopFlags", "TabletopIntegrity", "TimelineSignalSource"]

@@ -1,0 +1,95 @@
+"""The ``unship`` CLI: exit codes and one-line errors, with and without a Temporal server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
+
+from playbooks.loader import library_folder
+from tests.support.stack import cli_env, make_settings
+from workers.cli import app
+from workers.runtime.temporal_server import free_port
+
+COMMANDS = ["up", "worker", "validate", "trigger", "release", "status", "approve", "reject", "revert-now",
+            "abort", "pause", "resume", "demo"]
+
+
+def nothing_running(tmp_path: Path) -> dict[str, str]:
+    return cli_env(make_settings(tmp_path, temporal_port=free_port()))
+
+
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "unship:x:y"], ["abort", "unship:x:y"],
+                                  ["approve", "unship:x:y", "--as", "U1", "--reason", "bad"]])
+def test_nothing_running_is_exit_3_with_a_hint(runner: CliRunner, tmp_path: Path, args: list[str]) -> None:
+    result = runner.invoke(app, args, env=nothing_running(tmp_path))
+    assert result.exit_code == 3, result.output
+    assert "cannot reach Temporal" in result.stderr and "is `unship up` running?" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_validate_the_shipped_library(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(library_folder())], env=nothing_running(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("OK ") == len(list(library_folder().glob("*.yaml")))
+
+
+def test_validate_reports_a_broken_playbook(runner: CliRunner, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: Not A Slug\nscenario: conversational-agent\n")
+    result = runner.invoke(app, ["validate", str(broken)])
+    assert result.exit_code == 1
+    assert "broken.yaml" in result.stderr
+
+
+def test_validate_without_playbooks_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path)])  # a folder with no *.yaml in it
+    assert result.exit_code == 2
+    assert "no playbook files" in result.stderr
+
+
+def test_bad_arguments_are_usage_errors(runner: CliRunner, tmp_path: Path) -> None:
+    env = nothing_running(tmp_path)
+    assert runner.invoke(app, ["approve", "unship:x:y", "--reason", "r"], env=env).exit_code == 2  # no --as
+    assert runner.invoke(app, ["trigger", "chat-assistant"], env=env).exit_code == 2  # no --release
+    bad_stages = runner.invoke(app, ["release", "chat-assistant", "--release", "v3", "--stages", "10,x"], env=env)
+    assert bad_stages.exit_code == 2 and "--stages" in bad_stages.stderr
+    bad_setting = runner.invoke(app, ["status"], env={**env, "UNSHIP_TEMPORAL_PORT": "not-a-port"})
+    assert bad_setting.exit_code == 2 and "UNSHIP_TEMPORAL_PORT" in bad_setting.stderr
+
+
+async def test_against_a_running_server(
+    runner: CliRunner, tmp_path: Path, local_env: WorkflowEnvironment
+) -> None:
+    env = cli_env(make_settings(tmp_path, local_env))
+
+    def invoke(*args: str):  # in a thread: the CLI runs its own event loop
+        return asyncio.to_thread(runner.invoke, app, list(args), env=env)
+
+    unknown = await invoke("status", "unship:chat-assistant:never")
+    assert unknown.exit_code == 4 and "no incident 'unship:chat-assistant:never'" in unknown.stderr
+    refused = await invoke("approve", "unship:chat-assistant:never", "--as", "U1", "--reason", "r")
+    assert refused.exit_code == 4
+    no_playbook = await invoke("trigger", "no-such-playbook", "--release", "v1")
+    assert no_playbook.exit_code == 2 and "known playbooks: chat-assistant" in no_playbook.stderr
+    bad_release = await invoke("trigger", "chat-assistant", "--release", "two words")
+    assert bad_release.exit_code == 2 and "release:" in bad_release.stderr
+    listing = await invoke("status")
+    assert listing.exit_code == 0, listing.output
+
+
+def test_up_refuses_an_unauthenticated_public_bind(runner: CliRunner, tmp_path: Path) -> None:
+    env = {**nothing_running(tmp_path), "UNSHIP_HTTP_ADDR": "0.0.0.0:8080"}
+    result = runner.invoke(app, ["up"], env=env)
+    assert result.exit_code == 2
+    assert "UNSHIP_API_TOKEN" in result.stderr and "loopback" in result.stderr

@@ -1,0 +1,24 @@
+"""The ``unship`` command line: run the service (``up``, ``worker``, ``gateway``) and drive incidents.
+
+Commands are grouped by topic, each module registering on the one Typer app of ``workers.cli.common``:
+``serve`` (processes and the demo), ``incidents``, ``playbooks`` (validate), ``rehearse`` (tabletop, backtest,
+scheduled rehearsals). Exit codes: 0 ok, 1 refused or failed check, 2 usage or input error, 3 cannot reach
+Temporal, 4 not found.
+"""
+
+from __future__ import annotations
+
+from workers.cli import incidents, playbooks, rehearse, serve
+from workers.cli.common import app
+
+COMMAND_MODULES = (serve, incidents, playbooks, rehearse)
+"""Imported for the commands they register on ``app``."""
+
+
+def main() -> None:
+    """Console-script entry point (``unship``)."""
+    app(prog_name="unship")
+
+
+if __name__ == "__main__":
+    main()

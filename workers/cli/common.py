@@ -1,0 +1,224 @@
+"""What every ``unship`` command shares: the Typer app, the consoles, exit codes, settings and playbook
+loading, the incident service, the single error boundary, logging and signal handling.
+
+Exit codes: 0 ok, 1 refused or failed check, 2 usage or input error, 3 cannot reach Temporal, 4 not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import IncidentStore
+from activities.store import open_store
+from playbooks.loader import PlaybookError, load_library
+from playbooks.models import PlaybookSnapshot
+from workers.runtime.client import TemporalUnreachable, connect
+from workers.runtime.service import (
+    IncidentNotFound,
+    IncidentService,
+    InvalidInput,
+    Refused,
+    ServiceError,
+    TemporalUnavailable,
+    UnknownPlaybook,
+)
+from workers.runtime.settings import Settings
+from workers.runtime.temporal_server import EmbeddedTemporalError
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+
+app = typer.Typer(
+    name="unship",
+    help="Revert problematic generative-model releases swiftly, safely and on the record.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+options = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    """unship: durable, audited rollbacks of model releases, driven by YAML playbooks."""
+    options["debug"] = debug
+
+
+# --- plumbing ------------------------------------------------------------------------------------------------
+
+
+def fail(code: int, message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"UNSHIP_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        fail(EXIT_USAGE, f"invalid settings: {problems}")
+
+
+def exit_code_for(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and one-line message for an expected failure (None: unexpected)."""
+    if isinstance(exc, (TemporalUnreachable, TemporalUnavailable, EmbeddedTemporalError)):
+        return EXIT_UNREACHABLE, str(exc)
+    if isinstance(exc, IncidentNotFound):
+        return EXIT_NOT_FOUND, str(exc)
+    if isinstance(exc, (UnknownPlaybook, InvalidInput, PlaybookError)):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, Refused):
+        return EXIT_REFUSED, f"refused: {exc.reason}"
+    if isinstance(exc, ServiceError):
+        return EXIT_REFUSED, str(exc)
+    if isinstance(exc, ValidationError):
+        return EXIT_USAGE, str(exc)
+    return None
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``coro_fn`` in a fresh event loop and turn expected failures into one line and an exit code."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the CLI's single error boundary
+        if options["debug"]:
+            err.print_exception()
+        mapped = exit_code_for(exc)
+        if mapped is None:
+            fail(EXIT_REFUSED, f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
+        fail(*mapped)
+
+
+def load_playbooks(settings: Settings) -> dict[str, PlaybookSnapshot]:
+    """The playbook library: ``UNSHIP_PLAYBOOKS_DIR`` if it exists, else (default setting) the shipped one."""
+    folder = settings.playbooks_dir
+    if folder.is_dir():
+        return load_library(folder)
+    if folder == Settings.model_fields["playbooks_dir"].default:
+        return load_library(None)
+    fail(EXIT_USAGE, f"UNSHIP_PLAYBOOKS_DIR={folder} is not a folder")
+
+
+async def incident_service(settings: Settings,
+                           playbooks: dict[str, PlaybookSnapshot] | None = None) -> IncidentService:
+    client = await connect(settings)
+    return IncidentService(client, settings, playbooks or {}, store=existing_store(settings))
+
+
+def existing_store(settings: Settings) -> IncidentStore | None:
+    """The incident store, when it already exists (the CLI never creates one as a side effect)."""
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return None
+    try:
+        return open_store(url)
+    except Exception:  # noqa: BLE001 - the store only enriches the list; Temporal is the source of truth
+        return None
+
+
+def user_or_login(value: str | None) -> str:
+    if value:
+        return value
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (containers): fall back to a neutral actor
+        return "operator"
+
+
+class _ShortActivityFailures(logging.Filter):
+    """Activity failures that are already classified (``ApplicationError``) log as one line, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ApplicationError):
+            record.msg = f"{record.getMessage()}: {exc}"
+            record.args = None
+            record.exc_info = None
+        return True
+
+
+def configure_logging() -> None:
+    handler = RichHandler(console=err, show_path=False)
+    handler.addFilter(_ShortActivityFailures())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(name)s: %(message)s", force=True)
+    for name in ("unship", "workers", "activities", "workflows"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event, on_second: Callable[[], None] | None = None) -> Iterator[None]:
+    """Ctrl-C / SIGTERM set ``stop``; a second one calls ``on_second`` (force)."""
+    loop = asyncio.get_running_loop()
+
+    def handle() -> None:
+        if stop.is_set():
+            if on_second:
+                on_second()
+            return
+        err.print("stopping (Ctrl-C again to force)...")
+        stop.set()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handle)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+
+def playbooks_or_fail(settings: Settings) -> dict[str, PlaybookSnapshot]:
+    try:
+        return load_playbooks(settings)
+    except PlaybookError as exc:
+        fail(EXIT_USAGE, f"the playbook library has problems:\n{exc}")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(EXIT_USAGE, f"cannot listen on {host}:{port} for the HTTP API: {exc.strerror} "
+                          "(set UNSHIP_HTTP_ADDR to another host:port)")
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+

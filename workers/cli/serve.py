@@ -1,0 +1,156 @@
+"""``unship up``, ``unship gateway``, ``unship worker`` and ``unship demo``: the processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from playbooks.models import PlaybookSnapshot
+from tabletop.rehearsal import RehearsalWorkflow
+from tabletop.rehearsal_run import run_rehearsal
+from workers.cli.common import (
+    EXIT_USAGE,
+    app,
+    configure_logging,
+    err,
+    fail,
+    listen,
+    load_settings,
+    out,
+    playbooks_or_fail,
+    run,
+    stop_on_signals,
+)
+from workers.demo import run_demo
+from workers.runtime.client import connect
+from workers.runtime.service import IncidentService
+from workers.runtime.settings import Settings
+from workers.runtime.temporal_server import EmbeddedTemporal
+from workers.runtime.worker import build_activities, ensure_flagd_flags, run_worker
+from workers.web.app import create_app, serve
+from workers.web.guards import check_bind_allowed
+
+REHEARSALS: dict[str, Any] = {"extra_workflows": [RehearsalWorkflow], "extra_activities": [run_rehearsal]}
+"""Scheduled rehearsals run in every worker the CLI starts (the runtime does not import tabletop)."""
+
+
+def _serving_setup() -> tuple[Settings, dict[str, PlaybookSnapshot]]:
+    """Settings and playbooks for a process that serves HTTP, refusing unsafe or incomplete configurations."""
+    settings = load_settings()
+    try:
+        check_bind_allowed(settings)
+    except ValueError as exc:
+        fail(EXIT_USAGE, str(exc))
+    if settings.slack_socket_mode and not (settings.slack_app_token and settings.slack_bot_token):
+        fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
+    playbooks = playbooks_or_fail(settings)
+    configure_logging()
+    return settings, playbooks
+
+
+@app.command()
+def up() -> None:
+    """Run everything here: embedded Temporal (unless TEMPORAL_ADDRESS), the worker and the HTTP API."""
+    settings, playbooks = _serving_setup()
+    run(lambda: _up(settings, playbooks))
+
+
+async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> None:
+    host, port = settings.http_host_port
+    sock = listen(host, port)
+    stop, force = asyncio.Event(), asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        ui_url = None
+        if settings.embedded_temporal:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+            server = await stack.enter_async_context(
+                EmbeddedTemporal(settings.state_dir, settings.temporal_port, settings.temporal_ui_port,
+                                 settings.temporal_namespace)
+            )
+            ui_url = server.ui_url
+        client = await connect(settings)
+        activities = build_activities(settings)
+        created = await ensure_flagd_flags(settings, playbooks)
+        if created:
+            err.print(f"created flagd flags {', '.join(created)} in {settings.resolved_flagd_path}")
+        service = IncidentService(client, settings, playbooks, store=activities.store)
+        with stop_on_signals(stop, on_second=force.set):
+            worker_task = asyncio.create_task(run_worker(client, settings, activities, stop, **REHEARSALS))
+            try:
+                await serve(create_app(service, settings), settings, sock, stop, alongside=[worker_task],
+                            on_started=lambda: _print_up(settings, ui_url, playbooks), force=force)
+            finally:
+                sock.close()
+    err.print("unship stopped")
+
+
+def _print_up(settings: Settings, ui_url: str | None, playbooks: dict[str, PlaybookSnapshot]) -> None:
+    host, port = settings.http_host_port
+    api = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    table = Table.grid(padding=(0, 2))
+    table.add_row("Temporal", settings.temporal_target + ("  (embedded)" if settings.embedded_temporal else ""))
+    if ui_url:
+        table.add_row("Web UI", ui_url)
+    table.add_row("API", f"{api}/v1/incidents" + ("" if settings.api_token else "  (no token: loopback only)"))
+    table.add_row("Task queue", settings.task_queue)
+    table.add_row("State", str(settings.state_dir.resolve()))
+    table.add_row("Playbooks", ", ".join(sorted(playbooks)) or "none")
+    out.print("[bold green]unship is up[/]  (Ctrl-C to stop)")
+    out.print(table)
+
+
+@app.command()
+def gateway() -> None:
+    """Serve only the gateway (alert webhooks, Slack clicks) against TEMPORAL_ADDRESS or `unship up`'s Temporal."""
+    settings, playbooks = _serving_setup()
+
+    async def main() -> None:
+        host, port = settings.http_host_port
+        sock = listen(host, port)
+        stop = asyncio.Event()
+
+        async def service() -> IncidentService:
+            return IncidentService(await connect(settings), settings, playbooks)
+
+        with stop_on_signals(stop):
+            out.print(f"gateway listening on http://{host}:{port} (alerts: /v1/alerts/<source>, Slack: "
+                      f"/v1/slack/interactivity); Temporal {settings.temporal_target}")
+            try:
+                await serve(create_app(service, settings, api=False), settings, sock, stop)
+            finally:
+                sock.close()
+
+    run(main)
+
+
+@app.command()
+def worker() -> None:
+    """Run only the Temporal worker against TEMPORAL_ADDRESS (or the embedded server of `unship up`)."""
+    settings = load_settings()
+    configure_logging()
+
+    async def main() -> None:
+        client = await connect(settings)
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            out.print(f"worker polling task queue [bold]{settings.task_queue}[/] on {settings.temporal_target}")
+            await run_worker(client, settings, stop=stop, **REHEARSALS)
+
+    run(main)
+
+
+@app.command()
+def demo(
+    speedup: Annotated[float, typer.Option(min=1, max=3600, help="How much faster than the playbook's own "
+                                            "durations the demo runs (60: a playbook minute is a second).")] = 60,
+) -> None:
+    """Run a degrading release end to end on the embedded defaults (a blip dismissed, a breach reverted)."""
+    settings = load_settings()
+
+    raise typer.Exit(run_demo(settings, speedup=speedup))
+
+

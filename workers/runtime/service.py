@@ -1,0 +1,341 @@
+"""The incident service: what the HTTP API and the CLI can do to incidents, with no web or CLI framework.
+
+Every operation is one Temporal call (signal-with-start, query, update, signal, visibility list). Failures
+are typed exceptions (``ServiceError`` subclasses) that the adapters map to HTTP status codes and exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.contracts import IncidentStore
+from playbooks.models import PlaybookSnapshot, Severity
+from workers.runtime.settings import Settings
+from workflows.base import IncidentWorkflowBase
+from workflows.messages import (
+    Alert,
+    AlertBatch,
+    AlertStatus,
+    Command,
+    DecisionRefusal,
+    DecisionRequest,
+    DecisionResult,
+    IncidentStatus,
+    ReleaseInput,
+    RollbackInput,
+    incident_id,
+)
+from workflows.release import ReleaseWorkflow, release_id
+from workflows.rollback import ALERTS_SIGNAL, RollbackWorkflow
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+COMMAND_SIGNALS = {
+    "abort": IncidentWorkflowBase.abort,
+    "pause": IncidentWorkflowBase.pause,
+    "resume": IncidentWorkflowBase.resume,
+    "revert_all_now": RollbackWorkflow.revert_all_now,
+}
+"""The operator commands by the name the API and CLI use; abort/pause/resume reach re-releases too."""
+
+# A release names a model/prompt version; it becomes part of the workflow id, so keep it printable.
+_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,199}$")
+_RPC_TIMEOUT = timedelta(seconds=10)
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports; ``str()`` is one line a person can act on."""
+
+
+class InvalidInput(ServiceError):
+    """A request the service cannot accept as given (bad release name, unknown signal ...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class UnknownPlaybook(ServiceError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        listing = ", ".join(known) if known else "none are loaded"
+        super().__init__(f"unknown playbook {name!r}; known playbooks: {listing}")
+        self.name = name
+        self.known = known
+
+
+class IncidentNotFound(ServiceError):
+    def __init__(self, incident: str) -> None:
+        super().__init__(f"no incident {incident!r}")
+        self.incident_id = incident
+
+
+class Refused(ServiceError):
+    """The workflow refused the request (decision validator, closed incident)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DecisionRefused(Refused):
+    """The ``decide`` update's validator rejected the decision (unauthorized, stale gate, repeated)."""
+
+
+class IncidentClosed(Refused):
+    def __init__(self, incident: str) -> None:
+        super().__init__(f"incident {incident!r} is closed; it takes no more decisions or commands")
+        self.incident_id = incident
+
+
+class TemporalUnavailable(ServiceError):
+    """Temporal (or a worker answering for the workflow) did not respond."""
+
+
+class IncidentSummary(BaseModel):
+    """One line of the incident list, from Temporal visibility (and the incident store when available)."""
+
+    incident_id: str
+    kind: Literal["rollback", "release"]
+    playbook: str
+    release: str
+    status: str  # Temporal execution status: running, completed, failed, terminated, ...
+    started_at: datetime | None = None
+    closed_at: datetime | None = None
+    phase: str | None = None
+    outcome: str | None = None
+
+
+def _split_id(workflow_id: str) -> tuple[str, str]:
+    _, _, rest = workflow_id.partition(":")
+    playbook, _, release = rest.partition(":")
+    return playbook, release
+
+
+def _status_name(status: WorkflowExecutionStatus | None) -> str:
+    return status.name.lower() if status is not None else "unknown"
+
+
+class IncidentService:
+    """Start, inspect and steer incidents; shared by ``workers.web.api`` and ``workers.cli``."""
+
+    def __init__(
+        self,
+        client: Client,
+        settings: Settings,
+        playbooks: dict[str, PlaybookSnapshot],
+        store: IncidentStore | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.playbooks = playbooks
+        self.store = store
+
+    # --- starting -----------------------------------------------------------------------------------------
+
+    def snapshot(self, playbook: str) -> PlaybookSnapshot:
+        """The loaded playbook called ``playbook``, or ``UnknownPlaybook`` listing the known ones."""
+        found = self.playbooks.get(playbook)
+        if found is None:
+            raise UnknownPlaybook(playbook, sorted(self.playbooks))
+        return found
+
+    @staticmethod
+    def check_release(release: str) -> str:
+        if not _RELEASE_RE.match(release):
+            raise InvalidInput(
+                "release",
+                f"{release[:80]!r} is not a release name; use 1-200 letters, digits and . _ : @ + = / - "
+                "(starting with a letter or digit)",
+            )
+        return release
+
+    async def trigger(
+        self,
+        playbook: str,
+        release: str,
+        *,
+        alert: Alert | None = None,
+        started_by: str = "operator",
+        severity: Severity | None = None,
+        reason: str = "",
+    ) -> str:
+        """Open (or join) the incident of ``release`` under ``playbook``; returns the incident id.
+
+        Signal-with-start with ``USE_EXISTING``: a second trigger for a running incident becomes one more
+        alert for it, never a second rollback.
+        """
+        snapshot = self.snapshot(playbook)
+        self.check_release(release)
+        if alert is None:
+            alert = Alert(
+                source="manual",
+                status=AlertStatus.FIRING,
+                name=f"manual trigger by {started_by}",
+                labels={snapshot.playbook.trigger.release_label: release},
+                annotations={"reason": reason} if reason else {},
+                severity=severity or Severity.WARNING,
+                received_at=datetime.now(UTC),
+            )
+        arg = RollbackInput(snapshot=snapshot, release=release, started_by=started_by, severity=severity)
+        return await self.open_incident(arg, [alert])
+
+    async def open_incident(self, arg: RollbackInput, alerts: list[Alert]) -> str:
+        """Signal-with-start: deliver ``alerts`` to the incident of ``arg``'s playbook and release, starting it
+        if it is not running. The one way incidents start (the CLI, the API and the alert gateway)."""
+        workflow_id = incident_id(arg.snapshot.playbook.name, arg.release)
+        await self._call(workflow_id, self.client.start_workflow(
+            RollbackWorkflow.run, arg, id=workflow_id, task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, rpc_timeout=_RPC_TIMEOUT,
+            start_signal=ALERTS_SIGNAL, start_signal_args=[AlertBatch(alerts=alerts)]))
+        return workflow_id
+
+    async def release(
+        self,
+        playbook: str,
+        release: str,
+        *,
+        stages: list[float] | None = None,
+        started_by: str = "operator",
+    ) -> str:
+        """Start the guarded re-release of a fixed ``release`` (idempotent while it runs); returns its id."""
+        snapshot = self.snapshot(playbook)
+        self.check_release(release)
+        # Each forward stage is watched as long as the playbook's longest revert bake.
+        bake = max(stage.bake for stage in snapshot.playbook.rollback.stages).total_seconds() or 1.0
+        arg = ReleaseInput(snapshot=snapshot, release=release, started_by=started_by, bake_seconds=bake,
+                           **({"stages": stages} if stages is not None else {}))
+        workflow_id = release_id(playbook, release)
+        await self._call(workflow_id, self.client.start_workflow(
+            ReleaseWorkflow.run, arg, id=workflow_id, task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, rpc_timeout=_RPC_TIMEOUT))
+        return workflow_id
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    async def list(self, limit: int = 50) -> list[IncidentSummary]:
+        """The newest incidents and re-releases, newest first."""
+        query = f'WorkflowType IN ("{RollbackWorkflow.__name__}", "{ReleaseWorkflow.__name__}")'
+        summaries: list[IncidentSummary] = []
+        try:
+            async for execution in self.client.list_workflows(query, limit=limit, rpc_timeout=_RPC_TIMEOUT):
+                playbook, release = _split_id(execution.id)
+                summaries.append(
+                    IncidentSummary(
+                        incident_id=execution.id,
+                        kind="release" if execution.workflow_type == ReleaseWorkflow.__name__ else "rollback",
+                        playbook=playbook,
+                        release=release,
+                        status=_status_name(execution.status),
+                        started_at=execution.start_time,
+                        closed_at=execution.close_time,
+                    )
+                )
+        except RPCError as exc:
+            raise await self._rpc_error("", exc) from exc
+        if self.store is not None and summaries:
+            records = {r.incident_id: r for r in await self.store.incidents(limit=max(limit, 100))}
+            for summary in summaries:
+                record = records.get(summary.incident_id)
+                if record is not None:
+                    summary.phase, summary.outcome = record.phase, record.outcome
+        return summaries
+
+    async def get(self, incident: str) -> IncidentStatus:
+        """The live status of one incident (phase, stages, gate, decisions, audit trail)."""
+        handle = self.client.get_workflow_handle(incident)
+        try:
+            status = await handle.query(IncidentWorkflowBase.status, rpc_timeout=_RPC_TIMEOUT)
+        except WorkflowQueryFailedError as exc:
+            raise TemporalUnavailable(f"incident {incident!r} could not answer its status: {exc}") from exc
+        except RPCError as exc:
+            raise await self._rpc_error(incident, exc) from exc
+        return status
+
+    # --- steering -----------------------------------------------------------------------------------------
+
+    async def decide(
+        self, incident: str, request: DecisionRequest, update_id: str | None = None
+    ) -> DecisionResult:
+        """Approve or reject at the open gate. ``update_id`` makes retries of one click count once."""
+        handle = self.client.get_workflow_handle(incident)
+        try:
+            return await handle.execute_update(RollbackWorkflow.decide, request, id=update_id,
+                                               rpc_timeout=_RPC_TIMEOUT)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            reason = getattr(cause, "message", None) or str(cause or exc)
+            await self._record_refusal(handle, request, reason)
+            raise DecisionRefused(reason) from exc
+        except RPCError as exc:
+            raise await self._rpc_error(incident, exc) from exc
+
+    @staticmethod
+    async def _record_refusal(handle: WorkflowHandle[Any, Any], request: DecisionRequest, reason: str) -> None:
+        # A refused update leaves no trace in the history; this signal puts the attempt on the audit trail.
+        refusal = DecisionRefusal(user=request.user, verdict=request.verdict, via=request.via,
+                                  gate_id=request.gate_id, refusal=reason)
+        try:
+            await handle.signal(RollbackWorkflow.decision_refused, refusal, rpc_timeout=_RPC_TIMEOUT)
+        except RPCError as exc:
+            log.warning("could not record the refused decision on %s: %s", handle.id, exc.message)
+
+    async def signal(self, incident: str, name: str, command: Command) -> None:
+        """Send ``abort``, ``pause``, ``resume`` or ``revert_all_now`` to a running incident."""
+        signal = COMMAND_SIGNALS.get(name)
+        if signal is None:
+            raise InvalidInput("command", f"{name!r} is not a command; use one of {', '.join(COMMAND_SIGNALS)}")
+        handle = self.client.get_workflow_handle(incident)
+        await self._call(incident, handle.signal(signal, command, rpc_timeout=_RPC_TIMEOUT))
+
+    async def ready(self) -> bool:
+        """True when the Temporal frontend answers."""
+        try:
+            return await self.client.service_client.check_health(timeout=timedelta(seconds=3))
+        except Exception:  # noqa: BLE001 - readiness is a yes/no answer
+            return False
+
+    # --- errors -------------------------------------------------------------------------------------------
+
+    async def _call(self, incident: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except RPCError as exc:
+            raise await self._rpc_error(incident, exc) from exc
+
+    async def _rpc_error(self, incident: str, exc: RPCError) -> ServiceError:
+        text = exc.message or str(exc)
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            # "not found" also covers closed workflows ("already completed", "aborted by closing workflow");
+            # asking Temporal whether the id exists tells the two apart without parsing messages.
+            return IncidentClosed(incident) if incident and await self._exists(incident) else IncidentNotFound(incident)
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
+                          RPCStatusCode.RESOURCE_EXHAUSTED):
+            hint = "is `unship up` (or `unship worker`) running?"
+            return TemporalUnavailable(f"Temporal did not answer in time ({text}); {hint}")
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            return InvalidInput("request", text)
+        return ServiceError(f"Temporal refused the request: {text}")
+
+    async def _exists(self, incident: str) -> bool:
+        try:
+            await self.client.get_workflow_handle(incident).describe(rpc_timeout=_RPC_TIMEOUT)
+        except RPCError:
+            return False
+        return True

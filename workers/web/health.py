@@ -1,0 +1,29 @@
+"""``/healthz`` and ``/readyz``: liveness and readiness, without a token."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from workers.runtime.service import ServiceError
+from workers.web.guards import ServiceGetter
+
+
+def mount_health(app: FastAPI, get_service: ServiceGetter) -> None:
+    """``/healthz`` (the process is up) and ``/readyz`` (Temporal answers), without a token."""
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Temporal answers (503 otherwise)."""
+        try:
+            ready = await (await get_service()).ready()
+        except ServiceError:
+            ready = False
+        if ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "detail": "Temporal does not answer"}, status_code=503)
