@@ -58,6 +58,7 @@ from workflows.messages import Alert, AlertBatch, IncidentStatus, ReleaseInput, 
 from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.release import ReleaseWorkflow, release_id
 from workflows.rollback import ALERTS_SIGNAL, RollbackWorkflow
+from workflows.sandbox import workflow_runner
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ async def run_scenario(loaded: LoadedScenario, client: Client, sleep: Sleep, now
         integrity = checker if systems.real_integrity else TabletopIntegrity(checker, s.integrity)
         activities = RollbackActivities(flags=flags, signals=signals, chat=chat, store=store,
                                         integrity=integrity)  # type: ignore[arg-type]
-        async with Worker(client, task_queue=task_queue,
+        async with Worker(client, task_queue=task_queue, workflow_runner=workflow_runner(),
                           workflows=[*INCIDENT_WORKFLOWS, TabletopScriptWorkflow],
                           activities=[*activities.all(), TabletopActivities().act]):
             handle: WorkflowHandle[Any, IncidentStatus]

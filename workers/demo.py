@@ -51,6 +51,7 @@ from workflows.messages import (
 )
 from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.rollback import RollbackWorkflow
+from workflows.sandbox import workflow_runner
 
 PLAYBOOK = "conversational-agent.yaml"
 RELEASE = "chat-v2.4.0"
@@ -125,7 +126,7 @@ async def _demo(settings: Settings, console: Console, speedup: float) -> None:
         service = IncidentService(client, settings.model_copy(update={"task_queue": TASK_QUEUE}),
                                   {playbook.name: snapshot}, store=store)
         console.print(f"Temporal at {server.target}; flag file {flags_file}; incident store {store.path}")
-        async with Worker(client, task_queue=TASK_QUEUE, workflows=INCIDENT_WORKFLOWS,
+        async with Worker(client, task_queue=TASK_QUEUE, workflows=INCIDENT_WORKFLOWS, workflow_runner=workflow_runner(),
                           activities=activities.all()):
             target = playbook.rollback.targets[0]
             console.print(f"flag [bold]{target.key}[/]: {await flagd.get_previous_percent(target):g}% of users on "

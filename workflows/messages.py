@@ -196,6 +196,8 @@ class ReviewStatus(_Model):
     document_written: bool = False
     tasks: list[dict[str, Any]] = Field(default_factory=list)
     reminders_sent: list[str] = Field(default_factory=list)
+    audit_pending: int = Field(default=0, description="review events not yet in the incident store (retried "
+                                                      "with the next write)")
 
 
 class ReleaseInput(_Model):

@@ -38,6 +38,7 @@ class ReviewWorkflow:
     def __init__(self, input: ReviewInput) -> None:
         self._status = ReviewStatus(incident_id=input.incident_id)
         self._seq = 0
+        self._pending: list[AuditEvent] = []
 
     @workflow.query
     def status(self) -> ReviewStatus:
@@ -113,9 +114,20 @@ class ReviewWorkflow:
             release=s.release, phase=s.phase.value, outcome=s.outcome.value if s.outcome else None,
             started_at=s.started_at, updated_at=workflow.now(),
         )
-        event = AuditEvent(seq=REVIEW_SEQ_BASE + self._seq, at=workflow.now(), kind=kind, actor="unship-review", message=message)
-        await workflow.execute_activity_method(
-            IncidentActivities.record_audit, AuditBatch(incident=record, events=[event]),
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
-            schedule_to_close_timeout=ACTION_DEADLINE,
-        )
+        event = AuditEvent(seq=REVIEW_SEQ_BASE + self._seq, at=workflow.now(), kind=kind, actor="unship-review",
+                           message=message)
+        self._pending.append(event)
+        try:
+            await workflow.execute_activity_method(
+                IncidentActivities.record_audit, AuditBatch(incident=record, events=list(self._pending)),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
+                schedule_to_close_timeout=ACTION_DEADLINE,
+            )
+        except ActivityError as err:
+            # The store is down past the deadline: keep the reminders going (they are the point of the
+            # review) and carry the unrecorded events into the next write. The history keeps them meanwhile.
+            workflow.logger.error("review of %s: incident store write failed, %d event(s) pending: %s",
+                                  input.incident_id, len(self._pending), err.cause or err)
+        else:
+            self._pending.clear()
+        self._status.audit_pending = len(self._pending)

@@ -15,6 +15,7 @@ from tests.support.processes import binary
 from tests.support.world import WORKFLOWS, make_world
 from workflows.messages import IncidentStatus, Outcome, Phase, ReviewInput, ReviewStatus
 from workflows.review import ReviewWorkflow
+from workflows.sandbox import workflow_runner
 
 
 def reverted_incident(started: datetime) -> IncidentStatus:
@@ -64,3 +65,52 @@ async def test_review_document_tasks_and_durable_reminders(tmp_path: Path) -> No
     reminders = [n for n, _ in world.chat.sent if n.kind.value == "reminder"]
     assert [n.context["what"] for n in reminders] == result.reminders_sent
     assert datetime.now(UTC) - status.started_at < timedelta(days=1)  # a month passed only on the test server
+
+
+class _StoreDownUntil:
+    """The incident store, refusing every write until ``up`` is set (an outage longer than the retry deadline)."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.up = False
+        self.refused = 0
+
+    async def write(self, batch: object) -> None:
+        if not self.up:
+            self.refused += 1
+            raise ConnectionError("incident store unavailable")
+        await self.store.write(batch)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+async def test_reminders_survive_a_store_outage_and_the_events_land_once_it_is_back(tmp_path: Path) -> None:
+    env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,
+                                                       test_server_existing_path=binary("temporal-test-server"))
+    async with env:
+        made = await make_world(env, tmp_path)
+        world = made.world
+        down = _StoreDownUntil(world.store)
+        made.activities.store = down  # type: ignore[assignment]
+        status = reverted_incident(await env.get_current_time())
+        async with Worker(env.client, task_queue=world.task_queue, workflows=WORKFLOWS,
+                          activities=made.activities.all(), workflow_runner=workflow_runner()):
+            review = await env.client.start_workflow(
+                ReviewWorkflow.run, ReviewInput(incident_id=status.incident_id, snapshot=snapshot(), status=status),
+                id=f"{status.incident_id}:review", task_queue=world.task_queue)
+            # the review document write goes through the review store, which is up; its audit event is not
+            await env.sleep(timedelta(hours=50))
+            mid: ReviewStatus = await review.query(ReviewWorkflow.status)
+            # the first reminder went out during the outage; its event waits with the document's
+            assert mid.document_written and mid.reminders_sent == ["regulatory_report_reminder"]
+            assert mid.audit_pending == 2
+            down.up = True  # back before the last deadline: the next write carries what was pending
+            result: ReviewStatus = await review.result()
+
+    assert down.refused > 0
+    # every reminder went out although the store was down for two days of it
+    assert result.reminders_sent == ["regulatory_report_reminder", "regulatory_report_due", "purge_due"]
+    assert result.audit_pending == 0
+    kinds = [e.kind for e in await world.store.events(status.incident_id) if e.actor == "unship-review"]
+    assert kinds == ["review_written", "regulatory_report_reminder", "regulatory_report_due", "purge_due"]

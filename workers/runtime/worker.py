@@ -29,6 +29,7 @@ from playbooks.loader import load_library
 from playbooks.models import PlaybookSnapshot
 from workers.runtime.settings import Settings
 from workflows.registry import INCIDENT_WORKFLOWS
+from workflows.sandbox import workflow_runner
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ async def run_worker(
         client,
         task_queue=settings.task_queue,
         workflows=[*INCIDENT_WORKFLOWS, *extra_workflows],
+        workflow_runner=workflow_runner(),
         activities=[*activities.all(), *extra_activities],
     )
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_target)
