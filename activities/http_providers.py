@@ -116,9 +116,10 @@ class HttpAdapter:
 
     def _use_client(self, client: httpx.AsyncClient | None, **options: Any) -> None:
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, **options)
+        self._client = client or httpx.AsyncClient(**{"timeout": DEFAULT_TIMEOUT, **options})
 
     async def aclose(self) -> None:
+        """Close the client if this adapter created it."""
         if self._owns_client:
             await self._client.aclose()
 

@@ -23,35 +23,23 @@ import httpx
 
 from activities.contracts import PollRequest, SignalObservation
 from activities.errors import configuration_error, http_failure, transport_failure
+from activities.http_providers import HttpAdapter
 from activities.routing import classify
 from playbooks.models import Signal
 
 SYSTEM = "http-signal"
 RELEASE = re.compile(r"\$release(?![A-Za-z0-9_])")
 _INDEX = re.compile(r"\[(\d+)\]")
-DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 
-class HttpSignalSource:
+class HttpSignalSource(HttpAdapter):
     """A ``SignalSource`` for ``source.type == "http"``: one GET per poll, one number from the JSON answer."""
 
     def __init__(self, client: httpx.AsyncClient | None = None, token: str | None = None) -> None:
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._owns_client = client is None
-        self._client = client
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this source created it."""
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        self._use_client(client)
 
     async def observe(self, signal: Signal, request: PollRequest) -> SignalObservation:
         """Fetch the signal's URL for the poll's release and read the number at ``json_path``."""
@@ -61,7 +49,7 @@ class HttpSignalSource:
         url = RELEASE.sub(lambda _: quote(request.release, safe=""), source.url)
         obj = f"signal {signal.name}"
         try:
-            response = await self._http().get(url, headers=self._headers)
+            response = await self._client.get(url, headers=self._headers)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise configuration_error(SYSTEM, obj, f"bad URL {source.url!r}: {exc}; fix it in the playbook") from exc
         except httpx.TransportError as exc:

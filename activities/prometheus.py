@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import PollRequest, SignalObservation
 from activities.errors import configuration_error, http_failure, transport_failure
+from activities.http_providers import HttpAdapter
 from activities.routing import classify
 from playbooks.models import Signal
 
@@ -104,27 +105,14 @@ class RangeResult:
     detail: str = ""
 
 
-class PrometheusSignalSource:
+class PrometheusSignalSource(HttpAdapter):
     """A ``SignalSource`` for ``source.type == "prometheus"``."""
 
     def __init__(self, base_url: str, token: str | None = None, client: httpx.AsyncClient | None = None,
                  timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client
-        self._owns_client = client is None
-        self._timeout = timeout
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this source created it."""
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        self._use_client(client, timeout=timeout)
 
     async def observe(self, signal: Signal, request: PollRequest) -> SignalObservation:
         """Measure ``signal`` now, for the poll's release."""
@@ -161,7 +149,7 @@ class PrometheusSignalSource:
         """The ``success`` answer, or ``{"status": "error"}`` for a valid query that failed on the data."""
         url = f"{self.base_url}{path}"
         try:
-            response = await self._http().post(url, data=form, headers=self._headers)
+            response = await self._client.post(url, data=form, headers=self._headers)
         except httpx.TransportError as exc:
             raise transport_failure(SYSTEM, self.base_url, exc) from exc
         body = _json(response)

@@ -68,16 +68,21 @@ class PlaybookError(Exception):
 
 def load_playbook(path: str | Path) -> PlaybookSnapshot:
     """Read and validate one playbook file; raise PlaybookError listing every problem."""
-    source = str(path)
+    return load_playbook_text(read_source(path), str(path))
+
+
+def read_source(path: str | Path, error: type[PlaybookError] | None = None) -> str:
+    """The UTF-8 text of a playbook or scenario file; a missing or unreadable file is one ``file`` issue,
+    raised as ``error`` (default ``PlaybookError``)."""
+    source, raise_as = str(path), error or PlaybookError
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PlaybookError([PlaybookIssue(source, 0, "file", "no such file")]) from None
+        raise raise_as([PlaybookIssue(source, 0, "file", "no such file")]) from None
     except UnicodeDecodeError as exc:
-        raise PlaybookError([PlaybookIssue(source, 0, "file", f"not UTF-8 text: {exc.reason}")]) from None
+        raise raise_as([PlaybookIssue(source, 0, "file", f"not UTF-8 text: {exc.reason}")]) from None
     except OSError as exc:
-        raise PlaybookError([PlaybookIssue(source, 0, "file", exc.strerror or str(exc))]) from None
-    return load_playbook_text(text, source)
+        raise raise_as([PlaybookIssue(source, 0, "file", exc.strerror or str(exc))]) from None
 
 
 def load_playbook_text(text: str, source: str = "<string>") -> PlaybookSnapshot:

@@ -33,6 +33,7 @@ from playbooks.loader import (
     load_playbook,
     parse_yaml,
     plain_data,
+    read_source,
     validation_problems,
 )
 from playbooks.models import Duration, Playbook, PlaybookSnapshot, Severity, Slug
@@ -212,14 +213,7 @@ class ScenarioError(PlaybookError):
 
 def load_scenario(path: str | Path) -> LoadedScenario:
     """Read and validate one scenario file; raise ScenarioError listing every problem at its line."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError([PlaybookIssue(source, 0, "file", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError([PlaybookIssue(source, 0, "file", f"cannot read: {exc}")]) from None
-    return load_scenario_text(text, source, Path(path).parent)
+    return load_scenario_text(read_source(path, ScenarioError), str(path), Path(path).parent)
 
 
 def load_scenario_text(text: str, source: str = "<scenario>", base: Path | None = None) -> LoadedScenario:
