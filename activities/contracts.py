@@ -161,6 +161,8 @@ class AuditEvent(_Model):
 
 
 class IncidentRecord(_Model):
+    """One incident as the list shows it, as of its latest audit event."""
+
     incident_id: str
     playbook: str
     playbook_hash: str
@@ -169,6 +171,9 @@ class IncidentRecord(_Model):
     outcome: str | None = None
     started_at: datetime
     updated_at: datetime
+    previous_percent: float = Field(default=0, description="share of users on the previous model")
+    awaiting: list[str] = Field(default_factory=list, description="roles whose decision is awaited (open gate)")
+    decide_by: datetime | None = Field(default=None, description="when the open decision escalates or defaults")
 
 
 class AuditBatch(_Model):
@@ -265,8 +270,9 @@ class ChatNotifier(Protocol):
 class IncidentStore(Protocol):
     async def write(self, batch: AuditBatch) -> None: ...
 
-    async def incidents(self, limit: int = 100) -> list[IncidentRecord]: ...
+    async def incidents(self, limit: int = 100, *, phase: str | None = None, playbook: str | None = None,
+                        open_first: bool = False) -> list[IncidentRecord]: ...
 
-    async def events(self, incident_id: str) -> list[AuditEvent]: ...
+    async def events(self, incident_id: str, after: int | None = None) -> list[AuditEvent]: ...
 
     async def save_review(self, review: ReviewDocument) -> None: ...

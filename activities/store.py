@@ -34,7 +34,10 @@ CREATE TABLE IF NOT EXISTS incidents (
     phase         TEXT NOT NULL,
     outcome       TEXT,
     started_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
+    updated_at    TEXT NOT NULL,
+    previous_percent REAL NOT NULL DEFAULT 0,
+    awaiting      TEXT NOT NULL DEFAULT '[]',
+    decide_by     TEXT
 );
 CREATE TABLE IF NOT EXISTS audit_events (
     incident_id TEXT NOT NULL,
@@ -54,15 +57,26 @@ CREATE TABLE IF NOT EXISTS reviews (
 );
 CREATE INDEX IF NOT EXISTS incidents_by_update ON incidents (updated_at DESC);
 """
+# Columns added after the first release, with their SQLite and PostgreSQL types: added to older databases on
+# first use (ALTER TABLE ... ADD COLUMN keeps every row).
+_ADDED_COLUMNS = (
+    ("previous_percent", "REAL NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+    ("awaiting", "TEXT NOT NULL DEFAULT '[]'", "JSONB NOT NULL DEFAULT '[]'::jsonb"),
+    ("decide_by", "TEXT", "TIMESTAMPTZ"),
+)
+# The list: open incidents first when asked, then the most recently updated.
+_LIST_ORDER = "ORDER BY {open_first}updated_at DESC, incident_id LIMIT {limit}"
 T = TypeVar("T")
 
 # A replayed or late batch must not move an incident back to an older phase.
 _UPSERT_INCIDENT = """
-INSERT INTO incidents (incident_id, playbook, playbook_hash, release, phase, outcome, started_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO incidents (incident_id, playbook, playbook_hash, release, phase, outcome, started_at, updated_at,
+                       previous_percent, awaiting, decide_by)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (incident_id) DO UPDATE SET
     playbook = excluded.playbook, playbook_hash = excluded.playbook_hash, release = excluded.release,
-    phase = excluded.phase, outcome = excluded.outcome, updated_at = excluded.updated_at
+    phase = excluded.phase, outcome = excluded.outcome, updated_at = excluded.updated_at,
+    previous_percent = excluded.previous_percent, awaiting = excluded.awaiting, decide_by = excluded.decide_by
 WHERE excluded.updated_at >= incidents.updated_at
 """
 _INSERT_EVENT = """
@@ -74,6 +88,30 @@ INSERT INTO reviews (incident_id, markdown, tasks, saved_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (incident_id) DO UPDATE SET
     markdown = excluded.markdown, tasks = excluded.tasks, saved_at = excluded.saved_at
 """
+
+
+def _filters(phase: str | None, playbook: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its parameters) of an incident list filtered by phase and playbook.
+
+    ``phase="open"`` means every phase but closed."""
+    clauses: list[str] = []
+    params: list[str] = []
+    if phase == "open":
+        clauses.append(f"phase <> {mark}")
+        params.append("closed")
+    elif phase:
+        clauses.append(f"phase = {mark}")
+        params.append(phase)
+    if playbook:
+        clauses.append(f"playbook = {mark}")
+        params.append(playbook)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _list_sql(phase: str | None, playbook: str | None, open_first: bool, mark: str) -> tuple[str, tuple[str, ...]]:
+    where, params = _filters(phase, playbook, mark)
+    order = _LIST_ORDER.format(open_first="(phase = 'closed'), " if open_first else "", limit=mark)
+    return f"SELECT * FROM incidents{where} {order}", params
 
 
 def _ts(value: datetime) -> str:
@@ -100,6 +138,10 @@ class SqliteIncidentStore:
                 if not self._initialised:
                     conn.execute("PRAGMA journal_mode = WAL")
                     conn.executescript(_SCHEMA)
+                    have = {row["name"] for row in conn.execute("PRAGMA table_info(incidents)")}
+                    for name, sqlite_type, _ in _ADDED_COLUMNS:
+                        if name not in have:
+                            conn.execute(f"ALTER TABLE incidents ADD COLUMN {name} {sqlite_type}")
                     self._initialised = True
         return conn
 
@@ -118,7 +160,8 @@ class SqliteIncidentStore:
         """Upsert the incident and add the events not stored yet, in one transaction."""
         inc = batch.incident
         incident_row = (inc.incident_id, inc.playbook, inc.playbook_hash, inc.release, inc.phase, inc.outcome,
-                        _ts(inc.started_at), _ts(inc.updated_at))
+                        _ts(inc.started_at), _ts(inc.updated_at), inc.previous_percent, json.dumps(inc.awaiting),
+                        _ts(inc.decide_by) if inc.decide_by else None)
         event_rows = [(inc.incident_id, e.seq, _ts(e.at), e.kind, e.actor, e.message,
                        json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events]
 
@@ -130,25 +173,26 @@ class SqliteIncidentStore:
 
         await self._run(write)
 
-    async def incidents(self, limit: int = 100) -> list[IncidentRecord]:
-        """The most recently updated incidents first."""
-        rows = await self._run(lambda c: c.execute(
-            "SELECT * FROM incidents ORDER BY updated_at DESC, incident_id LIMIT ?", (max(0, limit),)
-        ).fetchall())
-        return [IncidentRecord(**dict(r)) for r in rows]
+    async def incidents(self, limit: int = 100, *, phase: str | None = None, playbook: str | None = None,
+                        open_first: bool = False) -> list[IncidentRecord]:
+        """The most recently updated incidents first (open ones before closed ones with ``open_first``),
+        optionally only those in ``phase`` (``"open"``: any but closed) or of ``playbook``."""
+        query, params = _list_sql(phase, playbook, open_first, "?")
+        rows = await self._run(lambda c: c.execute(query, (*params, max(0, limit))).fetchall())
+        return [_sqlite_record(r) for r in rows]
 
     async def incident(self, incident_id: str) -> IncidentRecord | None:
         """One incident, or None."""
         row = await self._run(lambda c: c.execute(
             "SELECT * FROM incidents WHERE incident_id = ?", (incident_id,)
         ).fetchone())
-        return IncidentRecord(**dict(row)) if row else None
+        return _sqlite_record(row) if row else None
 
-    async def events(self, incident_id: str) -> list[AuditEvent]:
-        """The incident's audit trail in sequence order."""
+    async def events(self, incident_id: str, after: int | None = None) -> list[AuditEvent]:
+        """The incident's audit trail in sequence order (only the events numbered above ``after``)."""
         rows = await self._run(lambda c: c.execute(
-            "SELECT seq, at, kind, actor, message, data FROM audit_events WHERE incident_id = ? ORDER BY seq",
-            (incident_id,),
+            "SELECT seq, at, kind, actor, message, data FROM audit_events WHERE incident_id = ? AND seq > ? "
+            "ORDER BY seq", (incident_id, -(2**62) if after is None else after),
         ).fetchall())
         return [AuditEvent(seq=r["seq"], at=r["at"], kind=r["kind"], actor=r["actor"], message=r["message"],
                            data=json.loads(r["data"])) for r in rows]
@@ -173,6 +217,12 @@ class SqliteIncidentStore:
         return ReviewDocument(incident_id=row["incident_id"], markdown=row["markdown"], tasks=json.loads(row["tasks"]))
 
 
+def _sqlite_record(row: sqlite3.Row) -> IncidentRecord:
+    fields = dict(row)
+    fields["awaiting"] = json.loads(fields.get("awaiting") or "[]")
+    return IncidentRecord(**fields)
+
+
 _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
     incident_id   TEXT PRIMARY KEY,
@@ -182,7 +232,10 @@ CREATE TABLE IF NOT EXISTS incidents (
     phase         TEXT NOT NULL,
     outcome       TEXT,
     started_at    TIMESTAMPTZ NOT NULL,
-    updated_at    TIMESTAMPTZ NOT NULL
+    updated_at    TIMESTAMPTZ NOT NULL,
+    previous_percent DOUBLE PRECISION NOT NULL DEFAULT 0,
+    awaiting      JSONB NOT NULL DEFAULT '[]'::jsonb,
+    decide_by     TIMESTAMPTZ
 );
 CREATE TABLE IF NOT EXISTS audit_events (
     incident_id TEXT NOT NULL,
@@ -202,7 +255,9 @@ CREATE TABLE IF NOT EXISTS reviews (
 );
 CREATE INDEX IF NOT EXISTS incidents_by_update ON incidents (updated_at DESC);
 """
-_PG_UPSERT_INCIDENT = _UPSERT_INCIDENT.replace("?", "%s")
+_PG_UPSERT_INCIDENT = _UPSERT_INCIDENT.replace("?", "%s").replace("%s, %s)\nON", "%s::jsonb, %s)\nON")
+_PG_ADD_COLUMNS = "".join(f"ALTER TABLE incidents ADD COLUMN IF NOT EXISTS {name} {pg_type};\n"
+                          for name, _, pg_type in _ADDED_COLUMNS)
 _PG_INSERT_EVENT = """
 INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data)
 VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
@@ -244,6 +299,7 @@ class PostgresIncidentStore:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
                     await conn.execute(_PG_SCHEMA)
+                    await conn.execute(_PG_ADD_COLUMNS)
             except BaseException:
                 await conn.close()
                 raise
@@ -263,17 +319,20 @@ class PostgresIncidentStore:
         async with conn, conn.transaction():
             await conn.execute(_PG_UPSERT_INCIDENT, (
                 inc.incident_id, inc.playbook, inc.playbook_hash, inc.release, inc.phase, inc.outcome,
-                _aware(inc.started_at), _aware(inc.updated_at)))
+                _aware(inc.started_at), _aware(inc.updated_at), inc.previous_percent, json.dumps(inc.awaiting),
+                _aware(inc.decide_by) if inc.decide_by else None))
             if batch.events:
                 async with conn.cursor() as cursor:
                     await cursor.executemany(_PG_INSERT_EVENT, [
                         (inc.incident_id, e.seq, _aware(e.at), e.kind, e.actor, e.message,
                          json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events])
 
-    async def incidents(self, limit: int = 100) -> list[IncidentRecord]:
-        """The most recently updated incidents first."""
-        rows = await self._fetch("SELECT * FROM incidents ORDER BY updated_at DESC, incident_id LIMIT %s",
-                                 (max(0, limit),))
+    async def incidents(self, limit: int = 100, *, phase: str | None = None, playbook: str | None = None,
+                        open_first: bool = False) -> list[IncidentRecord]:
+        """The most recently updated incidents first (open ones before closed ones with ``open_first``),
+        optionally only those in ``phase`` (``"open"``: any but closed) or of ``playbook``."""
+        query, params = _list_sql(phase, playbook, open_first, "%s")
+        rows = await self._fetch(query, (*params, max(0, limit)))
         return [IncidentRecord(**r) for r in rows]
 
     async def incident(self, incident_id: str) -> IncidentRecord | None:
@@ -281,11 +340,11 @@ class PostgresIncidentStore:
         rows = await self._fetch("SELECT * FROM incidents WHERE incident_id = %s", (incident_id,))
         return IncidentRecord(**rows[0]) if rows else None
 
-    async def events(self, incident_id: str) -> list[AuditEvent]:
-        """The incident's audit trail in sequence order."""
+    async def events(self, incident_id: str, after: int | None = None) -> list[AuditEvent]:
+        """The incident's audit trail in sequence order (only the events numbered above ``after``)."""
         rows = await self._fetch(
-            "SELECT seq, at, kind, actor, message, data FROM audit_events WHERE incident_id = %s ORDER BY seq",
-            (incident_id,))
+            "SELECT seq, at, kind, actor, message, data FROM audit_events WHERE incident_id = %s AND seq > %s "
+            "ORDER BY seq", (incident_id, -(2**62) if after is None else after))
         return [AuditEvent(**r) for r in rows]
 
     async def save_review(self, review: ReviewDocument) -> None:

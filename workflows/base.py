@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         SignalObservation,
     )
     from playbooks.models import PlaybookSnapshot, Signal, Target
-    from workflows.messages import Command, IncidentStatus, Outcome, Phase
+    from workflows.messages import Command, IncidentStatus, Outcome, Phase, incident_record
 
 # Signals and chat are best-effort evidence paths: bounded retries, then the failure is recorded.
 EVIDENCE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
@@ -104,12 +104,7 @@ class IncidentWorkflowBase:
         return event
 
     def _record(self) -> IncidentRecord:
-        s = self._status
-        return IncidentRecord(
-            incident_id=s.incident_id, playbook=s.playbook, playbook_hash=self._snapshot.content_hash,
-            release=s.release, phase=s.phase.value, outcome=s.outcome.value if s.outcome else None,
-            started_at=s.started_at, updated_at=workflow.now(),
-        )
+        return incident_record(self._status, self._snapshot.content_hash, workflow.now())
 
     async def _flush_loop(self) -> None:
         while True:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.contracts import AuditEvent, CheckResult, SignalObservation
+from activities.contracts import AuditEvent, CheckResult, IncidentRecord, SignalObservation
 from playbooks.models import PlaybookSnapshot, Severity
 
 TASK_QUEUE = "unship"
@@ -183,6 +183,17 @@ class IncidentStatus(_Model):
     integrity: list[CheckResult] = Field(default_factory=list)
     audit: list[AuditEvent] = Field(default_factory=list)
     review_workflow_id: str | None = None
+
+
+def incident_record(status: IncidentStatus, playbook_hash: str, at: datetime) -> IncidentRecord:
+    """The incident store's row for ``status`` as of ``at``: what the incident list shows."""
+    gate = status.gate
+    return IncidentRecord(
+        incident_id=status.incident_id, playbook=status.playbook, playbook_hash=playbook_hash,
+        release=status.release, phase=status.phase.value, outcome=status.outcome.value if status.outcome else None,
+        started_at=status.started_at, updated_at=at, previous_percent=status.previous_percent,
+        awaiting=list(gate.roles) if gate else [], decide_by=gate.deadline if gate else None,
+    )
 
 
 class ReviewInput(_Model):

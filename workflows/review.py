@@ -16,7 +16,6 @@ with workflow.unsafe.imports_passed_through():
         AuditBatch,
         AuditEvent,
         IncidentActivities,
-        IncidentRecord,
         MessageKind,
         Notification,
         ReviewDocument,
@@ -24,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from playbooks.models import format_duration
     from workflows.base import ACTION_DEADLINE, ACTION_RETRY, EVIDENCE_RETRY
-    from workflows.messages import ReviewInput, ReviewStatus
+    from workflows.messages import ReviewInput, ReviewStatus, incident_record
 
 
 # The review numbers its audit events in a range of their own, so they never collide with events the parent
@@ -108,12 +107,7 @@ class ReviewWorkflow:
 
     async def _record(self, input: ReviewInput, kind: str, message: str) -> None:
         self._seq += 1
-        s = input.status
-        record = IncidentRecord(
-            incident_id=s.incident_id, playbook=s.playbook, playbook_hash=input.snapshot.content_hash,
-            release=s.release, phase=s.phase.value, outcome=s.outcome.value if s.outcome else None,
-            started_at=s.started_at, updated_at=workflow.now(),
-        )
+        record = incident_record(input.status, input.snapshot.content_hash, workflow.now())
         event = AuditEvent(seq=REVIEW_SEQ_BASE + self._seq, at=workflow.now(), kind=kind, actor="unship-review",
                            message=message)
         self._pending.append(event)

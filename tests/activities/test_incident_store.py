@@ -99,3 +99,49 @@ def test_open_store_urls(tmp_path: Path) -> None:
         open_store("mysql://localhost/unship")
     with pytest.raises(StoreConfigurationError, match="names no file"):
         open_store("sqlite:///")
+
+
+async def test_the_console_list_filters_puts_open_incidents_first_and_reads_events_after_a_seq(
+        tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    gate_deadline = T0 + timedelta(minutes=15)
+    await store.write(AuditBatch(incident=record("unship:chat:old-open", phase="awaiting_decision", minutes=1)
+                                 .model_copy(update={"awaiting": ["on_call", "safety_lead"],
+                                                     "decide_by": gate_deadline}), events=[]))
+    await store.write(AuditBatch(incident=record("unship:chat:new-closed", phase="closed", minutes=9,
+                                                 outcome="reverted").model_copy(update={"previous_percent": 100}),
+                                 events=[event(1), event(2), event(3)]))
+    await store.write(AuditBatch(incident=record("unship:image:mid", phase="reverting", minutes=5)
+                                 .model_copy(update={"playbook": "image", "previous_percent": 50}), events=[]))
+
+    assert [r.incident_id for r in await store.incidents()] == [
+        "unship:chat:new-closed", "unship:image:mid", "unship:chat:old-open"]
+    listed = await store.incidents(open_first=True)
+    assert [r.incident_id for r in listed] == ["unship:image:mid", "unship:chat:old-open", "unship:chat:new-closed"]
+    assert listed[1].awaiting == ["on_call", "safety_lead"] and listed[1].decide_by == gate_deadline
+    assert listed[0].previous_percent == 50 and listed[2].previous_percent == 100
+    assert [r.incident_id for r in await store.incidents(phase="open")] == ["unship:image:mid",
+                                                                            "unship:chat:old-open"]
+    assert [r.incident_id for r in await store.incidents(phase="closed")] == ["unship:chat:new-closed"]
+    assert [r.incident_id for r in await store.incidents(playbook="image")] == ["unship:image:mid"]
+    assert await store.incidents(phase="closed", playbook="image") == []
+    assert [e.seq for e in await store.events("unship:chat:new-closed", after=1)] == [2, 3]
+    assert await store.events("unship:chat:new-closed", after=3) == []
+
+
+async def test_a_database_from_before_the_console_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "unship.db"
+    with sqlite3.connect(path) as conn:  # the schema as the first release wrote it
+        conn.executescript("""
+            CREATE TABLE incidents (incident_id TEXT PRIMARY KEY, playbook TEXT NOT NULL,
+                playbook_hash TEXT NOT NULL, release TEXT NOT NULL, phase TEXT NOT NULL, outcome TEXT,
+                started_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+            INSERT INTO incidents VALUES ('unship:chat:r1', 'chat', 'h', 'r1', 'closed', 'reverted',
+                '2026-03-01T12:00:00.000000+00:00', '2026-03-01T12:05:00.000000+00:00');
+        """)
+    store = SqliteIncidentStore(path)
+    [old] = await store.incidents()
+    assert (old.incident_id, old.outcome, old.previous_percent, old.awaiting) == ("unship:chat:r1", "reverted", 0, [])
+    await store.write(AuditBatch(incident=record(minutes=1).model_copy(update={"previous_percent": 10}),
+                                 events=[event(1)]))
+    assert (await store.incident("unship:chat:r42")).previous_percent == 10  # type: ignore[union-attr]

@@ -130,3 +130,31 @@ def test_store_urls(tmp_path: Path) -> None:
         assert isinstance(open_store(url), PostgresIncidentStore), url
     with pytest.raises(StoreConfigurationError, match="unsupported"):
         open_store("mysql://localhost/unship")
+
+
+async def test_the_console_list_filters_and_orders_and_events_after_a_seq(dsn: str) -> None:
+    store = PostgresIncidentStore(dsn)
+    deadline = T0 + timedelta(minutes=15)
+    await store.write(AuditBatch(incident=record("unship:chat:open", phase="awaiting_decision", minutes=1)
+                                 .model_copy(update={"awaiting": ["on_call"], "decide_by": deadline}), events=[]))
+    await store.write(AuditBatch(incident=record("unship:chat:closed", phase="closed", minutes=9, outcome="reverted")
+                                 .model_copy(update={"previous_percent": 100}), events=[event(1), event(2)]))
+    listed = await store.incidents(open_first=True)
+    assert [r.incident_id for r in listed] == ["unship:chat:open", "unship:chat:closed"]
+    assert listed[0].awaiting == ["on_call"] and listed[0].decide_by == deadline
+    assert listed[1].previous_percent == 100
+    assert [r.incident_id for r in await store.incidents(phase="open", playbook="chat")] == ["unship:chat:open"]
+    assert await store.incidents(playbook="image") == []
+    assert [e.seq for e in await store.events("unship:chat:closed", after=1)] == [2]
+
+
+async def test_a_database_from_before_the_console_gains_the_new_columns(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE incidents (incident_id TEXT PRIMARY KEY, playbook TEXT NOT NULL, "
+                     "playbook_hash TEXT NOT NULL, release TEXT NOT NULL, phase TEXT NOT NULL, outcome TEXT, "
+                     "started_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)")
+        conn.execute("INSERT INTO incidents VALUES ('unship:chat:r1', 'chat', 'h', 'r1', 'closed', 'reverted', "
+                     "now(), now())")
+    store = PostgresIncidentStore(dsn)
+    [old] = await store.incidents()
+    assert (old.incident_id, old.previous_percent, old.awaiting, old.decide_by) == ("unship:chat:r1", 0, [], None)
