@@ -28,6 +28,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import MessageKind, MessageRef, Notification
 from activities.errors import transport_failure
+from playbooks.rendering import incident_link
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def _sections(text: str) -> list[dict[str, Any]]:
 
 
 def build_blocks(notification: Notification, text: str,
-                 plans: Mapping[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
+                 plans: Mapping[str, Sequence[Any]] | None = None, console_url: str | None = None) -> list[dict[str, Any]]:
     """The Block Kit message for ``notification``: the rendered ``text``, then the facts as blocks.
 
     Release, playbook and version; each signal's latest value against its threshold; the stages (planned,
@@ -118,6 +119,8 @@ def build_blocks(notification: Notification, text: str,
              f"*Playbook* {ctx.get('playbook', '?')} (version `{ctx.get('playbook_version', '?')}`)",
              f"*Phase* {ctx.get('phase', '?')}" + (f" → *{ctx['outcome']}*" if ctx.get("outcome") else ""),
              f"`{notification.incident_id}`"]
+    if console_url:
+        facts.append(f"<{incident_link(console_url, notification.incident_id)}|Open in the console>")
     blocks.append({"type": "context", "elements": [_mrkdwn(" · ".join(facts))]})
 
     evidence = [e for e in ctx.get("evidence") or [] if isinstance(e, dict)]
@@ -212,18 +215,20 @@ class SlackNotifier:
     ``plans`` maps playbook names to their rollback stages, shown as the plan before any stage runs.
     """
 
-    def __init__(self, client: AsyncWebClient, plans: Mapping[str, Sequence[Any]] | None = None) -> None:
+    def __init__(self, client: AsyncWebClient, plans: Mapping[str, Sequence[Any]] | None = None,
+                 console_url: str | None = None) -> None:
         self.client = client
         self.plans = plans or {}
+        self.console_url = console_url
 
     @classmethod
     def from_token(cls, token: str, base_url: str = "https://slack.com/api/",
-                   plans: Mapping[str, Sequence[Any]] | None = None) -> SlackNotifier:
-        return cls(AsyncWebClient(token=token, base_url=base_url, timeout=15), plans)
+                   plans: Mapping[str, Sequence[Any]] | None = None, console_url: str | None = None) -> SlackNotifier:
+        return cls(AsyncWebClient(token=token, base_url=base_url, timeout=15), plans, console_url)
 
     async def send(self, notification: Notification, text: str) -> MessageRef:
         """Post (or, with ``thread_ref``, update in place) the message; returns ``channel_id/ts`` as the ref."""
-        blocks = build_blocks(notification, text, self.plans)
+        blocks = build_blocks(notification, text, self.plans, self.console_url)
         fallback = text[:3000] or notification.kind.value
         if notification.thread_ref:
             channel_id, ts = decode_ref(notification.thread_ref, notification.channel)

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 
@@ -19,6 +20,11 @@ from playbooks.models import format_duration
 
 REVIEW_TEMPLATE = "review.md.j2"
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.j2$")
+
+
+def incident_link(base_url: str, incident_id: str) -> str:
+    """The console page of ``incident_id`` under the console at ``base_url`` (what Slack and the CLI link to)."""
+    return f"{base_url.rstrip('/')}/incidents/{quote(incident_id, safe=':@+=')}"
 
 
 def message_kinds() -> list[str]:

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from playbooks.models import Severity
+from playbooks.rendering import incident_link
 from workers.cli.common import (
     EXIT_USAGE,
     app,
@@ -97,8 +98,10 @@ def status(
         return
     if isinstance(result, list):
         _print_list(result)
+        if result:
+            out.print(f"console: {settings.console_url}/")
     else:
-        _print_incident(result)
+        _print_incident(result, incident_link(settings.console_url, result.incident_id))
 
 
 def _when(value: Any) -> str:
@@ -117,9 +120,10 @@ def _print_list(incidents: list[Any]) -> None:
     out.print(table)
 
 
-def _print_incident(s: Any) -> None:
+def _print_incident(s: Any, link: str) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_row("Incident", f"[bold]{s.incident_id}[/]")
+    head.add_row("Console", link)
     head.add_row("Playbook", f"{s.playbook} (version {s.playbook_version}, {s.scenario})")
     head.add_row("Release", s.release)
     phase = s.phase.value + (" (paused)" if s.paused else "")

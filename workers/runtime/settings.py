@@ -28,6 +28,7 @@ _SECRET_FIELDS = (
     "kubernetes_token",
     "http_provider_token",
     "http_signals_token",
+    "console_secret",
 )
 
 
@@ -39,6 +40,15 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default=Path(".unship"), description="embedded Temporal DB, flag file, incident DB")
     http_addr: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP API / gateway")
     playbooks_dir: Path = Field(default=Path("playbooks/library"), description="playbooks loaded by the API")
+    public_url: str | None = Field(default=None, description="base URL people open the console at (links in "
+                                   "Slack and `unship status`); default http://<UNSHIP_HTTP_ADDR>")
+    console_secret: SecretStr | None = Field(default=None, description="signs console sign-in cookies; default: "
+                                             "a random key per process (people sign in again after a restart)")
+    console_session_hours: float = Field(default=12, gt=0, le=24 * 30, description="how long a console sign-in lasts")
+    temporal_ui_url: str | None = Field(default=None, description="Temporal Web UI base URL for deep links; default "
+                                        "the embedded server's UI")
+    reports_dir: Path | None = Field(default=None, description="tabletop reports the console lists (`unship "
+                                     "tabletop --report DIR/NAME`); default state_dir/reports")
 
     temporal_address: str | None = Field(
         default=None,
@@ -112,6 +122,26 @@ class Settings(BaseSettings):
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def console_url(self) -> str:
+        """The console's base URL (no trailing slash)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host, port = self.http_host_port
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    @property
+    def resolved_temporal_ui_url(self) -> str | None:
+        if self.temporal_ui_url:
+            return self.temporal_ui_url.rstrip("/")
+        if self.embedded_temporal and self.temporal_ui_port:
+            return f"http://127.0.0.1:{self.temporal_ui_port}"
+        return None
+
+    @property
+    def resolved_reports_dir(self) -> Path:
+        return self.reports_dir or self.state_dir / "reports"
 
     @property
     def resolved_flagd_path(self) -> Path:

@@ -66,7 +66,8 @@ def chat_notifier(settings: Settings) -> Any:
         plans = {name: snap.playbook.rollback.stages for name, snap in load_library(folder).items()}
     except Exception as exc:  # noqa: BLE001 - the plan only decorates messages; never block the worker on it
         log.warning("Slack messages will not show planned stages: %s", exc)
-    return SlackNotifier.from_token(settings.slack_bot_token.get_secret_value(), settings.slack_api_url, plans)
+    return SlackNotifier.from_token(settings.slack_bot_token.get_secret_value(), settings.slack_api_url, plans,
+                                    console_url=settings.console_url)
 
 
 def _secret(value: SecretStr | None) -> str | None:

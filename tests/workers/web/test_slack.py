@@ -392,3 +392,12 @@ async def test_socket_mode_envelopes_are_acknowledged_and_routed(world: SlackWor
     await world.actions.drain()
     status = await world.until(incident, lambda s: bool(s["decisions"]), "the decision")
     assert status["decisions"][0]["user"] == "U0SAFETY1" and status["decisions"][0]["via"] == "slack"
+
+
+async def test_the_incident_card_links_to_the_incident_page_of_the_console(fake_slack: FakeSlack) -> None:
+    notifier = SlackNotifier.from_token(fake_slack.token, fake_slack.url, console_url="https://unship.example.org/")
+    await notifier.send(Notification(incident_id="unship:chat-test:v2", kind=MessageKind.DECISION_REQUEST,
+                                     channel="#ml-incidents", context=_gate_context()), "decision needed")
+    (call,) = fake_slack.of("chat.postMessage")
+    assert "<https://unship.example.org/incidents/unship:chat-test:v2|Open in the console>" in _texts(
+        call.args["blocks"])
