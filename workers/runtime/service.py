@@ -146,6 +146,7 @@ class IncidentService:
         self.settings = settings
         self.playbooks = playbooks
         self.store = store
+        self._started_with: dict[str, PlaybookSnapshot] = {}
 
     # --- starting -----------------------------------------------------------------------------------------
 
@@ -303,6 +304,36 @@ class IncidentService:
             raise InvalidInput("command", f"{name!r} is not a command; use one of {', '.join(COMMAND_SIGNALS)}")
         handle = self.client.get_workflow_handle(incident)
         await self._call(incident, handle.signal(signal, command, rpc_timeout=_RPC_TIMEOUT))
+
+    async def snapshot_of(self, incident: str, playbook: str, version: str) -> PlaybookSnapshot | None:
+        """The playbook snapshot ``incident`` runs with: the loaded one when the version matches, else the one in
+        the workflow's start input (read once from its history, then kept). None when it cannot be read."""
+        loaded = self.playbooks.get(playbook)
+        if loaded is not None and loaded.version == version:
+            return loaded
+        if incident in self._started_with:
+            return self._started_with[incident]
+        handle = self.client.get_workflow_handle(incident)
+        try:
+            async for event in handle.fetch_history_events(rpc_timeout=_RPC_TIMEOUT):
+                payloads = event.workflow_execution_started_event_attributes.input.payloads
+                kind = ReleaseInput if event.workflow_execution_started_event_attributes.workflow_type.name \
+                    == ReleaseWorkflow.__name__ else RollbackInput
+                [arg] = await self.client.data_converter.decode(list(payloads)[:1], [kind])
+                if len(self._started_with) >= 1000:  # a bounded memo: snapshots never change, so any can go
+                    self._started_with.clear()
+                self._started_with[incident] = arg.snapshot
+                return arg.snapshot  # type: ignore[no-any-return]
+        except (RPCError, ValueError, TypeError) as exc:
+            log.warning("could not read the playbook snapshot of %s: %s", incident, exc)
+        return None
+
+    async def run_id(self, incident: str) -> str | None:
+        """The id of the incident's latest run (for a deep link into the Temporal Web UI)."""
+        try:
+            return (await self.client.get_workflow_handle(incident).describe(rpc_timeout=_RPC_TIMEOUT)).run_id
+        except RPCError:
+            return None
 
     async def ready(self) -> bool:
         """True when the Temporal frontend answers."""

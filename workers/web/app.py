@@ -19,6 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
 from workers.web.api import mount_api
+from workers.web.console.routes import mount_console
 from workers.web.gateway import Gateway, mount_gateway
 from workers.web.guards import MAX_BODY_BYTES, BodyLimit, ServiceFactory, lazy_service
 from workers.web.health import mount_health
@@ -29,17 +30,21 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings, *,
                gateway: Gateway | None = None) -> FastAPI:
     """The HTTP app over ``service`` (or over the service an async factory builds on first use).
 
-    ``api=False`` serves only the gateway (alerts, Slack, health): ``unship gateway``.
+    ``api=False`` serves only the gateway (alerts, Slack, health): ``unship gateway``; ``api=True`` adds the
+    operator API and the console at ``/``.
     """
     app = FastAPI(title="unship" if api else "unship gateway", version="1",
                   summary="Revert problematic generative-model releases" if api
                   else "Alert webhooks in, Slack approvals in")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.state.stopping = asyncio.Event()  # set by ``serve`` when it stops: ends the console's live streams
     get_service = lazy_service(service)
     mount_health(app, get_service)
     if api:
         mount_api(app, get_service, settings)
     mount_gateway(app, get_service, settings, gateway)
+    if api:
+        mount_console(app, get_service, settings)  # last: it serves "/" and must not shadow the API's routes
     return app
 
 
@@ -87,6 +92,7 @@ async def serve(app: FastAPI, settings: Settings, sock: socket.socket, stop: asy
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({http_task, stopper, *others}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
+    app.state.stopping.set()
     http.should_exit = True
     results = await asyncio.gather(http_task, *others, return_exceptions=True)
     stopper.cancel()

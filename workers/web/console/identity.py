@@ -1,0 +1,171 @@
+"""Who is signed in to the console, and the console's session and CSRF tokens.
+
+The console acts with the API's rules: ``sign_in`` is the one place that turns what a person presents into a
+``Person``; every page and action asks ``Session.person`` and ``Person.may``. Today the API knows one shared
+bearer token (``UNSHIP_API_TOKEN``) and takes the acting user from the request, so signing in means presenting
+that token (when one is set) and naming yourself, exactly what an API client does. The workflow still decides
+who may approve (the playbook's roles); the console only carries the name.
+
+The session is a signed cookie (HMAC-SHA256 with ``UNSHIP_CONSOLE_SECRET``, or a random key per process): it
+holds the person, a random session id and an expiry, never the token. Every form carries a CSRF token derived
+from the session id, and unsafe requests from another origin are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request, Response
+
+from workers.runtime.settings import Settings
+
+SESSION_COOKIE = "unship_console"
+FLASH_COOKIE = "unship_flash"
+SCOPES = frozenset({"read", "trigger", "decide", "operate"})
+"""What a person may do: read incidents, open them, decide at a gate, steer (revert-now, pause, resume, abort)."""
+
+ACTION_SCOPES = {"approve": "decide", "reject": "decide", "revert-now": "operate", "pause": "operate",
+                 "resume": "operate", "abort": "operate"}
+"""The scope each console action needs (the same as the API route it stands for)."""
+
+
+class SignInRefused(Exception):
+    """What was presented does not sign anyone in; ``str()`` says why, without echoing a secret."""
+
+
+@dataclass(frozen=True)
+class Person:
+    """A signed-in person. ``user`` is the id decisions are made as (the ids playbook roles list)."""
+
+    user: str
+    scopes: frozenset[str] = field(default=SCOPES)
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+def reading_needs_sign_in(settings: Settings) -> bool:
+    """The API wants a token for every read when one is set; so does the console."""
+    return settings.api_token is not None
+
+
+def sign_in(settings: Settings, token: str, user: str) -> Person:
+    """The person ``token`` and ``user`` sign in, with the API's rules, or ``SignInRefused``.
+
+    With ``UNSHIP_API_TOKEN`` set the token must match it (as ``Authorization: Bearer`` must); without one the
+    API is open on loopback, and so is the console.
+    """
+    user = user.strip()
+    if not user or len(user) > 200 or any(c.isspace() for c in user):
+        raise SignInRefused("user: give the id you decide as (e.g. your Slack member id), without spaces")
+    expected = settings.api_token.get_secret_value().encode() if settings.api_token else None
+    if expected is not None and not hmac.compare_digest(token.strip().encode(), expected):
+        raise SignInRefused("token: that is not the API token of this server")
+    return Person(user=user)
+
+
+class Sessions:
+    """Signs and reads the console's cookies."""
+
+    def __init__(self, settings: Settings) -> None:
+        secret = settings.console_secret.get_secret_value() if settings.console_secret else secrets.token_hex(32)
+        self._key = hashlib.sha256(b"unship-console:" + secret.encode()).digest()
+        self._lifetime = int(settings.console_session_hours * 3600)
+        self._secure = settings.console_url.startswith("https://")
+
+    # --- signing ---------------------------------------------------------------------------------------------
+
+    def _sign(self, payload: dict[str, object]) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+        mac = hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+        return f"{body}.{mac}"
+
+    def _verify(self, value: str | None) -> dict[str, object] | None:
+        if not value or value.count(".") != 1 or len(value) > 4096:
+            return None
+        body, mac = value.split(".")
+        if not hmac.compare_digest(mac, hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()):
+            return None
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError:
+            return None
+        if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int) or payload["exp"] < time.time():
+            return None
+        return payload
+
+    # --- the session -----------------------------------------------------------------------------------------
+
+    def read(self, request: Request) -> Session:
+        payload = self._verify(request.cookies.get(SESSION_COOKIE))
+        if payload is None or not isinstance(payload.get("sid"), str):
+            return Session(self, sid=secrets.token_urlsafe(18), person=None, fresh=True)
+        person = None
+        if isinstance(payload.get("user"), str):
+            scopes = payload.get("scopes")
+            person = Person(user=str(payload["user"]),
+                            scopes=frozenset(str(s) for s in scopes) if isinstance(scopes, list) else frozenset())
+        return Session(self, sid=str(payload["sid"]), person=person, fresh=False)
+
+    def write(self, response: Response, sid: str, person: Person | None) -> None:
+        payload: dict[str, object] = {"sid": sid, "exp": int(time.time()) + self._lifetime}
+        if person is not None:
+            payload.update(user=person.user, scopes=sorted(person.scopes))
+        response.set_cookie(SESSION_COOKIE, self._sign(payload), max_age=self._lifetime, httponly=True,
+                            samesite="lax", secure=self._secure, path="/")
+
+    def csrf_token(self, sid: str) -> str:
+        return hmac.new(self._key, f"csrf:{sid}".encode(), hashlib.sha256).hexdigest()[:40]
+
+    # --- one-shot messages after a redirect ------------------------------------------------------------------
+
+    def set_flash(self, response: Response, kind: str, text: str) -> None:
+        payload = {"sid": "flash", "kind": kind, "text": text[:1000], "exp": int(time.time()) + 120}
+        response.set_cookie(FLASH_COOKIE, self._sign(payload), max_age=120, httponly=True, samesite="lax",
+                            secure=self._secure, path="/")
+
+    def pop_flash(self, request: Request, response: Response) -> tuple[str, str] | None:
+        payload = self._verify(request.cookies.get(FLASH_COOKIE))
+        if FLASH_COOKIE in request.cookies:
+            response.delete_cookie(FLASH_COOKIE, path="/")
+        if payload is None:
+            return None
+        return str(payload.get("kind", "info")), str(payload.get("text", ""))
+
+
+@dataclass
+class Session:
+    sessions: Sessions
+    sid: str
+    person: Person | None
+    fresh: bool
+
+    @property
+    def csrf(self) -> str:
+        return self.sessions.csrf_token(self.sid)
+
+    def csrf_ok(self, presented: str | None) -> bool:
+        return bool(presented) and hmac.compare_digest(str(presented), self.csrf)
+
+    def keep(self, response: Response) -> None:
+        """Set the cookie on ``response`` when this session is new (so its CSRF token holds next time)."""
+        if self.fresh:
+            self.sessions.write(response, self.sid, self.person)
+
+
+def same_origin(request: Request) -> bool:
+    """False when the browser says the request comes from another site (``Origin`` or ``Sec-Fetch-Site``)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
