@@ -50,7 +50,7 @@ def metrics() -> Iterator[Metrics]:
     state = Metrics(url="")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             release = parse_qs(urlparse(self.path).query).get("release", [""])[0]
             body = json.dumps({"value": state.values.get(release, 5.0)}).encode()
             self.send_response(200)
