@@ -79,9 +79,11 @@ bootstrap_venv() {
     fi
 }
 
-# Debian packages the tests run for real: Prometheus + Alertmanager and PostgreSQL 15.
+# Debian packages the tests run for real: Prometheus + Alertmanager, PostgreSQL 15 and Chromium (the console's
+# browser tests drive it through Playwright's Python package; no browser is downloaded at run time).
 bootstrap_debian() {
     local missing=() names=()
+    if ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); names+=(chromium); fi
     if ! command -v prometheus >/dev/null 2>&1; then missing+=(prometheus); names+=(prometheus); fi
     if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
         missing+=(prometheus-alertmanager); names+=(prometheus-alertmanager)

@@ -16,10 +16,13 @@ State lives in ``<state_dir>/demo`` and every run starts from a clean slate, so 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import signal
+import socket
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -41,6 +44,8 @@ from playbooks.models import PlaybookSnapshot, Severity, format_duration
 from workers.runtime.service import DecisionRefused, IncidentService
 from workers.runtime.settings import Settings
 from workers.runtime.temporal_server import EmbeddedTemporal, free_port
+from workers.web.app import create_app, serve
+from workers.web.guards import check_bind_allowed
 from workflows.messages import (
     Alert,
     DecisionRequest,
@@ -54,6 +59,8 @@ from workflows.rollback import RollbackWorkflow
 from workflows.sandbox import workflow_runner
 
 PLAYBOOK = "conversational-agent.yaml"
+CONSOLE_HEAD_START = 5.0  # seconds to open the console before the first alert fires
+CONSOLE_SPEEDUP = 20.0  # with the console, slow enough to watch each step
 RELEASE = "chat-v2.4.0"
 SPEEDUP = 60.0  # a playbook minute is a second
 TASK_QUEUE = "unship-demo"
@@ -77,11 +84,16 @@ class DemoFailed(Exception):
     """The demo did not end the way it should; the message says where."""
 
 
-def run_demo(settings: Settings, speedup: float = SPEEDUP, console: Console | None = None) -> int:
-    """Run the demo; 0 when both incidents ended as expected."""
+def run_demo(settings: Settings, speedup: float = SPEEDUP, console: Console | None = None,
+             serve_console: bool = False) -> int:
+    """Run the demo; 0 when both incidents ended as expected.
+
+    ``serve_console``: serve the incident console on ``UNSHIP_HTTP_ADDR`` while it runs, print its URL, and keep
+    it (and the worker answering its queries) up after the demo until Ctrl-C.
+    """
     console = console or Console(highlight=False, soft_wrap=True)
     try:
-        asyncio.run(_demo(settings, console, speedup))
+        asyncio.run(_demo(settings, console, speedup, serve_console))
     except DemoFailed as failure:
         console.print(f"[bold red]demo failed:[/] {failure}")
         return 1
@@ -91,7 +103,47 @@ def run_demo(settings: Settings, speedup: float = SPEEDUP, console: Console | No
     return 0
 
 
-async def _demo(settings: Settings, console: Console, speedup: float) -> None:
+@contextlib.asynccontextmanager
+async def _console_server(service: IncidentService, settings: Settings) -> AsyncIterator[str]:
+    """The console (and API) over the demo's service on ``UNSHIP_HTTP_ADDR``; yields its URL."""
+    try:
+        check_bind_allowed(settings)
+    except ValueError as exc:
+        raise DemoFailed(str(exc)) from None
+    host, port = settings.http_host_port
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise DemoFailed(f"cannot listen on {host}:{port} for the console: {exc.strerror} (set UNSHIP_HTTP_ADDR "
+                         "to another host:port)") from None
+    stop, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(create_app(service, settings), settings, sock, stop, on_started=started.set))
+    await asyncio.wait({task, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if task.done():
+            task.result()
+            raise DemoFailed("the console stopped before it started")
+        yield f"{settings.console_url}/"
+    finally:
+        stop.set()
+        await task
+        sock.close()
+
+
+async def _until_interrupted() -> None:
+    """Wait for Ctrl-C (or SIGTERM), then return normally."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _demo(settings: Settings, console: Console, speedup: float, serve_console: bool = False) -> None:
     state = settings.state_dir / "demo"
     if state.exists():
         shutil.rmtree(state)  # a clean slate each run: the demo's own server, flags and store
@@ -123,11 +175,20 @@ async def _demo(settings: Settings, console: Console, speedup: float) -> None:
             integrity=IntegrityChecker(router, signal_router, environ={CHAT_DB_ENV: f"sqlite:///{chat_db}"}),
             review_dir=state / "reviews",
         )
-        service = IncidentService(client, settings.model_copy(update={"task_queue": TASK_QUEUE}),
-                                  {playbook.name: snapshot}, store=store)
+        demo_settings = settings.model_copy(update={"task_queue": TASK_QUEUE, "temporal_ui_port": 0,
+                                                    "temporal_address": None})
+        service = IncidentService(client, demo_settings, {playbook.name: snapshot}, store=store)
         console.print(f"Temporal at {server.target}; flag file {flags_file}; incident store {store.path}")
-        async with Worker(client, task_queue=TASK_QUEUE, workflows=INCIDENT_WORKFLOWS, workflow_runner=workflow_runner(),
-                          activities=activities.all()):
+        async with contextlib.AsyncExitStack() as running:
+            await running.enter_async_context(Worker(
+                client, task_queue=TASK_QUEUE, workflows=INCIDENT_WORKFLOWS, workflow_runner=workflow_runner(),
+                activities=activities.all()))
+            url = await running.enter_async_context(_console_server(service, demo_settings)) if serve_console \
+                else None
+            if url:
+                console.print(f"\n[bold]Watch it in the console:[/] [link={url}]{url}[/link]  (starting in "
+                              f"{CONSOLE_HEAD_START:g} s)\n")
+                await asyncio.sleep(CONSOLE_HEAD_START)
             target = playbook.rollback.targets[0]
             console.print(f"flag [bold]{target.key}[/]: {await flagd.get_previous_percent(target):g}% of users on "
                           f"the previous model, the rest on release {RELEASE}\n")
@@ -151,6 +212,10 @@ async def _demo(settings: Settings, console: Console, speedup: float) -> None:
             _print_timeline(console, sustained)
             review_path = state / "reviews" / (sustained.incident_id.replace(":", "_") + ".md")
             console.print(f"\npost-incident review: [bold]{review_path}[/] ({len(review.markdown.splitlines())} lines)")
+            if url:
+                console.rule("[bold green]demo finished[/]: blip dismissed, breach reverted and verified")
+                console.print(f"The console stays up at [bold]{url}[/]: Ctrl-C to stop.")
+                await _until_interrupted()
         if sustained.review_workflow_id:
             # Its regulatory and purge reminders would wait hours; the demo's server goes away with it. Ended
             # after the worker stopped, so no workflow task of it is in flight.

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 
 from workers.demo import run_demo
 from workers.runtime.settings import Settings
+from workers.runtime.temporal_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(state: Path) -> tuple[int, str]:
@@ -31,3 +39,33 @@ def test_demo_dismisses_the_blip_reverts_the_breach_and_can_run_again(tmp_path: 
     again, out = run(tmp_path)
     assert again == 0, out
     assert "outcome: reverted" in out
+
+
+def test_demo_with_the_console_prints_its_url_serves_the_incident_and_stays_up_until_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNSHIP_") and k != "TEMPORAL_ADDRESS"}
+    env.update({"UNSHIP_STATE_DIR": str(tmp_path / "state"), "UNSHIP_HTTP_ADDR": f"127.0.0.1:{port}",
+                "COLUMNS": "200"})
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "demo", "--console", "--speedup", "240"],
+                               cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # ends when the process exits: a hang is caught by the test timeout
+            lines.append(line)
+            if "Watch it in the console" in line:
+                assert url in line
+                assert httpx.get(url, timeout=10).status_code == 200  # up before the first alert
+            if "Ctrl-C to stop" in line:
+                break
+        listing = httpx.get(url, timeout=10)
+        assert listing.status_code == 200 and "chat-v2.4.0" in listing.text and "reverted" in listing.text
+        page = httpx.get(f"{url}incidents/unship:chat-assistant:chat-v2.4.0", timeout=30)
+        assert page.status_code == 200 and 'data-kind="stage_applied"' in page.text, page.text[-2000:]
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    out = "".join(lines) + rest
+    assert process.returncode == 0, out
+    assert "demo finished" in out and "Traceback" not in out

@@ -25,7 +25,7 @@ from workers.cli.common import (
     run,
     stop_on_signals,
 )
-from workers.demo import run_demo
+from workers.demo import CONSOLE_SPEEDUP, SPEEDUP, run_demo
 from workers.runtime.client import connect
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
@@ -145,12 +145,17 @@ def worker() -> None:
 
 @app.command()
 def demo(
-    speedup: Annotated[float, typer.Option(min=1, max=3600, help="How much faster than the playbook's own "
-                                            "durations the demo runs (60: a playbook minute is a second).")] = 60,
+    speedup: Annotated[float | None, typer.Option(
+        min=1, max=3600, help="How much faster than the playbook's own durations the demo runs (60: a playbook "
+                              "minute is a second; default 60, or 20 with --console).")] = None,
+    console: Annotated[bool, typer.Option(
+        "--console", help="Serve the incident console on UNSHIP_HTTP_ADDR (default 127.0.0.1:8080), print its URL, "
+                          "and keep it up after the demo until Ctrl-C.")] = False,
 ) -> None:
     """Run a degrading release end to end on the embedded defaults (a blip dismissed, a breach reverted)."""
     settings = load_settings()
-
-    raise typer.Exit(run_demo(settings, speedup=speedup))
+    if speedup is None:
+        speedup = CONSOLE_SPEEDUP if console else SPEEDUP
+    raise typer.Exit(run_demo(settings, speedup=speedup, serve_console=console))
 
 
