@@ -1,0 +1,153 @@
+"""The console over HTTP, attack by attack: who may read, forged and cross-site forms, open redirects, tampered
+cookies, bad input answered with what is wrong, no secret on any page; and only `unship up` serves it.
+(What a person sees in a browser is in test_console_browser.py.)"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.stack import TOKEN, make_settings, serve
+from workers.runtime.service import IncidentService
+from workers.runtime.settings import Settings
+from workers.web.app import create_app
+from workers.web.console.identity import SESSION_COOKIE
+
+
+@pytest.fixture
+def guarded(tmp_path: Path, local_env: WorkflowEnvironment) -> Settings:
+    return make_settings(tmp_path, local_env, api_token=TOKEN, console_secret="console-secret-for-tests")
+
+
+@pytest.fixture
+async def console(guarded: Settings, service: IncidentService) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(create_app(service, guarded)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        yield http
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+async def sign_in(http: httpx.AsyncClient, user: str = "U0ONCALL1") -> str:
+    form = await http.get("/signin")
+    answer = await http.post("/signin", data={"csrf": csrf_of(form.text), "user": user, "token": TOKEN,
+                                              "next": "/"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/"
+    page = await http.get("/")
+    assert page.status_code == 200 and user in page.text
+    return csrf_of(page.text)
+
+
+async def test_the_gateway_alone_serves_no_console(settings: Settings, service: IncidentService) -> None:
+    async with serve(create_app(service, settings, api=False)) as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/")).status_code == 404
+        assert (await http.get("/static/console.css")).status_code == 404
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_reading_needs_sign_in_when_the_api_has_a_token(console: httpx.AsyncClient) -> None:
+    answer = await console.get("/incidents/unship:chat-test:v1?x=1")
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/signin?next=%2Fincidents%2Funship%3Achat-test%3Av1%3Fx%3D1"
+    assert (await console.get("/stream")).status_code == 401
+    assert (await console.get("/incidents/unship:chat-test:v1/stream")).status_code == 401
+    assert (await console.get("/rehearsals")).status_code == 303
+
+
+async def test_sign_in_checks_the_token_and_the_cookie_never_carries_it(console: httpx.AsyncClient) -> None:
+    form = await console.get("/signin")
+    assert form.status_code == 200 and form.headers["content-security-policy"].startswith("default-src 'self'")
+    assert form.headers["x-frame-options"] == "DENY"
+    wrong = await console.post("/signin", data={"csrf": csrf_of(form.text), "user": "U0ONCALL1",
+                                                "token": "guess", "next": "/"})
+    assert wrong.status_code == 401 and "token: that is not the API token" in wrong.text
+    no_user = await console.post("/signin", data={"csrf": csrf_of(form.text), "user": "two words", "token": TOKEN})
+    assert no_user.status_code == 401 and "user: give the id you decide as" in no_user.text
+    await sign_in(console)
+    cookie = console.cookies[SESSION_COOKIE]
+    assert TOKEN not in cookie and "console-secret" not in cookie
+    everything = (await console.get("/")).text + (await console.get("/signin")).text
+    assert TOKEN not in everything
+
+
+async def test_a_forged_or_cross_site_form_is_refused_before_anything_happens(console: httpx.AsyncClient) -> None:
+    csrf = await sign_in(console)
+    incident = "/incidents/unship:chat-test:v1/act"
+    forged = await console.post(incident, data={"action": "abort", "csrf": "0" * 40})
+    assert forged.status_code == 303
+    shown = await console.get(forged.headers["location"], headers={"Accept": "text/html"})  # a one-shot cookie
+    assert "the form is stale or came from another site" in shown.text
+    cross = await console.post(incident, data={"action": "abort", "csrf": csrf},
+                               headers={"Origin": "https://evil.example", "HX-Request": "true"})
+    assert cross.status_code == 200 and cross.headers["x-unship-status"] == "403"
+    assert "came from another site" in cross.text
+    fetched = await console.post(incident, data={"action": "abort", "csrf": csrf},
+                                 headers={"Sec-Fetch-Site": "cross-site", "HX-Request": "true"})
+    assert fetched.headers["x-unship-status"] == "403"
+    unknown = await console.post(incident, data={"action": "delete-everything", "csrf": csrf},
+                                 headers={"HX-Request": "true"})
+    assert unknown.headers["x-unship-status"] == "422" and "is not one of approve, reject" in unknown.text
+    signout = await console.post("/signout", data={"csrf": "nope"})
+    assert signout.status_code == 403
+
+
+async def test_acting_needs_a_person_and_a_tampered_cookie_signs_nobody_in(console: httpx.AsyncClient) -> None:
+    page = await console.get("/signin")
+    anonymous = await console.post("/incidents/unship:chat-test:v1/act",
+                                   data={"action": "approve", "csrf": csrf_of(page.text)},
+                                   headers={"HX-Request": "true"})
+    assert anonymous.headers["x-unship-status"] == "401" and "sign in to act" in anonymous.text
+    await sign_in(console)
+    body, mac = console.cookies[SESSION_COOKIE].split(".")
+    console.cookies.set(SESSION_COOKIE, body + "." + ("0" if mac[0] != "0" else "1") + mac[1:])
+    assert (await console.get("/")).status_code == 303  # back to sign-in
+
+
+async def test_bad_input_gets_a_page_saying_what_is_wrong(console: httpx.AsyncClient) -> None:
+    await sign_in(console)
+    unknown_phase = await console.get("/?phase=sleeping", headers={"Accept": "text/html"})
+    assert unknown_phase.status_code == 422 and "phase: &#39;sleeping&#39; is not one of open" in unknown_phase.text
+    missing = await console.get("/incidents/unship:chat-test:never", headers={"Accept": "text/html"})
+    assert missing.status_code == 404 and "no incident &#39;unship:chat-test:never&#39;" in missing.text
+    assert (await console.get("/playbooks/nope")).status_code == 404
+    assert (await console.get("/rehearsals/reports/..%2F..%2Fetc")).status_code == 404
+    redirect = await console.post("/signin", data={"csrf": csrf_of((await console.get("/signin")).text),
+                                                   "user": "U1", "token": TOKEN, "next": "//evil.example/x"})
+    assert redirect.headers["location"] == "/"
+
+
+async def test_the_list_filters_and_the_playbook_page(console: httpx.AsyncClient) -> None:
+    await sign_in(console)
+    listing = await console.get("/?phase=open&playbook=chat-test")
+    assert listing.status_code == 200 and 'option value="open" selected' in listing.text
+    assert 'sse-connect="/stream?phase=open&amp;playbook=chat-test"' in listing.text
+    book = await console.get("/playbooks/chat-test")
+    assert book.status_code == 200 and "chat-test" in book.text and "canonical JSON" in book.text
+
+
+async def test_rehearsals_list_reports_and_serve_their_charts_inert(console: httpx.AsyncClient,
+                                                                    guarded: Settings) -> None:
+    folder = guarded.resolved_reports_dir / "nightly"
+    folder.mkdir(parents=True)
+    (folder / "tabletop-report.md").write_text(
+        "# Tabletop report\n\n| Scenario | Result |\n|---|---|\n| blip | PASS |\n| breach | FAIL |\n\n"
+        "## blip\n\n![timeline of blip](blip.svg)\n\n<script>alert(1)</script>\n")
+    (folder / "blip.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"><circle r="3"/></svg>')
+    await sign_in(console)
+    listing = await console.get("/rehearsals")
+    assert listing.status_code == 200 and '/rehearsals/reports/nightly"' in listing.text
+    assert "1 passed" in listing.text and "1 failed" in listing.text
+    report = await console.get("/rehearsals/reports/nightly")
+    assert report.status_code == 200 and 'src="/rehearsals/reports/nightly/blip.svg"' in report.text
+    assert "<script>alert(1)</script>" not in report.text  # raw HTML in Markdown is shown as text
+    chart = await console.get("/rehearsals/reports/nightly/blip.svg")
+    assert chart.status_code == 200 and chart.headers["content-type"] == "image/svg+xml"
+    assert chart.headers["content-security-policy"].startswith("default-src 'none'")
