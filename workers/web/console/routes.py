@@ -43,7 +43,6 @@ from workers.runtime.service import (
     IncidentService,
     Refused,
     ServiceError,
-    TemporalUnavailable,
 )
 from workers.runtime.settings import Settings
 from workers.web.console import views
@@ -94,7 +93,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ago=views.ago, until=views.until, iso=views.iso, clock=views.clock, tone=views.tone,
+    env.filters.update(timeline=views.timeline_html, ago=views.ago, until=views.until, iso=views.iso, clock=views.clock, tone=views.tone,
                        num=views._num, pct=lambda v: f"{v:g}%", quote=lambda v: quote(str(v), safe=":@+="))
     return env
 
@@ -176,26 +175,30 @@ class Console:
 
     async def incident(self, incident_id: str, *, with_run: bool = True) -> _Incident:
         svc = await self.service()
-        try:
-            status = await svc.get(incident_id)
-        except IncidentNotFound as exc:
-            raise _Problem(404, "No such incident", str(exc)) from exc
-        except TemporalUnavailable as exc:
-            raise _Problem(503, "The incident is not answering", str(exc)) from exc
+        ui = self.settings.resolved_temporal_ui_url if with_run else None
+        store = svc.store
+        # The status, the review's events (only the store has them) and the run id, at once.
+        answers = await asyncio.gather(
+            svc.get(incident_id), svc.run_id(incident_id) if ui else _none(),
+            store.events(incident_id, after=REVIEW_SEQ_BASE - 1) if store else _none(), return_exceptions=True)
+        status, run, stored = answers
+        if isinstance(status, IncidentNotFound):
+            raise _Problem(404, "No such incident", str(status))
+        if isinstance(status, ServiceError):
+            raise _Problem(503, "The incident is not answering", str(status))
+        if isinstance(status, BaseException):
+            raise status
+        if isinstance(stored, BaseException):
+            raise stored
         snapshot = await svc.snapshot_of(incident_id, status.playbook, status.playbook_version)
-        stored, review = [], None
-        if svc.store is not None:
-            stored = await svc.store.events(incident_id, after=REVIEW_SEQ_BASE - 1)
-            if status.review_workflow_id:
-                review = await svc.store.review(incident_id)
-        ui = self.settings.resolved_temporal_ui_url
+        review = await store.review(incident_id) if store and status.review_workflow_id else None
         temporal_url = None
-        if ui and with_run:
-            run = await svc.run_id(incident_id)
+        if ui:
+            run = run if isinstance(run, str) else None
             namespace = quote(self.settings.temporal_namespace, safe="")
             temporal_url = (f"{ui}/namespaces/{namespace}/workflows/{quote(incident_id, safe='')}"
                             + (f"/{run}/history" if run else ""))
-        return _Incident(status=status, snapshot=snapshot, timeline=views.merge_timeline(status.audit, stored),
+        return _Incident(status=status, snapshot=snapshot, timeline=views.merge_timeline(status.audit, stored or []),
                          review_html=views.review_html(review), review_tasks=review.tasks if review else [],
                          temporal_url=temporal_url)
 
@@ -449,6 +452,10 @@ class Console:
         session = self.sessions.read(request)
         return self.page(request, session, "error.html", status_code=problem.status, title=problem.title,
                          detail=problem.detail)
+
+
+async def _none() -> None:
+    return None
 
 
 def _actions_key(status: IncidentStatus) -> str:

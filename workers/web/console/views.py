@@ -8,6 +8,7 @@ it out.
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from functools import cache
 from typing import Any
 
 from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from activities.contracts import AuditEvent, ReviewDocument, SignalObservation
 from playbooks.models import Direction, PlaybookSnapshot, Signal, format_duration
@@ -288,6 +290,20 @@ def tone(event: AuditEvent) -> str:
     if event.kind == "poll" and event.data.get("verdict") == "breach":
         return "warn"
     return _TONES.get(event.kind, "info")
+
+
+def timeline_html(events: list[AuditEvent]) -> Markup:
+    """The timeline entries as HTML (written here rather than in a template: a page may hold thousands)."""
+    esc = html.escape
+    parts = []
+    for e in events:
+        at = utc(e.at)
+        parts.append(
+            f'<li class="event tone-{tone(e)}" id="event-{e.seq}" data-kind="{esc(e.kind)}">'
+            f'<time datetime="{at.isoformat(timespec="seconds")}" title="{at:%Y-%m-%d %H:%M:%S} UTC">'
+            f'{at:%H:%M:%S}</time><span class="kind">{esc(e.kind.replace("_", " "))}</span>'
+            f'<span class="actor">{esc(e.actor)}</span><span class="message">{esc(e.message)}</span></li>\n')
+    return Markup("".join(parts))
 
 
 def merge_timeline(status_audit: list[AuditEvent], stored: list[AuditEvent]) -> list[AuditEvent]:
