@@ -228,13 +228,14 @@ def test_an_incident_unfolds_live_a_refusal_shows_its_reason_and_an_approval_mov
     expect(oncall.locator('#timeline li[data-kind="stage_applied"]')).to_have_count(3)
     expect(chart.locator("line.marker-stage")).to_have_count(3)
     expect(oncall.locator("#review-h")).to_be_visible(timeout=WAIT_MS)
-    expect(oncall.locator("article.markdown h1")).to_contain_text("chat-v2.4.0", timeout=WAIT_MS)
     expect(oncall.locator("table.tasks")).to_contain_text("Write the incident summary")
+    expect(oncall.locator("#actions")).to_contain_text("closed")
+    oncall.screenshot(path=str(screenshot_path("incident")), full_page=True)
+    oncall.click("details.review > summary")
+    expect(oncall.locator("article.markdown h1")).to_contain_text("chat-v2.4.0", timeout=WAIT_MS)
     expect(oncall.locator(".deadlines")).to_contain_text("regulatory report due")
     assert oncall.evaluate("window.__loadedOnce") is True, "the incident page reloaded"
     assert timeline.count() >= 10
-    expect(oncall.locator("#actions")).to_contain_text("closed")
-    oncall.screenshot(path=str(screenshot_path("incident")), full_page=True)
 
     # The list shows the outcome; the same pages on a phone and in dark mode.
     oncall.goto(f"{up.url}/")
@@ -247,9 +248,9 @@ def test_an_incident_unfolds_live_a_refusal_shows_its_reason_and_an_approval_mov
     small.goto(page_url)
     expect(small.locator("#outcome")).to_have_text("reverted")
     assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), "wider than the phone"
-    small.screenshot(path=str(screenshot_path("incident-phone-dark")), full_page=True)
+    small.screenshot(path=str(screenshot_path("incident-phone-dark")))
     small.goto(f"{up.url}/")
-    small.screenshot(path=str(screenshot_path("incidents-phone-dark")), full_page=True)
+    small.screenshot(path=str(screenshot_path("incidents-phone-dark")))
     for context in (phone, intruder.context, oncall.context):
         context.close()
 

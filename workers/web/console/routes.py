@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,9 @@ from workflows.review import REVIEW_SEQ_BASE
 
 HERE = Path(__file__).resolve().parent
 LIST_LIMIT = 200
+STATUS_TTL = 1.0
+"""Seconds a fetched status may serve other viewers (when the store has nothing newer): stage states change
+without an audit event at most this late on screen."""
 PHASE_FILTERS = ["open", *(p.value for p in Phase)]
 ACTIONS = list(ACTION_SCOPES)
 _COMMAND_SIGNALS = {"revert-now": "revert_all_now", "pause": "pause", "resume": "resume", "abort": "abort"}
@@ -121,6 +125,8 @@ class Console:
         self.stopping = stopping
         self.sessions = Sessions(settings)
         self.templates = _environment()
+        self.status_ttl = STATUS_TTL
+        self._statuses: dict[str, tuple[float, IncidentStatus]] = {}
 
     # --- rendering -------------------------------------------------------------------------------------------
 
@@ -155,6 +161,21 @@ class Console:
 
     # --- data ------------------------------------------------------------------------------------------------
 
+    async def status(self, svc: IncidentService, incident_id: str) -> IncidentStatus:
+        """The incident's live status, shared by every page and stream that asks within ``status_ttl`` seconds
+        as long as the store has no newer event: many people watching one incident cost one query per change."""
+        cached = self._statuses.get(incident_id)
+        if cached is not None and time.monotonic() - cached[0] < self.status_ttl:
+            newest = cached[1].audit[-1].seq if cached[1].audit else 0
+            if svc.store is None or not [e for e in await svc.store.events(incident_id, after=newest)
+                                         if e.seq < REVIEW_SEQ_BASE]:
+                return cached[1]
+        status = await svc.get(incident_id)
+        if len(self._statuses) >= 256:
+            self._statuses.clear()
+        self._statuses[incident_id] = (time.monotonic(), status)
+        return status
+
     async def rows(self, phase: str | None, playbook: str | None) -> list[IncidentRecord]:
         svc = await self.service()
         if svc.store is not None:
@@ -179,7 +200,7 @@ class Console:
         store = svc.store
         # The status, the review's events (only the store has them) and the run id, at once.
         answers = await asyncio.gather(
-            svc.get(incident_id), svc.run_id(incident_id) if ui else _none(),
+            self.status(svc, incident_id), svc.run_id(incident_id) if ui else _none(),
             store.events(incident_id, after=REVIEW_SEQ_BASE - 1) if store else _none(), return_exceptions=True)
         status, run, stored = answers
         if isinstance(status, IncidentNotFound):
@@ -291,6 +312,7 @@ class Console:
                     return events
                 context = self.status_context(data, session.person, session.csrf)
                 events.append(sse("status", self.render("_status.html", **context)))
+                events.append(sse("details", self.render("_details.html", **context)))
                 if context["actions_key"] != shown_actions[0]:  # what one can do changed: new buttons
                     shown_actions[0] = context["actions_key"]
                     events.append(sse("actions", self.render("_actions.html", **context)))
@@ -508,6 +530,7 @@ def mount_console(app: FastAPI, get_service: ServiceGetter, settings: Settings) 
     """Serve the console at ``/`` (and its assets at ``/static``) on ``app``."""
     stopping: asyncio.Event = app.state.stopping
     console = Console(get_service, settings, stopping)
+    app.state.console = console
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(console.router())
 

@@ -59,7 +59,13 @@ def iso(value: datetime | None) -> str:
     return utc(value).isoformat(timespec="seconds") if value else ""
 
 
-def clock(value: datetime | None) -> str:
+def clock(value: datetime | str | None) -> str:
+    """``2026-11-29 10:15:00 UTC`` (ISO strings too, as review tasks carry them)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return str(value)
     return utc(value).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
 
 
