@@ -96,6 +96,7 @@ def _print_up(settings: Settings, ui_url: str | None, playbooks: dict[str, Playb
     if ui_url:
         table.add_row("Web UI", ui_url)
     table.add_row("API", f"{api}/v1/incidents" + ("" if settings.api_token else "  (no token: loopback only)"))
+    table.add_row("Console", f"{settings.console_url}/")
     table.add_row("Task queue", settings.task_queue)
     table.add_row("State", str(settings.state_dir.resolve()))
     table.add_row("Playbooks", ", ".join(sorted(playbooks)) or "none")

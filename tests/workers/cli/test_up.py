@@ -55,6 +55,9 @@ def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         status = httpx.get(f"{url}/v1/incidents/{opened.json()['incident_id']}", headers=auth, timeout=30)
         assert status.status_code == 200 and status.json()["playbook"] == "chat-assistant"
         assert httpx.get(f"http://127.0.0.1:{ui_port}/", timeout=10).status_code == 200  # the Web UI
+        console = httpx.get(f"{url}/", timeout=10)  # the console: reading needs sign-in, as the API needs a token
+        assert console.status_code == 303 and console.headers["location"] == "/signin?next=%2F"
+        assert httpx.get(f"{url}/signin", timeout=10).status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -65,6 +68,7 @@ def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             raise AssertionError(f"unship up did not stop on Ctrl-C:\n{output}") from None
     assert process.returncode == 0, output
     assert "unship is up" in output and f"http://127.0.0.1:{ui_port}" in output and f"{url}/v1/incidents" in output
+    assert f"Console     {url}/" in output
     assert "unship stopped" in output and "Traceback" not in output
     assert TOKEN not in output
     assert (tmp_path / "state" / "temporal.db").is_file()
