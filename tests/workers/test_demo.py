@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from tests.support.processes import ctrl_c
 from workers.demo import run_demo
 from workers.runtime.settings import Settings
 from workers.runtime.temporal_server import free_port
@@ -64,8 +64,7 @@ def test_demo_with_the_console_prints_its_url_serves_the_incident_and_stays_up_u
         page = httpx.get(f"{url}incidents/unship:chat-assistant:chat-v2.4.0", timeout=30)
         assert page.status_code == 200 and 'data-kind="stage_applied"' in page.text, page.text[-2000:]
     finally:
-        process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
+        rest = ctrl_c(process, "unship demo --console")
     out = "".join(lines) + rest
     assert process.returncode == 0, out
     assert "demo finished" in out and "Traceback" not in out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support import alert_payloads as p
+from tests.support.processes import ctrl_c
 from tests.support.stack import temporal_target
 from workers.runtime.temporal_server import free_port
 
@@ -55,12 +55,6 @@ async def test_gateway_process_accepts_alerts_into_temporal(local_env: WorkflowE
         assert described.task_queue == queue
         await handle.terminate("test cleanup")
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-            raise AssertionError(f"unship gateway did not stop on Ctrl-C:\n{output}") from None
+        output = ctrl_c(process, "unship gateway", timeout=30)
     assert process.returncode == 0, output
     assert "gateway listening" in output and "Traceback" not in output and TOKEN not in output

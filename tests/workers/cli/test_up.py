@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import ctrl_c
 from tests.support.stack import TOKEN
 from workers.runtime.temporal_server import free_port
 
@@ -59,13 +59,7 @@ def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert console.status_code == 303 and console.headers["location"] == "/signin?next=%2F"
         assert httpx.get(f"{url}/signin", timeout=10).status_code == 200
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-            raise AssertionError(f"unship up did not stop on Ctrl-C:\n{output}") from None
+        output = ctrl_c(process, "unship up", timeout=60)
     assert process.returncode == 0, output
     assert "unship is up" in output and f"http://127.0.0.1:{ui_port}" in output and f"{url}/v1/incidents" in output
     assert f"Console     {url}/" in output

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support.browser import chromium, screenshot_path
+from tests.support.processes import ctrl_c
 from tests.workers.cli.test_up import wait_ready
 from workers.runtime.temporal_server import free_port
 
@@ -122,13 +122,7 @@ def up(tmp_path_factory: pytest.TempPathFactory, metrics: Metrics) -> Iterator[U
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api:
             yield Up(url=url, api=api)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-            raise AssertionError(f"unship up did not stop on Ctrl-C (open console streams?):\n{output}") from None
+        output = ctrl_c(process, "unship up (with console streams open)")
     assert process.returncode == 0, output
     assert TOKEN not in output
 
