@@ -63,8 +63,12 @@ def test_demo_with_the_console_prints_its_url_serves_the_incident_and_stays_up_u
         assert listing.status_code == 200 and "chat-v2.4.0" in listing.text and "reverted" in listing.text
         page = httpx.get(f"{url}incidents/unship:chat-assistant:chat-v2.4.0", timeout=30)
         assert page.status_code == 200 and 'data-kind="stage_applied"' in page.text, page.text[-2000:]
+        with httpx.stream("GET", f"{url}stream", timeout=30) as live:  # an open page must not hold up Ctrl-C
+            assert next(live.iter_lines()) == "retry: 2000"
+            rest = ctrl_c(process, "unship demo --console (with a live stream open)")
     finally:
-        rest = ctrl_c(process, "unship demo --console")
+        if process.poll() is None:
+            rest = ctrl_c(process, "unship demo --console")
     out = "".join(lines) + rest
     assert process.returncode == 0, out
     assert "demo finished" in out and "Traceback" not in out
