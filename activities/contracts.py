@@ -40,6 +40,11 @@ class SignalObservation(_Model):
     samples: float | None = None
     detail: str = ""
     observed_at: datetime | None = None
+    # The counts behind a ratio (``samples`` is the outputs): what a sequential test weighs. ``control_*`` are
+    # the baseline cohort's counts for ``compare_to: control``. None when the source gives only a value.
+    events: float | None = None
+    control_events: float | None = None
+    control_outputs: float | None = None
 
 
 class PollRequest(_Model):

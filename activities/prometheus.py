@@ -132,7 +132,18 @@ class PrometheusSignalSource(HttpAdapter):
                 return classify(signal, None, outputs.value, "0 outputs in the window; the ratio is undefined")
             value = events.value / outputs.value * source.per
             detail = f"{events.value:g} events / {outputs.value:g} outputs x {source.per:g}"
-            return classify(signal, value, outputs.value, detail)
+            control_events = control_outputs = None
+            if source.control is not None:
+                c_events, c_outputs = await asyncio.gather(
+                    self.query(_for_release(signal, source.control.events, request.release)),
+                    self.query(_for_release(signal, source.control.outputs, request.release)))
+                control_events, control_outputs = c_events.value, c_outputs.value
+                if control_events is None or control_outputs is None:
+                    detail += f"; control not measured: {c_events.detail or c_outputs.detail}"
+                else:
+                    detail += f"; control {control_events:g} / {control_outputs:g}"
+            return classify(signal, value, outputs.value, detail, events=events.value,
+                            control_events=control_events, control_outputs=control_outputs)
         if not source.query:
             raise configuration_error(SYSTEM, f"signal {signal.name}", "the source has no 'query'")
         result = await self.query(_for_release(signal, source.query, request.release))

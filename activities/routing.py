@@ -27,7 +27,9 @@ _NO_DATA = {
 }
 
 
-def classify(signal: Signal, value: float | None, samples: float | None, detail: str = "") -> SignalObservation:
+def classify(signal: Signal, value: float | None, samples: float | None, detail: str = "", *,
+             events: float | None = None, control_events: float | None = None,
+             control_outputs: float | None = None) -> SignalObservation:
     """One observation of ``signal``.
 
     ``value`` None, NaN or infinite cannot be measured: the signal's ``no_data`` policy decides. ``samples``
@@ -40,6 +42,9 @@ def classify(signal: Signal, value: float | None, samples: float | None, detail:
         "threshold": str(signal.threshold),
         "samples": samples,
         "observed_at": observed_at,
+        "events": events,
+        "control_events": control_events,
+        "control_outputs": control_outputs,
     }
     if value is not None and not math.isfinite(value):
         detail = _join(f"value is {value}", detail)

@@ -111,8 +111,32 @@ def load_playbook_text(text: str, source: str = "<string>") -> PlaybookSnapshot:
 
 def content_hash(playbook: Playbook) -> str:
     """sha256 of the playbook's canonical JSON: same meaning, same hash, whatever the YAML layout."""
-    canonical = json.dumps(playbook.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(_without_later_defaults(playbook.model_dump(mode="json")), sort_keys=True,
+                           separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# Fields added to the language after its first release, with their defaults. Left out of the hash while at
+# their default, so upgrading unship never changes the version of a playbook that does not use them.
+_LATER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "confirmation": {"method": "k_of_m", "sequential": None},
+    "signal": {"compare_to": "threshold"},
+    "source": {"control": None},
+}
+
+
+def _without_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    def prune(node: Any, defaults: dict[str, Any]) -> None:
+        if isinstance(node, dict):
+            for key, default in defaults.items():
+                if key in node and node[key] == default:
+                    del node[key]
+
+    prune(data.get("confirmation"), _LATER_DEFAULTS["confirmation"])
+    for signal in data.get("signals") or []:
+        prune(signal, _LATER_DEFAULTS["signal"])
+        prune(signal.get("source") if isinstance(signal, dict) else None, _LATER_DEFAULTS["source"])
+    return data
 
 
 def parse_yaml(text: str, source: str) -> Any:

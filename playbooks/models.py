@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+_RANGE_RE = re.compile(r"\[\s*([0-9][0-9a-z.]*)\s*(?::[^\]]*)?\]")
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*)+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _MAX_SECONDS = 100 * 365 * 86400
@@ -49,6 +50,13 @@ def parse_duration(value: object) -> object:
             return text  # ISO 8601, let pydantic parse it (how the workflow snapshot round-trips)
         raise ValueError(f"{value!r} is not a duration; write it like '90s', '10m', '1h30m' or '2d'")
     return value
+
+
+def _range_seconds(text: str) -> float | None:
+    """Seconds of a PromQL range such as ``5m`` or ``1h30m`` (None when it is not one)."""
+    if not _DURATION_RE.match(text):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
 
 def _seconds(value: float) -> timedelta:
@@ -225,6 +233,13 @@ class NoDataPolicy(StrEnum):
     BREACH = "breach"
 
 
+class ControlSource(_Model):
+    """The baseline cohort's counters (users still on the previous model), for ``compare_to: control``."""
+
+    events: str = Field(min_length=1)
+    outputs: str = Field(min_length=1)
+
+
 class SignalSource(_Model):
     """Where a signal's value comes from.
 
@@ -240,6 +255,9 @@ class SignalSource(_Model):
     per: float = Field(default=10_000, gt=0)
     url: str | None = None
     json_path: str | None = Field(default=None, description="dotted path into the JSON answer (http)")
+    control: ControlSource | None = Field(
+        default=None, description="the same two counters for the baseline cohort (with compare_to: control)"
+    )
 
     @model_validator(mode="after")
     def _one_shape(self) -> SignalSource:
@@ -252,6 +270,8 @@ class SignalSource(_Model):
             return self
         if has_ratio and (self.events is None or self.outputs is None):
             raise ValueError("a ratio source needs both 'events' and 'outputs'")
+        if self.control is not None and not has_ratio:
+            raise ValueError("'control' counters go with a ratio source ('events' and 'outputs')")
         if has_ratio == (self.query is not None):
             raise ValueError("give either 'query' or both 'events' and 'outputs'")
         return self
@@ -259,6 +279,11 @@ class SignalSource(_Model):
     @property
     def is_ratio(self) -> bool:
         return self.events is not None
+
+
+class CompareTo(StrEnum):
+    THRESHOLD = "threshold"
+    CONTROL = "control"
 
 
 class Signal(_Model):
@@ -271,6 +296,27 @@ class Signal(_Model):
     threshold: Threshold
     min_samples: int = Field(default=0, ge=0, description="fewer outputs than this in a poll: no data")
     no_data: NoDataPolicy = NoDataPolicy.SKIP
+    compare_to: CompareTo = Field(
+        default=CompareTo.THRESHOLD,
+        description="threshold (the rate must stay under it) or control (no worse than the baseline cohort)",
+    )
+
+    @model_validator(mode="after")
+    def _control_needs_counters(self) -> Signal:
+        if self.compare_to is CompareTo.CONTROL:
+            if not self.source.is_ratio:
+                raise ValueError("'compare_to: control' needs a ratio source ('events' and 'outputs')")
+            if self.source.control is None:
+                raise ValueError("'compare_to: control' needs the baseline cohort's counters in "
+                                 "source.control (events and outputs)")
+        elif self.source.control is not None:
+            raise ValueError("'compare_to' must be 'control' when the source has 'control' counters")
+        return self
+
+    @property
+    def counted(self) -> bool:
+        """Counts per poll (events over outputs) that a sequential test can weigh: a ratio that breaches above."""
+        return self.source.is_ratio and self.threshold.direction is Direction.ABOVE
 
 
 class CompositeRule(_Model):
@@ -308,6 +354,40 @@ class CompositeRule(_Model):
         return self.at_least or 1
 
 
+class ConfirmationMethod(StrEnum):
+    K_OF_M = "k_of_m"  # ``breaches`` of the last ``out_of`` polls crossed the threshold
+    SEQUENTIAL = "sequential"  # a sequential test on the counts, with a bound on false confirmations
+
+
+class SequentialTest(StrEnum):
+    CUSUM = "cusum"  # log-likelihood-ratio CUSUM, threshold from the false-alarm bound
+    WINDOW_BOUND = "window_bound"  # pooled counts of the last ``out_of`` polls, exact lower confidence bound
+
+
+class CountModel(StrEnum):
+    POISSON = "poisson"
+    BINOMIAL = "binomial"
+
+
+class FamilyBound(StrEnum):
+    BONFERRONI = "bonferroni"  # the false-alarm bound is shared by the signals tested (alpha / s each)
+    PER_SIGNAL = "per_signal"  # each signal gets the whole bound (the family's rate can be s times higher)
+
+
+class Sequential(_Model):
+    """Settings of the sequential test (``confirmation.method: sequential``); see docs/thresholds.md."""
+
+    test: SequentialTest = SequentialTest.CUSUM
+    false_alarm: float = Field(default=0.01, gt=0, le=0.5,
+                               description="bound on P(false confirmation) per window, shared by the signals")
+    detect: float = Field(default=1.2, gt=1, le=100,
+                          description="the rate to catch fast, as a multiple of the threshold (r1 = detect x r0)")
+    model: CountModel = CountModel.POISSON
+    min_polls: int = Field(default=3, ge=1, le=1000,
+                           description="each poll adds at most 1/min_polls of the evidence needed")
+    family: FamilyBound = FamilyBound.BONFERRONI
+
+
 class Confirmation(_Model):
     """How to tell a sustained breach from a transient blip.
 
@@ -315,6 +395,10 @@ class Confirmation(_Model):
     The breach is sustained once ``breaches`` of the last ``out_of`` polls breached. If that has not happened
     by the end of ``window`` (or the source alert resolves), the incident is dismissed as transient.
     A zero ``window`` confirms at once (for automatic playbooks that trust their alert).
+
+    With ``method: sequential`` counter signals (``events`` / ``outputs``) are confirmed by a sequential test
+    instead (``sequential``), whose false confirmations are bounded; other signals keep ``breaches`` of
+    ``out_of``, and the composite ``rule`` combines the signals the same way.
     """
 
     window: Duration = timedelta(minutes=10)
@@ -323,6 +407,8 @@ class Confirmation(_Model):
     out_of: int = Field(default=5, ge=1)
     rule: CompositeRule | None = None
     dismiss_on_resolved: bool = True
+    method: ConfirmationMethod = ConfirmationMethod.K_OF_M
+    sequential: Sequential | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Confirmation:
@@ -337,11 +423,39 @@ class Confirmation(_Model):
                     f"a {format_duration(self.window)} window polled every {format_duration(self.interval)} "
                     f"gives {polls} polls, fewer than the {self.breaches} breaches required"
                 )
+        if self.method is ConfirmationMethod.K_OF_M:
+            if self.sequential is not None:
+                raise ValueError("'sequential' settings apply only with 'method: sequential'")
+            return self
+        if self.window <= timedelta(0):
+            raise ValueError("'method: sequential' needs a confirmation window to watch (window is zero)")
+        seq = self.sequential_settings
+        polls = int(self.window / self.interval)
+        if seq.min_polls > polls:
+            raise ValueError(f"'sequential: min_polls {seq.min_polls}' is more than the {polls} polls of a "
+                             f"{format_duration(self.window)} window polled every {format_duration(self.interval)}")
+        if seq.test is SequentialTest.WINDOW_BOUND and seq.min_polls > self.out_of:
+            raise ValueError(f"'out_of: {self.out_of}' polls are pooled by the window_bound test, fewer than "
+                             f"its min_polls {seq.min_polls}")
         return self
 
     @property
     def immediate(self) -> bool:
         return self.window <= timedelta(0)
+
+    @property
+    def is_sequential(self) -> bool:
+        return self.method is ConfirmationMethod.SEQUENTIAL and not self.immediate
+
+    @property
+    def sequential_settings(self) -> Sequential:
+        """The sequential test's settings (the defaults when ``sequential`` is not given)."""
+        return self.sequential or Sequential()
+
+    @property
+    def polls(self) -> int:
+        """Polls in the confirmation window (0 when the window is zero)."""
+        return int(self.window / self.interval) if not self.immediate else 0
 
 
 class DecisionMode(StrEnum):
@@ -553,7 +667,47 @@ class Playbook(_Model):
         checks = [c.name for c in self.integrity]
         if len(checks) != len(set(checks)):
             raise ValueError("integrity: check names must be unique")
+        self._sequential_fits()
         return self
+
+    def _sequential_fits(self) -> None:
+        """Checks of ``method: sequential`` (and ``compare_to: control``) that need signals and confirmation."""
+        conf = self.confirmation
+        for i, signal in enumerate(self.signals):
+            if signal.compare_to is CompareTo.CONTROL and not conf.is_sequential:
+                raise ValueError(f"signals.{i}.compare_to: 'compare_to: control' is decided by the sequential "
+                                 "test; set confirmation.method: sequential")
+        if not conf.is_sequential:
+            return
+        seq = conf.sequential_settings
+        if not any(s.counted for s in self.signals):
+            raise ValueError("confirmation.method: 'sequential' needs at least one counter signal (a source "
+                             "with 'events' and 'outputs', threshold direction above); none of "
+                             f"{[s.name for s in self.signals]} has counts")
+        step = conf.interval.total_seconds()
+        for i, signal in enumerate(self.signals):
+            if not signal.counted:
+                continue
+            if signal.threshold.value <= 0 and signal.compare_to is CompareTo.THRESHOLD:
+                raise ValueError(f"signals.{i}.threshold.value: a sequential test needs a positive rate to "
+                                 f"test against, got {signal.threshold.value:g}")
+            if (seq.model is CountModel.BINOMIAL and signal.compare_to is CompareTo.THRESHOLD
+                    and signal.threshold.value * seq.detect >= signal.source.per):
+                raise ValueError(f"signals.{i}.threshold.value: with model binomial, threshold x detect "
+                                 f"({signal.threshold.value * seq.detect:g}) must stay below per "
+                                 f"({signal.source.per:g})")
+            queries = [("events", signal.source.events), ("outputs", signal.source.outputs)]
+            if signal.source.control is not None:
+                queries += [("control.events", signal.source.control.events),
+                            ("control.outputs", signal.source.control.outputs)]
+            for field, query in queries:
+                for text in _RANGE_RE.findall(query or ""):
+                    seconds = _range_seconds(text)
+                    if seconds is not None and seconds > step + 1e-9:
+                        raise ValueError(
+                            f"signals.{i}.source.{field}: counts over [{text}] overlap from one poll to the "
+                            f"next (interval {format_duration(conf.interval)}); a sequential test needs the "
+                            f"counts of each interval alone, e.g. increase(...[{format_duration(conf.interval)}])")
 
     @property
     def rule(self) -> CompositeRule:

@@ -140,6 +140,8 @@ class IncidentWorkflowBase:
             "gate": s.gate.model_dump(mode="json") if s.gate else None,
             "mentions": [],
         }
+        if s.confirmation:
+            base["confirmation"] = [e.model_dump(mode="json") for e in s.confirmation]
         base.update(context)
         self._outbox.append(Notification(
             incident_id=self._id, kind=kind, channel=channel or comms.channel, context=base,

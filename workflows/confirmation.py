@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from activities.contracts import Measurement, SignalObservation
-from playbooks.models import CompositeRule, Confirmation, Playbook, SignalCategory
+from playbooks.models import CompositeRule, Confirmation, FamilyBound, Playbook, SignalCategory
+from workflows.sequential import SignalEvidence, SignalTest, signal_test
 
 
 class PollVerdict(StrEnum):
@@ -84,6 +85,113 @@ class BreachTracker:
 
     def describe(self) -> str:
         return f"{self.count} of the last {len(self.recent)} measured polls breached (sustained at {self.breaches} of {self.out_of})"
+
+
+class SignalBreaches:
+    """K-of-M for one signal inside a sequential playbook (a signal without counts, e.g. latency)."""
+
+    method = "k_of_m"
+
+    def __init__(self, name: str, confirmation: Confirmation) -> None:
+        self.name = name
+        self.tracker = BreachTracker.for_confirmation(confirmation)
+
+    def record(self, observation: SignalObservation | None) -> None:
+        if observation is None or observation.measurement is Measurement.NO_DATA:
+            return
+        self.tracker.record(PollVerdict.BREACH if observation.measurement is Measurement.BREACH
+                            else PollVerdict.HEALTHY)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.tracker.sustained
+
+    def evidence(self) -> SignalEvidence:
+        return SignalEvidence(signal=self.name, method=self.method, confirmed=self.confirmed,
+                              polls=len(self.tracker.recent), text=f"{self.name}: {self.tracker.describe()}")
+
+
+class SequentialTracker:
+    """``method: sequential``: one test per signal of ``rule``, combined by the rule.
+
+    Counter signals get the playbook's sequential test (their share of the family's false-alarm bound), the
+    others K-of-M; the breach is sustained once ``rule.required`` of the rule's signals are confirmed. A
+    sequential signal stays confirmed once its evidence crossed the threshold within the window.
+    """
+
+    def __init__(self, playbook: Playbook, rule: CompositeRule, family: int) -> None:
+        conf = playbook.confirmation
+        self.rule = rule
+        self.tests: dict[str, SignalTest | SignalBreaches] = {}
+        for name in rule.names:
+            signal = playbook.signal(name)
+            if signal.counted:
+                self.tests[name] = signal_test(signal, conf.sequential_settings, conf.polls, family, conf.out_of)
+            else:
+                self.tests[name] = SignalBreaches(name, conf)
+
+    def record_poll(self, assessment: PollAssessment, observations: list[SignalObservation]) -> None:
+        by_name = {o.signal: o for o in observations}
+        for name, test in self.tests.items():
+            test.record(by_name.get(name))
+
+    @property
+    def confirmed(self) -> list[str]:
+        return [name for name, test in self.tests.items() if test.confirmed]
+
+    @property
+    def sustained(self) -> bool:
+        return len(self.confirmed) >= self.rule.required
+
+    def evidence(self) -> list[SignalEvidence]:
+        return [test.evidence() for test in self.tests.values()]
+
+    def describe(self) -> str:
+        head = f"{len(self.confirmed)} of {self.rule.required} required signal(s) confirmed"
+        return "; ".join([head, *(e.text for e in self.evidence())])
+
+
+class KOfMTracker:
+    """The default rule (``method: k_of_m``) behind the same interface as ``SequentialTracker``."""
+
+    def __init__(self, confirmation: Confirmation) -> None:
+        self.tracker = BreachTracker.for_confirmation(confirmation)
+
+    def record_poll(self, assessment: PollAssessment, observations: list[SignalObservation]) -> None:
+        self.tracker.record(assessment.verdict)
+
+    @property
+    def sustained(self) -> bool:
+        return self.tracker.sustained
+
+    def evidence(self) -> list[SignalEvidence]:
+        return []
+
+    def describe(self) -> str:
+        return self.tracker.describe()
+
+
+Tracker = SequentialTracker | KOfMTracker
+
+
+def sequential_family(playbook: Playbook) -> int:
+    """How many signals share the false-alarm bound: the counter signals the rules test (Bonferroni)."""
+    if playbook.confirmation.sequential_settings.family is FamilyBound.PER_SIGNAL:
+        return 1
+    fairness = fairness_rule(playbook)
+    names = set(quality_rule(playbook).names) | set(fairness.names if fairness else [])
+    return max(1, sum(1 for s in playbook.signals if s.name in names and s.counted))
+
+
+def trackers(playbook: Playbook) -> tuple[Tracker, Tracker | None]:
+    """The quality tracker and the fairness tracker (None without fairness signals) for one confirmation."""
+    quality, fairness = quality_rule(playbook), fairness_rule(playbook)
+    conf = playbook.confirmation
+    if not conf.is_sequential:
+        return KOfMTracker(conf), (KOfMTracker(conf) if fairness else None)
+    family = sequential_family(playbook)
+    return (SequentialTracker(playbook, quality, family),
+            SequentialTracker(playbook, fairness, family) if fairness else None)
 
 
 def quality_rule(playbook: Playbook) -> CompositeRule:

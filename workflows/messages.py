@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from activities.contracts import AuditEvent, CheckResult, IncidentRecord, SignalObservation
 from playbooks.models import PlaybookSnapshot, Severity
+from workflows.sequential import SignalEvidence
 
 TASK_QUEUE = "unship"
 
@@ -183,6 +184,8 @@ class IncidentStatus(_Model):
     integrity: list[CheckResult] = Field(default_factory=list)
     audit: list[AuditEvent] = Field(default_factory=list)
     review_workflow_id: str | None = None
+    # ``method: sequential``: where each signal's confirmation stands (evidence, pooled rate, bound)
+    confirmation: list[SignalEvidence] = Field(default_factory=list)
 
 
 def incident_record(status: IncidentStatus, playbook_hash: str, at: datetime) -> IncidentRecord:

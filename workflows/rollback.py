@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -31,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         format_duration,
     )
     from workflows.base import ACTION_RETRY, EVIDENCE_RETRY, IncidentWorkflowBase, _cause
-    from workflows.confirmation import BreachTracker, assess_poll, fairness_rule, quality_rule
+    from workflows.confirmation import assess_poll, fairness_rule, quality_rule, trackers
     from workflows.messages import (
         AlertBatch,
         AlertStatus,
@@ -201,8 +202,8 @@ class RollbackWorkflow(IncidentWorkflowBase):
         quality, fairness = quality_rule(self._playbook), fairness_rule(self._playbook)
         names = set(quality.names) | set(fairness.names if fairness else [])
         signals = [s for s in self._playbook.signals if s.name in names]
-        tracker = BreachTracker.for_confirmation(conf)
-        fair_tracker = BreachTracker.for_confirmation(conf)
+        # K-of-M (the default) or, with ``method: sequential``, a sequential test per counter signal.
+        tracker, fair_tracker = trackers(self._playbook)
         polls = int(conf.window / conf.interval)
         for poll in range(polls):
             self._check_abort()
@@ -213,14 +214,22 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 raise _Stop(Outcome.DISMISSED, "transient: the source alert resolved during confirmation")
             observations = await self._poll(signals, poll, "confirm")
             assessment = assess_poll(quality, observations)
-            tracker.record(assessment.verdict)
+            tracker.record_poll(assessment, observations)
             fair = assess_poll(fairness, observations) if fairness else None
-            if fair:
-                fair_tracker.record(fair.verdict)
-            self._audit("poll", f"poll {poll + 1}/{polls}: {assessment.verdict.value} ({assessment.describe()}); "
-                        f"{tracker.describe()}", poll=poll, verdict=assessment.verdict.value,
-                        observations=[o.model_dump(mode="json") for o in observations])
-            if fair and fair_tracker.sustained:
+            if fair and fair_tracker:
+                fair_tracker.record_poll(fair, observations)
+            message = f"poll {poll + 1}/{polls}: {assessment.verdict.value} ({assessment.describe()}); " \
+                      f"{tracker.describe()}"
+            extra: dict[str, Any] = {}
+            if conf.is_sequential:
+                evidence = tracker.evidence() + (fair_tracker.evidence() if fair_tracker else [])
+                self._status.confirmation = evidence
+                extra["evidence"] = [e.model_dump(mode="json") for e in evidence]
+                if fair_tracker:
+                    message += f"; fairness: {fair_tracker.describe()}"
+            self._audit("poll", message, poll=poll, verdict=assessment.verdict.value,
+                        observations=[o.model_dump(mode="json") for o in observations], **extra)
+            if fair and fair_tracker and fair_tracker.sustained:
                 self._detected(f"fairness breach sustained: {', '.join(fair.breached)}; {fair_tracker.describe()}")
                 return True
             if tracker.sustained:

@@ -94,7 +94,7 @@ def test_base_playbook_is_valid() -> None:
 def test_unknown_field_points_at_the_key_and_lists_the_allowed_ones(tmp_path: Path) -> None:
     assert issues_of(tmp_path, ("    min_samples: 500\n", "    min_sample: 500\n")) == [
         ("20: signals.0.min_sample: unknown field 'min_sample'; allowed here: name, category, description, "
-        "source, threshold, min_samples, no_data"),
+        "source, threshold, min_samples, no_data, compare_to"),
     ]
 
 
