@@ -325,12 +325,14 @@ class CusumTest(_CountTest):
         self.cap = self.h / settings.min_polls
         self.statistic = 0.0
         self.peak = 0.0
+        self.last: Counts | None = None
         # The polls since the statistic last stood at zero: what the evidence is made of.
         self.run: list[Counts] = []
 
     def _step(self, c: Counts) -> None:
         step = min(self.llr(c), self.cap)
         self.statistic = max(0.0, self.statistic + step)
+        self.last = c
         if self.statistic > 0:
             self.run.append(c)
         else:
@@ -357,8 +359,9 @@ class CusumTest(_CountTest):
                 bound = poisson_lower_bound(events, self.alpha) / outputs * self.per
                 parts[-1] += f", {_pct(level)} lower bound {bound:.1f}"
         else:
-            parts.append(f"no excess over {self.signal.threshold.value:g}{_unit(self.per)} "
-                         f"in the last poll" if self.measured else "no measured poll yet")
+            parts.append(f"last poll {self.last.rate * self.per:.1f}{_unit(self.per)}, within what "
+                         f"{self.signal.threshold.value:g}{_unit(self.per)} explains" if self.last
+                         else "no measured poll yet")
         if self.confirmed:
             parts.insert(0, "confirmed")
         if self.skipped:

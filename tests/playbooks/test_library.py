@@ -23,7 +23,7 @@ def test_example_loads_with_a_hash_naming_its_version(filename: str) -> None:
 
 def test_library_is_indexed_by_playbook_name() -> None:
     library = load_library()
-    assert set(library) == {"chat-assistant", "image-generator", "synthetic-data"}
+    assert set(library) == {"chat-assistant", "chat-assistant-canary", "image-generator", "synthetic-data"}
     assert {s.playbook.scenario.value for s in library.values()} == {
         "conversational-agent", "image-generator", "data-augmentation"}
 

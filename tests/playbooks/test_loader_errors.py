@@ -296,7 +296,7 @@ def test_validate_command_with_no_playbooks(tmp_path: Path, capsys: pytest.Captu
 
 def test_validate_command_on_the_shipped_library(capsys: pytest.CaptureFixture[str]) -> None:
     assert validate_command([str(library_folder())]) == 0
-    assert capsys.readouterr().out.count("OK ") == 3
+    assert capsys.readouterr().out.count("OK ") == len(list(library_folder().glob("*.yaml")))
 
 
 def test_absurd_durations_are_errors_not_crashes(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ Run it only when a deliberate, versioned change (``workflow.patched``) needs a n
     .venv/bin/python -m tests.workflows.record_histories PREFIX
 
 PREFIX names the code generation (``v3`` for the typed-reference layout); earlier files are never overwritten.
+With ``--sequential`` only the ``method: sequential`` incidents are recorded (a confirmed one and a dismissed
+one), under ``PREFIX_rollback_sequential_*``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,44 @@ async def record(prefix: str) -> None:
                 await world.terminate_leftovers()
 
 
+async def record_sequential(prefix: str) -> None:
+    """A sequential confirmation that confirms (then is approved) and one that is dismissed."""
+    from tests.workflows.test_rollback_sequential import sequential_snapshot
+
+    binary = shutil.which("temporal-test-server") or str(Path(sys.executable).parent / "temporal-test-server")
+    env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,
+                                                       test_server_existing_path=binary)
+    async with env:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = await make_world(env, Path(tmp))
+            world = made.world
+            async with Worker(env.client, task_queue=world.task_queue, workflows=WORKFLOWS,
+                              activities=made.activities.all()):
+                world.signals.samples = {"hallucinations": [20_000]}
+                world.signals.timeline = {"hallucinations": [60.0], "latency_p95": [1.0], "fairness_gap": [0.01]}
+                confirmed = await world.start(sequential_snapshot(), release="sequential-v1")
+                await world.at_phase(confirmed, Phase.AWAITING_DECISION)
+                await confirmed.execute_update(RollbackWorkflow.decide, DecisionRequest(
+                    user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
+                await confirmed.result()
+                world.signals.timeline = {"hallucinations": [300.0, 29.0], "latency_p95": [1.0],
+                                          "fairness_gap": [0.01]}
+                dismissed = await world.start(sequential_snapshot(), release="sequential-spike-v1")
+                await dismissed.result()
+                for name, handle in (("rollback_sequential_confirmed", confirmed),
+                                     ("rollback_sequential_dismissed", dismissed)):
+                    history = await handle.fetch_history()
+                    target = HISTORIES / f"{prefix}_{name}.json"
+                    if target.exists():
+                        raise SystemExit(f"{target} exists: saved histories are never overwritten")
+                    saved = {"workflow_id": handle.id, "history": json.loads(history.to_json())}
+                    target.write_text(json.dumps(saved, indent=1))
+                    print(f"saved {target.name}: {len(history.events)} events")
+                await world.terminate_leftovers()
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m tests.workflows.record_histories PREFIX   (e.g. v3)")
-    asyncio.run(record(sys.argv[1]))
+    args = [a for a in sys.argv[1:] if a != "--sequential"]
+    if len(args) != 1:
+        raise SystemExit("usage: python -m tests.workflows.record_histories PREFIX [--sequential]   (e.g. v3)")
+    asyncio.run(record_sequential(args[0]) if "--sequential" in sys.argv else record(args[0]))
