@@ -7,8 +7,10 @@ tabletop exercises read both sources through this one class, so they agree on wh
 CSV layout: a ``timestamp`` column (ISO 8601, or seconds from the start) and one column per signal name. A
 counter-based signal may instead give ``<signal>.events`` and ``<signal>.outputs``: the counts in that row's
 measurement window (what the playbook's ``increase(...[window])`` queries return); the value is then
-``events / outputs * per`` and ``outputs`` is the sample count that ``min_samples`` applies to. An empty
-cell, ``NaN`` or ``null`` is "no data".
+``events / outputs * per`` and ``outputs`` is the sample count that ``min_samples`` applies to. A signal with
+``compare_to: control`` adds ``<signal>.control_events`` and ``<signal>.control_outputs`` (the baseline
+cohort). An empty cell, ``NaN`` or ``null`` is "no data". Columns that are not signals of the playbook are
+kept as text (``History.labels``, e.g. a label column marking healthy rows) and named in ``History.ignored``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Point:
     at_s: float
     value: float | None
     samples: float | None = None
+    events: float | None = None
+    control_events: float | None = None
+    control_outputs: float | None = None
 
 
 @dataclass
@@ -42,6 +47,8 @@ class History:
     """Per-signal step functions over seconds from the start."""
 
     series: dict[str, list[Point]] = field(default_factory=dict)
+    labels: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # non-signal columns, as text
+    ignored: list[str] = field(default_factory=list)  # columns that are not signals of the playbook
 
     def add(self, signal: str, point: Point) -> None:
         points = self.series.setdefault(signal, [])
@@ -87,18 +94,25 @@ def parse_history(text: str, source: str = "<history>", signals: list[Signal] | 
     per = {s.name: s.source.per for s in signals or []}
     known = {s.name for s in signals or []}
     columns = [h for h in header if h != "timestamp"]
-    plain = [c for c in columns if not c.endswith((".events", ".outputs"))]
-    counters = sorted({c.rsplit(".", 1)[0] for c in columns if c.endswith((".events", ".outputs"))})
+    parts = (".events", ".outputs", ".control_events", ".control_outputs")
+    counter_of = {c: c.rsplit(".", 1)[0] for c in columns if c.endswith(parts)}
+    plain = [c for c in columns if c not in counter_of]
+    counters = sorted(set(counter_of.values()))
     for name in counters:
         for part in ("events", "outputs"):
             if f"{name}.{part}" not in header:
                 raise HistoryError(f"{source}:1: {name}.{part}: counter signal {name!r} needs both "
                                    f"'{name}.events' and '{name}.outputs' columns")
-    if signals is not None:
-        for name in [*plain, *counters]:
-            if name not in known:
-                raise HistoryError(f"{source}:1: {name}: not a signal of the playbook; known: {sorted(known)}")
+        if (f"{name}.control_events" in header) != (f"{name}.control_outputs" in header):
+            raise HistoryError(f"{source}:1: {name}.control_events: the control cohort needs both "
+                               f"'{name}.control_events' and '{name}.control_outputs' columns")
     history = History()
+    if signals is not None:
+        unknown = [c for c in plain if c not in known] + [c for c, n in counter_of.items() if n not in known]
+        history.ignored = [c for c in columns if c in unknown]
+        plain = [c for c in plain if c in known]
+        counters = [n for n in counters if n in known]
+    label_columns = [c for c in history.ignored if c not in counter_of]
     origin: datetime | None = None
     for row in reader:
         line = reader.line_num
@@ -110,13 +124,20 @@ def parse_history(text: str, source: str = "<history>", signals: list[Signal] | 
         at_s, origin = _timestamp(cells["timestamp"], origin, source, line)
         for name in plain:
             history.add(name, Point(at_s, _number(cells[name], source, line, name)))
+        for name in label_columns:
+            history.labels.setdefault(name, []).append((at_s, cells[name]))
         for name in counters:
             events = _number(cells[f"{name}.events"], source, line, f"{name}.events")
             outputs = _number(cells[f"{name}.outputs"], source, line, f"{name}.outputs")
             value = None
             if events is not None and outputs:
                 value = events / outputs * per.get(name, 10_000)
-            history.add(name, Point(at_s, value, outputs))
+            control_events = control_outputs = None
+            if f"{name}.control_events" in cells:
+                control_events = _number(cells[f"{name}.control_events"], source, line, f"{name}.control_events")
+                control_outputs = _number(cells[f"{name}.control_outputs"], source, line,
+                                          f"{name}.control_outputs")
+            history.add(name, Point(at_s, value, outputs, events, control_events, control_outputs))
     if not history.series:
         raise HistoryError(f"{source}:1: file: no signal columns and rows")
     return history

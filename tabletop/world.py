@@ -96,7 +96,8 @@ class TimelineSignalSource:
         if point is None:
             observation = classify(signal, None, None, f"no scripted value yet; {detail}")
         else:
-            observation = classify(signal, point.value, point.samples, detail)
+            observation = classify(signal, point.value, point.samples, detail, events=point.events,
+                                   control_events=point.control_events, control_outputs=point.control_outputs)
         self.observed.append((at_s, signal.name, observation.value, observation.measurement.value))
         return observation
 

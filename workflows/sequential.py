@@ -359,9 +359,16 @@ class CusumTest(_CountTest):
                 bound = poisson_lower_bound(events, self.alpha) / outputs * self.per
                 parts[-1] += f", {_pct(level)} lower bound {bound:.1f}"
         else:
-            parts.append(f"last poll {self.last.rate * self.per:.1f}{_unit(self.per)}, within what "
-                         f"{self.signal.threshold.value:g}{_unit(self.per)} explains" if self.last
-                         else "no measured poll yet")
+            last = self.last
+            if last is None:
+                parts.append("no measured poll yet")
+            elif self.control and last.control_events is not None and last.control_outputs:
+                parts.append(f"last poll: candidate {last.rate * self.per:.1f}{_unit(self.per)} vs control "
+                             f"{last.control_events / last.control_outputs * self.per:.1f}{_unit(self.per)}, "
+                             "within what equal rates explain")
+            else:
+                parts.append(f"last poll {last.rate * self.per:.1f}{_unit(self.per)}, within what "
+                             f"{self.signal.threshold.value:g}{_unit(self.per)} explains")
         if self.confirmed:
             parts.insert(0, "confirmed")
         if self.skipped:

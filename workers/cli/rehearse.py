@@ -14,7 +14,17 @@ from temporalio.service import RPCError
 
 from playbooks.loader import PlaybookError, load_playbook
 from playbooks.models import parse_duration
-from tabletop.backtest import OverrideError, apply_overrides
+from tabletop.backtest import (
+    OverrideError,
+    advise,
+    apply_overrides,
+    format_advice,
+    healthy_stretches,
+    parse_healthy,
+    parse_injection,
+    parse_sweep,
+    row_spacing_warning,
+)
 from tabletop.backtest import backtest as run_backtest
 from tabletop.history import HistoryError, load_history
 from tabletop.report import write_report
@@ -62,9 +72,23 @@ def backtest(
     history: Annotated[str, typer.Option("--history", help="Metric history CSV (timestamp + one column per signal).")],
     sets: Annotated[list[str] | None, typer.Option("--set", help="Try a candidate, e.g. latency-p95.threshold=5.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    sweep: Annotated[str | None, typer.Option(
+        "--sweep", help="Try candidates: SIGNAL.threshold=20:60:5, false_alarm=0.001,0.01, detect=..., "
+                        "breaches=1:5:1, min_polls=...")] = None,
+    healthy: Annotated[list[str] | None, typer.Option(
+        "--healthy", help="Stretches known healthy: START:END seconds from the start, or a label column "
+                          "(truthy rows); confirmations there are false.")] = None,
+    inject: Annotated[list[str] | None, typer.Option(
+        "--inject", help="SIGNAL=x1.3@2400: multiply SIGNAL from 2400 s on, to measure the detection delay.")] = None,
 ) -> None:
-    """Replay recorded metric history through a playbook's trigger rules: when would it have fired?"""
-    raise typer.Exit(backtest_command(playbook, history, sets or [], as_json=as_json))
+    """Replay recorded metric history through a playbook's trigger rules: when would it have fired?
+
+    With --sweep/--healthy/--inject it advises: per candidate, whether and when it fires, false confirmations
+    on the healthy stretches, and the delay to detect an injected rise; it recommends the most sensitive
+    candidate without false confirmations.
+    """
+    raise typer.Exit(backtest_command(playbook, history, sets or [], as_json=as_json, sweep=sweep,
+                                      healthy=healthy, inject=inject))
 
 
 rehearse_app = typer.Typer(help="Scheduled rehearsals: replay a scenario on a cadence (Temporal Schedules).",
@@ -130,17 +154,48 @@ def tabletop_command(paths: list[str], as_json: bool = False, report: Path | Non
 # --- backtest ----------------------------------------------------------------------------------------------------
 
 
-def backtest_command(playbook_path: str, history_path: str, sets: list[str], as_json: bool = False) -> int:
-    """``unship backtest``: 0 with the answer (fired or not), 2 for an invalid playbook, history or ``--set``."""
+def backtest_command(playbook_path: str, history_path: str, sets: list[str], as_json: bool = False,
+                     sweep: str | None = None, healthy: list[str] | None = None,
+                     inject: list[str] | None = None) -> int:
+    """``unship backtest``: 0 with the answer (fired or not), 2 for an invalid playbook, history or option.
+
+    With ``--sweep``, ``--healthy`` or ``--inject`` it is the threshold advisor: one row per candidate.
+    """
     try:
         playbook = apply_overrides(load_playbook(playbook_path).playbook, sets)
         history = load_history(history_path, playbook.signals)
+        marks = [parse_healthy(h) for h in healthy or []]
+        stretches = healthy_stretches(history, marks)
+        injections = [parse_injection(i) for i in inject or []]
+        swept = parse_sweep(sweep) if sweep else None
     except (PlaybookError, HistoryError, OverrideError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
+    label_columns = {m for m in marks if isinstance(m, str)}
+    ignored = [c for c in history.ignored if c not in label_columns]
+    warnings = []
+    if ignored:
+        warnings.append(f"warning: ignoring column(s) that are not signals of {playbook.name}: {', '.join(ignored)}")
+    spacing = row_spacing_warning(playbook, history)
+    if spacing:
+        warnings.append(spacing)
+    for line in warnings:
+        print(line, file=sys.stderr)
+    if swept is not None or stretches or injections:
+        advice = advise(playbook, history, swept, stretches, injections)
+        if as_json:
+            print(json.dumps({"playbook": playbook.name, "history": history_path, "sets": sets,
+                              "warnings": warnings, **advice.to_json()}))
+        else:
+            print(f"playbook {playbook.name} over {history_path} ({clock(history.end_s - history.start_s)} of "
+                  f"history, polled every {clock(playbook.confirmation.interval.total_seconds())}, "
+                  f"{playbook.confirmation.method.value})")
+            print(format_advice(advice))
+        return EXIT_PASSED
     result = run_backtest(playbook, history)
     if as_json:
-        print(json.dumps({"playbook": playbook.name, "history": history_path, "sets": sets, **result.to_json()}))
+        print(json.dumps({"playbook": playbook.name, "history": history_path, "sets": sets, "warnings": warnings,
+                          **result.to_json()}))
         return EXIT_PASSED
     print(f"playbook {playbook.name} over {history_path} ({clock(history.end_s - history.start_s)} of history, "
           f"{result.polls} polls every {clock(playbook.confirmation.interval.total_seconds())})")
