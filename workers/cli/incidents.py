@@ -149,6 +149,12 @@ def _print_incident(s: Any, link: str) -> None:
         for d in s.decisions:
             decisions.add_row(_when(d.at), d.user, d.verdict.value, d.via, d.reason)
         out.print(decisions)
+    if s.confirmation:
+        confirmation = Table("Signal", "Method", "Confirmed", "Evidence", title="Confirmation (sequential)")
+        for e in s.confirmation:
+            confirmation.add_row(e.signal, e.method, "[red]yes[/]" if e.confirmed else "no",
+                                 e.text.removeprefix(f"{e.signal}: "))
+        out.print(confirmation)
     if s.integrity:
         checks = Table("Check", "Passed", "Evidence", title="Integrity")
         for c in s.integrity:
