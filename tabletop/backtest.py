@@ -8,8 +8,9 @@ breach is sustained, or at the first breaching poll when the confirmation window
 
 K-of-M watches continuously (``breaches`` of the last ``out_of`` measured polls). A sequential test's bound
 holds per confirmation window, so with ``method: sequential`` the tests start afresh every ``window`` (as
-back-to-back incidents would), and a history row's counts are weighed once: a poll that finds the same row
-as the previous poll adds no evidence (history rows should be one interval apart; ``row_spacing_warning``).
+back-to-back incidents would). Every poll reads the point in force, as the tabletop world does; a sequential
+test then weighs that row's counts as one interval's, so history rows should be one interval apart
+(``row_spacing_warning`` says when they are not).
 
 ``scan`` keeps going after a confirmation (fresh trackers from the next poll) and lists every confirmation:
 the advisor (``advise``) counts those on stretches marked healthy as false, and with an injected rise
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 from activities.contracts import Measurement, SignalObservation
 from activities.routing import classify
 from playbooks.models import Playbook
-from tabletop.history import History, Point
+from tabletop.history import History
 from workflows.confirmation import PollVerdict, Tracker, assess_poll, fairness_rule, quality_rule, trackers
 
 
@@ -245,8 +246,8 @@ def row_spacing_warning(playbook: Playbook, history: History) -> str | None:
             median = gaps[len(gaps) // 2]
             if median > step * 1.5:
                 return (f"warning: {signal.name} rows are {median:g}s apart but the playbook polls every {step:g}s; "
-                        "a sequential test weighs each row once, so it sees fewer polls than production would "
-                        "(give one row per interval)")
+                        "a sequential test weighs a row's counts at every poll that reads it, as one interval's "
+                        "(give one row per interval, with that interval's counts)")
     return None
 
 
@@ -260,21 +261,16 @@ class Confirmation:
     reason: str
 
 
-def _observe(playbook: Playbook, history: History, t: float) -> tuple[list[SignalObservation], list[Point | None]]:
-    observations, points = [], []
+def _observe(playbook: Playbook, history: History, t: float) -> list[SignalObservation]:
+    """Each signal's observation at ``t``: the point in force, counts included (as the tabletop world reads it)."""
+    observations = []
     for signal in playbook.signals:
         point = history.at(signal.name, t)
-        points.append(point)
         observations.append(classify(
             signal, point.value if point else None, point.samples if point else None,
             events=point.events if point else None, control_events=point.control_events if point else None,
             control_outputs=point.control_outputs if point else None))
-    return observations, points
-
-
-def _unmeasured(observation: SignalObservation) -> SignalObservation:
-    return observation.model_copy(update={"value": None, "samples": None, "events": None,
-                                          "measurement": Measurement.NO_DATA, "detail": "same row as the last poll"})
+    return observations
 
 
 @dataclass
@@ -283,6 +279,7 @@ class _Scan:
 
     playbook: Playbook
     history: History
+    until_s: float | None = None  # poll until then (default: the history's last point)
     confirmations: list[Confirmation] = field(default_factory=list)
     polls: int = 0
     breaching: int = 0
@@ -302,32 +299,24 @@ class _Scan:
         window = conf.polls if sequential else 0
         tracker, fair_tracker = trackers(pb)
         age = 0
-        last_rows: dict[str, float] = {}
         step = conf.interval.total_seconds() if conf.interval.total_seconds() > 0 else 60.0
-        t, end = self.history.start_s, self.history.end_s
+        t = self.history.start_s
+        end = self.history.end_s if self.until_s is None else self.until_s
         self.measured = {s.name: 0 for s in pb.signals}
         self.breaching_by_signal = {s.name: 0 for s in pb.signals}
         while t <= end + 1e-9:
-            observations, points = _observe(pb, self.history, t)
+            observations = _observe(pb, self.history, t)
             self.polls += 1
             for o in observations:
                 if o.measurement is not Measurement.NO_DATA:
                     self.measured[o.signal] += 1
                 if o.measurement is Measurement.BREACH:
                     self.breaching_by_signal[o.signal] += 1
-            fed = observations
-            if sequential:  # a row's counts are weighed once
-                fed = []
-                for signal, o, p in zip(pb.signals, observations, points, strict=True):
-                    repeated = p is not None and signal.counted and last_rows.get(signal.name) == p.at_s
-                    fed.append(_unmeasured(o) if repeated else o)
-                    if p is not None:
-                        last_rows[signal.name] = p.at_s
             verdict = assess_poll(quality, observations)
             fair = assess_poll(fairness, observations) if fairness else None
-            tracker.record_poll(verdict, fed)
+            tracker.record_poll(verdict, observations)
             if fair and fair_tracker:
-                fair_tracker.record_poll(fair, fed)
+                fair_tracker.record_poll(fair, observations)
             age += 1
             is_breach = verdict.verdict is PollVerdict.BREACH or (fair is not None and fair.verdict is PollVerdict.BREACH)
             if is_breach:
@@ -361,10 +350,12 @@ def scan(playbook: Playbook, history: History) -> list[Confirmation]:
     return run.confirmations
 
 
-def backtest(playbook: Playbook, history: History) -> BacktestResult:
-    """Poll ``history`` every confirmation interval with the playbook's rules; see the module docstring."""
+def backtest(playbook: Playbook, history: History, until_s: float | None = None) -> BacktestResult:
+    """Poll ``history`` every confirmation interval with the playbook's rules; see the module docstring.
+
+    ``until_s`` polls on past the last point (the last values hold), e.g. for a scenario's duration."""
     conf = playbook.confirmation
-    run = _Scan(playbook, history)
+    run = _Scan(playbook, history, until_s)
     run.run(stop_at_first=True)
     thresholds = {s.name: str(s.threshold) for s in playbook.signals}
 

@@ -86,7 +86,7 @@ def test_a_sequential_backtest_decides_as_the_workflow_would() -> None:
     t, age = 0.0, 0
     tracker, _ = trackers(CANARY)
     while True:
-        observations, _points = _observe(CANARY, history, t)
+        observations = _observe(CANARY, history, t)
         tracker.record_poll(assess_poll(rule, observations), observations)
         age += 1
         if tracker.sustained:
@@ -138,3 +138,14 @@ def test_scan_restarts_after_each_confirmation() -> None:
     found = scan(CANARY, history)
     assert found and all(c.at_s >= 6 * 3600 for c in found)
     assert len(found) > 1 and found == sorted(found, key=lambda c: c.at_s)
+
+
+async def test_tabletop_and_backtest_take_the_same_sequential_decision() -> None:
+    from tabletop.runner import run_time_skipping
+    from tabletop.scenarios import load_scenario, scenario_folder
+
+    rise = load_scenario(scenario_folder() / "canary-sequential-rise.scenario.yaml")
+    [result] = await run_time_skipping([rise])
+    answer = backtest(rise.snapshot.playbook, rise.history, until_s=rise.scenario.duration.total_seconds())
+    assert result.passed and answer.fired
+    assert result.detected_at_s == answer.fired_at_s == 120  # poll 3: min_polls
