@@ -148,4 +148,6 @@ async def test_tabletop_and_backtest_take_the_same_sequential_decision() -> None
     [result] = await run_time_skipping([rise])
     answer = backtest(rise.snapshot.playbook, rise.history, until_s=rise.scenario.duration.total_seconds())
     assert result.passed and answer.fired
-    assert result.detected_at_s == answer.fired_at_s == 120  # poll 3: min_polls
+    # the same poll (the third: min_polls); simulated time carries the activities' few real milliseconds
+    assert result.detected_at_s is not None and answer.fired_at_s is not None
+    assert int(result.detected_at_s // 60) == int(answer.fired_at_s // 60) == 2
