@@ -33,8 +33,21 @@ class Request:
 
 
 class Answer:
-    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+    """A status, a body (JSON-encoded unless it is ``bytes``/``str``, sent as ``content_type``) and headers."""
+
+    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
+                 content_type: str | None = None) -> None:
         self.status, self.body, self.headers = status, body, headers or {}
+        self.content_type = content_type
+
+    def encoded(self) -> tuple[bytes, str | None]:
+        if self.body is None:
+            return b"", self.content_type
+        if isinstance(self.body, bytes):
+            return self.body, self.content_type or "application/octet-stream"
+        if isinstance(self.body, str):
+            return self.body.encode(), self.content_type or "text/plain; charset=utf-8"
+        return json.dumps(self.body).encode(), self.content_type or "application/json"
 
 
 class FakeServer:
@@ -64,6 +77,13 @@ class FakeServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def address(self) -> str:
+        """``host:port`` (what a Prometheus scrape config names)."""
+        assert self._server is not None, "server not started"
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
     def start(self) -> Self:
         fake = self
 
@@ -89,12 +109,12 @@ class FakeServer:
                     if fault == DROP_AFTER_APPLY:
                         self.close_connection = True
                         return
-                payload = b"" if answer.body is None else json.dumps(answer.body).encode()
+                payload, content_type = answer.encoded()
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
-                if payload:
-                    self.send_header("Content-Type", "application/json")
+                if payload and content_type:
+                    self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

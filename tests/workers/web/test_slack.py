@@ -392,3 +392,24 @@ async def test_socket_mode_envelopes_are_acknowledged_and_routed(world: SlackWor
     await world.actions.drain()
     status = await world.until(incident, lambda s: bool(s["decisions"]), "the decision")
     assert status["decisions"][0]["user"] == "U0SAFETY1" and status["decisions"][0]["via"] == "slack"
+
+
+async def test_the_approval_card_is_valid_block_kit_even_with_long_texts(fake_slack: FakeSlack) -> None:
+    # Slack refuses the whole message (invalid_blocks, not retryable) when one field is too long: the approval
+    # card would never appear. Thresholds, reasons and names come from playbooks and people: cut, never refused.
+    notifier = SlackNotifier.from_token(fake_slack.token, base_url=fake_slack.url)
+    context = {
+        "release": "chat-v2", "playbook": "chat", "playbook_version": "abc", "phase": "awaiting_decision",
+        "evidence": [{"signal": "hallucination-rate", "measurement": "breach", "value": 31.5,
+                      "threshold": "> 30 per 10k answers " + "(see the runbook) " * 200}],
+        "gate": {"gate_id": "g" * 300, "roles": ["safety-lead"], "users": ["U0SAFETY"], "quorum": 2,
+                 "approvals": []},
+        "decisions": [{"verdict": "reject", "user": "U0X", "via": "cli", "reason": "no " * 3000}] * 12,
+    }
+    note = Notification(incident_id="unship:chat:chat-v2", kind=MessageKind.DECISION_REQUEST,
+                        channel="#ml-incidents", context=context)
+    ref = await notifier.send(note, "Users may need to move back to the previous model. " * 200)
+    channel, ts = ref.ref.split("/") if ref.ref else ("", "")
+    shown = fake_slack.messages[(channel, ts)]["blocks"]
+    actions = [b for b in shown if b["type"] == "actions"]
+    assert [e["action_id"] for e in actions[0]["elements"]] == ["unship_approve", "unship_reject"]
