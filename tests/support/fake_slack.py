@@ -91,7 +91,11 @@ def block_kit_errors(blocks: Any) -> list[str]:
         if not isinstance(raw, dict):
             errors.append(f"must be an object [json-pointer:{pointer}]")
             continue
-        block = Block.parse(raw)
+        try:
+            block = Block.parse(raw)
+        except (TypeError, ValueError, KeyError) as exc:  # a required field is missing or of the wrong kind
+            errors.append(f"missing or invalid required field: {exc} [json-pointer:{pointer}]")
+            continue
         if block is None or type(block) is Block:
             errors.append(f"unsupported type {raw.get('type')!r} [json-pointer:{pointer}/type]")
             continue
