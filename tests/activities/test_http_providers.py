@@ -8,7 +8,6 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import FlagProvider
 from activities.http_providers import HttpProvider
 from playbooks.models import Target, TargetKind
 from tests.support.fake_http import DROP, DROP_AFTER_APPLY, Answer, ContractServer
@@ -31,9 +30,6 @@ async def provider(server: ContractServer) -> AsyncIterator[HttpProvider]:
     async with httpx.AsyncClient(timeout=5) as client:
         yield HttpProvider(f"{server.url}/router/", TOKEN, client=client, system="model router")
 
-
-async def test_is_a_flag_provider(provider: HttpProvider) -> None:
-    assert isinstance(provider, FlagProvider)
 
 
 async def test_staged_writes_send_the_documented_body_and_read_back(server: ContractServer,

@@ -8,7 +8,6 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import FlagProvider
 from activities.kserve import KServeProvider
 from playbooks.models import Target, TargetKind
 from tests.support.fake_http import DROP, DROP_AFTER_APPLY
@@ -35,9 +34,6 @@ async def provider(fake: FakeKubernetes) -> AsyncIterator[KServeProvider]:
 def traffic(fake: FakeKubernetes) -> dict[str, int]:
     return fake.traffic("ml", "chat-llm")
 
-
-async def test_is_a_flag_provider(provider: KServeProvider) -> None:
-    assert isinstance(provider, FlagProvider)
 
 
 async def test_staged_revert_moves_traffic_to_the_previous_revision(fake: FakeKubernetes,

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import FlagProvider
 from activities.launchdarkly import LaunchDarklyProvider, rate_limit_delay
 from playbooks.models import Target
 from tests.support.fake_http import DROP, DROP_AFTER_APPLY
@@ -36,9 +35,6 @@ def weights(fake: FakeLaunchDarkly, env: str = "production") -> dict[int, int]:
     rollout = fake.environment("assistant", "chat-model", env)["fallthrough"]["rollout"]
     return {v["variation"]: v["weight"] for v in rollout["variations"]}
 
-
-async def test_is_a_flag_provider(provider: LaunchDarklyProvider) -> None:
-    assert isinstance(provider, FlagProvider)
 
 
 async def test_staged_revert_sets_fallthrough_weights_and_reads_them_back(
