@@ -79,9 +79,11 @@ bootstrap_venv() {
     fi
 }
 
-# Debian packages the tests run for real: Prometheus + Alertmanager and PostgreSQL 15.
+# Debian packages the tests run for real: Prometheus + Alertmanager and PostgreSQL 15; and rsvg-convert
+# (librsvg2-bin), a real SVG renderer that checks the tabletop report's charts.
 bootstrap_debian() {
     local missing=() names=()
+    if ! command -v rsvg-convert >/dev/null 2>&1; then missing+=(librsvg2-bin); names+=("librsvg2-bin (rsvg-convert)"); fi
     if ! command -v prometheus >/dev/null 2>&1; then missing+=(prometheus); names+=(prometheus); fi
     if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
         missing+=(prometheus-alertmanager); names+=(prometheus-alertmanager)
