@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
@@ -355,3 +355,36 @@ async def test_a_revert_never_moves_users_back_toward_the_suspect_release(world:
     assert [s.status for s in status.stages] == ["skipped", "skipped", "verified"]
     assert "stage 1 (10%) skipped: 50% of users are already on the previous model" in next(
         e.message for e in status.audit if e.kind == "stage_skipped")
+
+
+async def test_a_group_that_is_not_on_the_gate_gives_no_right_to_decide(world: World) -> None:
+    # eng_manager has no group; only S_SAFETY (safety_lead) is on the gate
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(roles={"marketing": {"users": ["U_MARKETER"], "groups": ["S_MARKETING"]}}))
+    gate = (await world.at_phase(handle, Phase.AWAITING_DECISION)).gate
+    assert gate is not None and gate.groups == ["S_SAFETY"]
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(RollbackWorkflow.decide, approve("U_SOMEONE", groups=["S_MARKETING", "S_ALL"]))
+    assert "U_SOMEONE holds none of the roles that may decide here" in str(refused.value.cause)
+    status = await world.status(handle)
+    assert status.phase is Phase.AWAITING_DECISION and status.gate and status.gate.approvals == []
+    assert world.flags.writes == []
+
+
+async def test_an_alert_that_resolved_and_fires_again_keeps_the_incident_going(world: World) -> None:
+    first_start = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    world.signals.timeline = SUSTAINED
+    firing = Alert(source="alertmanager", name="GenAIQualityDegraded", fingerprint="fp-1", starts_at=first_start,
+                   labels={"alertname": "GenAIQualityDegraded", "release": "chat-v2"})
+    handle = await world.start(snapshot(), alert=firing)
+    await world.until(handle, lambda s: any(e.kind == "poll" for e in s.audit))
+    # Alertmanager: the alert resolved, then the same label set fired again: same fingerprint, a new startsAt
+    resolved = firing.model_copy(update={"status": AlertStatus.RESOLVED})
+    again = firing.model_copy(update={"starts_at": first_start + timedelta(minutes=3)})
+    await handle.signal(RollbackWorkflow.alerts, AlertBatch(alerts=[resolved, again]))
+    await handle.signal(RollbackWorkflow.alerts, AlertBatch(alerts=[again]))  # a repeat notification: a duplicate
+    status = await world.at_phase(handle, Phase.AWAITING_DECISION)
+    assert [(a.status, a.starts_at) for a in status.alerts] == [
+        (AlertStatus.FIRING, first_start), (AlertStatus.RESOLVED, first_start),
+        (AlertStatus.FIRING, first_start + timedelta(minutes=3))]
+    assert status.outcome is None  # not dismissed as transient: the alert is firing again
