@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from workers.demo import run_demo
 from workers.runtime.settings import Settings
+
+pytestmark = pytest.mark.e2e  # the demo runs twice on a real dev server: the end-to-end time limit
 
 
 def run(state: Path) -> tuple[int, str]:
