@@ -1,18 +1,27 @@
 """KServe InferenceService canary traffic as a ``FlagProvider``, through the Kubernetes API.
 
 Model: the InferenceService ``target.key`` (``serving.kserve.io/v1beta1``) in namespace
-``target.namespace or "default"``, in Serverless (Knative) mode. The **candidate** is the predictor's latest
-revision; the **previous** model is every other revision that gets traffic (the last rolled-out one while a
-canary is in flight, ``previousRolledoutRevision`` after a promotion). So:
+``target.namespace or "default"``, in Serverless (Knative) mode, and one of its components,
+``target.component or "predictor"`` (a release can live in the transformer or explainer too). The **candidate**
+is that component's latest ready revision; the **previous** model is every *other revision name* that gets
+traffic (the last rolled-out one while a canary is in flight, ``previousRolledoutRevision`` after a promotion).
+So:
 
-- write: a JSON merge patch of ``spec.predictor.canaryTrafficPercent = 100 - previous_percent`` (a whole number,
-  rounded half up), with ``metadata.resourceVersion`` for optimistic concurrency (409 is retried). At 100%
-  previous this is ``canaryTrafficPercent: 0``, which pins all traffic to the last good revision (KServe's
+- write: a JSON merge patch of ``spec.<component>.canaryTrafficPercent = 100 - previous_percent`` (a whole
+  number, rounded half up), with ``metadata.resourceVersion`` for optimistic concurrency (409 is retried). At
+  100% previous this is ``canaryTrafficPercent: 0``, which pins all traffic to the last good revision (KServe's
   documented roll back); at 0% it is 100 (promotion).
-- read: ``status.components.predictor.traffic``: the percent of entries that are not ``latestRevision``.
-- after writing, wait (heartbeating) until the controller has observed the new generation and the status
-  traffic shows the split; if it does not within ``settle_timeout`` the activity fails retryably with the
-  predictor's not-ready conditions in the message. Writing is skipped when the spec already asks for it.
+- read: ``status.components.<component>.traffic``: the percent on revisions whose name is not the candidate's.
+  Entries are counted by revision name, never by their ``latestRevision`` flag: right after a promotion KServe
+  first routes the "prev" remainder to ``latestRolledoutRevision``, which is then the candidate itself
+  (kserve ``ksvc_reconciler.go`` ``createKnativeService``), and moves it to the previous revision only on a later
+  reconcile (``inference_service_status.go`` ``PropagateStatus``).
+- after writing, wait (heartbeating) until the component's status traffic shows exactly the split asked for, by
+  revision name: the candidate at ``canaryTrafficPercent`` and the rest on other revisions. ``status.
+  observedGeneration`` is not used: KServe copies it from the Knative Service of the component reconciled last
+  (predictor, transformer, explainer), so it need not reach ``metadata.generation`` at all. If the split does not
+  show within ``settle_timeout`` the activity fails retryably with the not-ready conditions in the message.
+  Writing is skipped when the spec already asks for it and status shows it.
 
 Connection: the Kubernetes API base URL with a bearer token and optional CA file (``KServeProvider.in_cluster()``
 reads the service-account mount). RBAC needs ``get`` and ``patch`` on ``inferenceservices`` in
@@ -40,7 +49,7 @@ from activities.http_providers import (
     segment,
     send,
 )
-from playbooks.models import Target
+from playbooks.models import KServeComponent, Target
 
 SYSTEM = "KServe"
 DEFAULT_NAMESPACE = "default"
@@ -53,25 +62,52 @@ def canary_percent(previous_percent: float) -> int:
     return math.floor(100.0 - previous_percent + 0.5)
 
 
-def predictor_status(isvc: dict[str, Any]) -> dict[str, Any]:
-    return ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
+def component_of(target: Target) -> str:
+    return str(target.component or KServeComponent.PREDICTOR)
 
 
-def previous_share(isvc: dict[str, Any]) -> float | None:
-    """Percent of predictor traffic on revisions other than the latest; ``None`` before traffic is known."""
-    traffic = predictor_status(isvc).get("traffic")
-    if not traffic:
+def component_status(isvc: dict[str, Any], component: str = "predictor") -> dict[str, Any]:
+    status: dict[str, Any] = ((isvc.get("status") or {}).get("components") or {}).get(component) or {}
+    return status
+
+
+def candidate_revision(status: dict[str, Any]) -> str | None:
+    """The revision the ``latestRevision`` traffic entry resolves to: the component's latest ready revision."""
+    latest = status.get("latestReadyRevision")
+    if latest:
+        return str(latest)
+    for entry in status.get("traffic") or []:
+        if entry.get("latestRevision") and entry.get("revisionName"):
+            return str(entry["revisionName"])
+    return None
+
+
+def _split(status: dict[str, Any]) -> tuple[float, float] | None:
+    """(percent on the candidate revision, percent on other revisions); ``None`` before traffic is known."""
+    traffic = status.get("traffic")
+    candidate = candidate_revision(status)
+    if not traffic or candidate is None:
         return None
-    return float(sum(entry.get("percent") or 0 for entry in traffic if not entry.get("latestRevision")))
+    on_candidate = on_others = 0.0
+    for entry in traffic:
+        name = entry.get("revisionName") or (candidate if entry.get("latestRevision") else None)
+        if name == candidate:
+            on_candidate += entry.get("percent") or 0
+        else:
+            on_others += entry.get("percent") or 0
+    return on_candidate, on_others
 
 
-def _settled(isvc: dict[str, Any], previous: float) -> bool:
-    generation = (isvc.get("metadata") or {}).get("generation")
-    observed = (isvc.get("status") or {}).get("observedGeneration")
-    if generation is not None and observed is not None and observed < generation:
-        return False
-    share = previous_share(isvc)
-    return share is not None and math.isclose(share, previous)
+def previous_share(isvc: dict[str, Any], component: str = "predictor") -> float | None:
+    """Percent of the component's traffic on revisions other than the candidate; ``None`` before it is known."""
+    split = _split(component_status(isvc, component))
+    return None if split is None else split[1]
+
+
+def _settled(isvc: dict[str, Any], component: str, canary: int) -> bool:
+    """Status shows the candidate at exactly ``canary`` percent and the rest on other revisions."""
+    split = _split(component_status(isvc, component))
+    return split is not None and math.isclose(split[0], canary) and math.isclose(split[1], 100 - canary)
 
 
 def _not_ready(isvc: dict[str, Any]) -> str:
@@ -133,45 +169,50 @@ class KServeProvider(HttpAdapter):
         return body
 
     async def get_previous_percent(self, target: Target) -> float | None:
-        return previous_share(await self._get(target))
+        return previous_share(await self._get(target), component_of(target))
 
     async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
         obj = self._obj(target)
+        component = component_of(target)
         canary = canary_percent(percent)
-        wanted = float(100 - canary)
         isvc = await self._get(target)
-        predictor_spec = ((isvc.get("spec") or {}).get("predictor")) or {}
-        asked = predictor_spec.get("canaryTrafficPercent")
+        spec = (isvc.get("spec") or {}).get(component)
+        if not isinstance(spec, dict):
+            raise configuration_error(SYSTEM, obj, f"the InferenceService has no {component}; check the target's "
+                                                   "component in the playbook")
+        asked = spec.get("canaryTrafficPercent")
         asked = 100 if asked is None else asked
-        status = predictor_status(isvc)
-        latest = status.get("latestReadyRevision") or status.get("latestCreatedRevision")
+        status = component_status(isvc, component)
+        latest = candidate_revision(status)
         rolled_out = status.get("latestRolledoutRevision")
         fallback = rolled_out if rolled_out and rolled_out != latest else status.get("previousRolledoutRevision")
         if canary < 100 and not fallback:
-            raise configuration_error(SYSTEM, obj, "there is no previous rolled-out revision to send traffic "
-                                                   "back to; redeploy the previous model's predictor spec instead")
-        if asked == canary and _settled(isvc, wanted):
+            raise configuration_error(SYSTEM, obj, f"the {component} has no previous rolled-out revision to send "
+                                                   "traffic back to; redeploy the previous model's spec instead")
+        if asked == canary and _settled(isvc, component, canary):
             return False
         wrote = False
         if asked != canary:
+            patch: dict[str, Any] = {"spec": {component: {"canaryTrafficPercent": canary}}}
             version = (isvc.get("metadata") or {}).get("resourceVersion")
-            patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": canary}}}
             if version is not None:
                 patch["metadata"] = {"resourceVersion": version}
             await send(self._client, SYSTEM, obj, "PATCH", self._url(target), json=patch,
                        headers={**self._headers, "Content-Type": MERGE_PATCH})
             wrote = True
-        await self._wait_settled(target, wanted)
+        await self._wait_settled(target, component, canary)
         return wrote
 
-    async def _wait_settled(self, target: Target, wanted: float) -> None:
+    async def _wait_settled(self, target: Target, component: str, canary: int) -> None:
         deadline = time.monotonic() + self._settle_timeout
+        wanted = float(100 - canary)
         while True:
             isvc = await self._get(target)
-            if _settled(isvc, wanted):
+            if _settled(isvc, component, canary):
                 return
             if time.monotonic() >= deadline:
-                raise readback_mismatch(SYSTEM, f"{self._obj(target)} ({_not_ready(isvc)})", wanted,
-                                        previous_share(isvc))
-            heartbeat(f"waiting for {self._obj(target)} to send {wanted:g}% to the previous revision")
+                raise readback_mismatch(SYSTEM, f"{self._obj(target)} {component} ({_not_ready(isvc)})", wanted,
+                                        previous_share(isvc, component))
+            heartbeat(f"waiting for {self._obj(target)} to send {wanted:g}% of its {component} traffic to the "
+                      "previous revision")
             await asyncio.sleep(self._poll_interval)

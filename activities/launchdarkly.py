@@ -13,6 +13,13 @@ back stays back while the previous share grows. Individual targets and rules are
 - ``turn_off_at_full_revert=True`` also turns the flag off at 100% (a kill switch); this needs the flag's off
   variation to be the previous one.
 
+Pending changes: LaunchDarkly answers 400 to a change that would make a pending scheduled change or approval
+request of the flag fail, unless ``?ignoreConflicts=true`` (API docs, "Update feature flag"). Overriding
+someone's pending release plan is a product decision, so it is the target's ``override_pending_changes``
+(default false). By default a 400 is explained: unship lists the environment's scheduled changes and pending
+approval requests and, if there are any, fails non-retryably with ``LaunchDarkly.pending_changes`` naming each
+of them (id, when, what, who asked), so the stage halts with that reason instead of "check the playbook".
+
 Errors: 429 is retried after ``X-Ratelimit-Reset`` (ms since the epoch) or ``Retry-After``; 405 means the
 environment requires an approval for this change: never retried, a person must request/apply it in
 LaunchDarkly. 409 (concurrent update) and 5xx are retried.
@@ -21,7 +28,7 @@ LaunchDarkly. 409 (concurrent update) and 5xx are retried.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -44,6 +51,7 @@ SEMANTIC_PATCH = "application/json; domain-model=launchdarkly.semanticpatch"
 DEFAULT_PROJECT = "default"
 DEFAULT_ENVIRONMENT = "production"
 TOTAL_WEIGHT = 100_000
+OPEN_APPROVAL_STATUSES = frozenset({"pending", "scheduled"})
 
 
 def rate_limit_delay(response: httpx.Response, now: float | None = None) -> timedelta | None:
@@ -80,6 +88,28 @@ def launchdarkly_failure(system: str, obj: str, response: httpx.Response) -> App
         return ApplicationError(error.message, type=error.type, non_retryable=False,
                                 next_retry_delay=delay if delay else None)
     return error
+
+
+def _when(epoch_ms: Any) -> str:
+    if isinstance(epoch_ms, int | float) and not isinstance(epoch_ms, bool):
+        return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "an unknown time"
+
+
+def describe_pending(scheduled: list[dict[str, Any]], approvals: list[dict[str, Any]]) -> list[str]:
+    """One line per pending scheduled change / open approval request."""
+    lines = []
+    for change in scheduled:
+        kinds = ", ".join(str(i.get("kind")) for i in change.get("instructions") or [] if isinstance(i, dict))
+        lines.append(f"scheduled change {change.get('_id')} at {_when(change.get('executionDate'))}"
+                     + (f" ({kinds})" if kinds else ""))
+    for request in approvals:
+        if request.get("status") not in OPEN_APPROVAL_STATUSES:
+            continue
+        what = request.get("description") or "no description"
+        lines.append(f"approval request {request.get('_id')} ({request.get('status')}, review "
+                     f"{request.get('reviewStatus', '?')}, requested by {request.get('requestorId', '?')}): {what}")
+    return lines
 
 
 def _variation_index(variations: list[dict[str, Any]], wanted: str) -> int | None:
@@ -150,6 +180,21 @@ class LaunchDarklyProvider(ProjectFlagAdapter):
                                                    "check the target's environment key")
         return flag, env
 
+    async def _pending_changes(self, target: Target) -> list[str]:
+        """The flag's pending scheduled changes and open approval requests in the target's environment."""
+        project, environment = self._where(target)
+        obj = self._obj(target)
+        base = (f"{self._base}/api/v2/projects/{segment(project)}/flags/{segment(target.key)}"
+                f"/environments/{segment(environment)}")
+        found: list[list[dict[str, Any]]] = []
+        for kind in ("scheduled-changes", "approval-requests"):
+            response = await send(self._client, SYSTEM, obj, "GET", f"{base}/{kind}", headers=self._headers,
+                                  failure=launchdarkly_failure)
+            listing = json_body(SYSTEM, obj, response)
+            items = listing.get("items") if isinstance(listing, dict) else None
+            found.append([i for i in items or [] if isinstance(i, dict)])
+        return describe_pending(found[0], found[1])
+
     def _indexes(self, target: Target, flag: dict[str, Any]) -> tuple[int, int]:
         variations = flag.get("variations") or []
         found = []
@@ -208,8 +253,28 @@ class LaunchDarklyProvider(ProjectFlagAdapter):
             "comment": f"unship {idempotency_key}: {wanted:g}% back to {target.previous_variant}",
             "instructions": instructions,
         }
-        await send(self._client, SYSTEM, obj, "PATCH", self._url(target), json=body,
-                   headers={**self._headers, "Content-Type": SEMANTIC_PATCH}, failure=launchdarkly_failure)
+        params = {"ignoreConflicts": "true"} if target.override_pending_changes else None
+        try:
+            await send(self._client, SYSTEM, obj, "PATCH", self._url(target), json=body, params=params,
+                       headers={**self._headers, "Content-Type": SEMANTIC_PATCH}, failure=launchdarkly_failure)
+        except ApplicationError as error:
+            if error.type == f"{SYSTEM}.http_400" and not target.override_pending_changes:
+                try:
+                    pending = await self._pending_changes(target)
+                except ApplicationError as lookup:
+                    raise ApplicationError(f"{error.message} (could not list the flag's pending changes to "
+                                           f"explain it: {lookup.message})", type=error.type,
+                                           non_retryable=True) from None
+                if pending:
+                    raise ApplicationError(
+                        f"{SYSTEM}: {obj}: the flag has pending changes this revert would make fail: "
+                        + "; ".join(pending) + ". unship did not move any users. Apply, reschedule or cancel them "
+                        "in LaunchDarkly and revert again, or set override_pending_changes: true on this target "
+                        "to write over them",
+                        type=f"{SYSTEM}.pending_changes",
+                        non_retryable=True,
+                    ) from None
+            raise
 
         _, env = await self._flag(target)
         seen = previous_share(env, previous)

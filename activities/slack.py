@@ -15,6 +15,7 @@ a person can fix (unknown channel, bot not in channel, bad token, missing scope)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,16 @@ from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.exceptions import ApplicationError
 
@@ -35,6 +46,8 @@ log = logging.getLogger(__name__)
 APPROVE_ACTION = "unship_approve"
 REJECT_ACTION = "unship_reject"
 _SECTION_LIMIT = 3000
+_FIELD_LIMIT = 2000  # a section field's text (Block Kit reference, section block)
+_BLOCK_ID_LIMIT = 255
 _FIELDS_LIMIT = 10
 _RETRYABLE_ERRORS = frozenset({"ratelimited", "rate_limited", "internal_error", "fatal_error",
                                "service_unavailable", "request_timeout", "team_added_to_org"})
@@ -85,25 +98,37 @@ def mention(who: str) -> str:
     return who if who.startswith("@") else f"@{who}"
 
 
-def _plain(text: str, limit: int) -> dict[str, Any]:
-    return {"type": "plain_text", "text": text[:limit], "emoji": True}
+def _plain(text: str, limit: int) -> PlainTextObject:
+    return PlainTextObject(text=_cut(text, limit) or " ", emoji=True)
 
 
-def _mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": text[:_SECTION_LIMIT] or " "}
+def _mrkdwn(text: str, limit: int = _SECTION_LIMIT) -> MarkdownTextObject:
+    return MarkdownTextObject(text=_cut(text, limit) or " ")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _block_id(prefix: str, key: str) -> str:
+    """A block id under Slack's 255 characters (long keys are hashed), stable for one gate."""
+    block_id = f"{prefix}{key}"
+    if len(block_id) <= _BLOCK_ID_LIMIT:
+        return block_id
+    return f"{prefix}{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
 def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else "n/a"
 
 
-def _sections(text: str) -> list[dict[str, Any]]:
+def _sections(text: str) -> list[Block]:
     chunks: list[str] = []
     rest = text.strip() or " "
     while rest and len(chunks) < 5:
         chunks.append(rest[:_SECTION_LIMIT])
         rest = rest[_SECTION_LIMIT:]
-    return [{"type": "section", "text": _mrkdwn(chunk)} for chunk in chunks]
+    return [SectionBlock(text=_mrkdwn(chunk)) for chunk in chunks]
 
 
 def build_blocks(notification: Notification, text: str,
@@ -112,24 +137,26 @@ def build_blocks(notification: Notification, text: str,
 
     Release, playbook and version; each signal's latest value against its threshold; the stages (planned,
     or their progress); who may decide and the decisions so far; Approve / Reject while a gate is open.
+    Built with ``slack_sdk``'s Block Kit models, whose ``to_dict`` checks Slack's limits; every text that comes
+    from a playbook or a person is cut to fit, so Slack never refuses the message (``invalid_blocks``).
     """
     ctx = notification.context
-    blocks: list[dict[str, Any]] = list(_sections(text))
+    blocks: list[Block] = list(_sections(text))
     facts = [f"*Release* `{ctx.get('release', '?')}`",
              f"*Playbook* {ctx.get('playbook', '?')} (version `{ctx.get('playbook_version', '?')}`)",
              f"*Phase* {ctx.get('phase', '?')}" + (f" → *{ctx['outcome']}*" if ctx.get("outcome") else ""),
              f"`{notification.incident_id}`"]
     if console_url:
         facts.append(f"<{incident_link(console_url, notification.incident_id)}|Open in the console>")
-    blocks.append({"type": "context", "elements": [_mrkdwn(" · ".join(facts))]})
+    blocks.append(ContextBlock(elements=[_mrkdwn(" · ".join(facts))]))
 
     evidence = [e for e in ctx.get("evidence") or [] if isinstance(e, dict)]
     if evidence:
         fields = [_mrkdwn(f"{_ICONS.get(str(e.get('measurement')), ':grey_question:')} *{e.get('signal', '?')}*\n"
-                          f"{_num(e.get('value'))} (threshold {e.get('threshold', '?')})")
+                          f"{_num(e.get('value'))} (threshold {e.get('threshold', '?')})", _FIELD_LIMIT)
                   for e in evidence[:_FIELDS_LIMIT]]
-        blocks.append({"type": "section", "block_id": "unship-signals", "text": _mrkdwn("*Signals* (latest poll)"),
-                       "fields": fields})
+        blocks.append(SectionBlock(block_id="unship-signals", text=_mrkdwn("*Signals* (latest poll)"),
+                                   fields=fields))
 
     stages = [s for s in ctx.get("stages") or [] if isinstance(s, dict)]
     if not stages and plans and ctx.get("playbook") in plans:
@@ -143,7 +170,7 @@ def build_blocks(notification: Notification, text: str,
             parts.append(f"{_STAGE_ICONS.get(str(s.get('status')), ':grey_question:')} {_num(s.get('percent'))}%"
                          f"{bake_text}")
         label = "Planned stages" if all(s.get("status") == "planned" for s in stages) else "Stages"
-        blocks.append({"type": "context", "elements": [_mrkdwn(f"*{label}:* " + " → ".join(parts))]})
+        blocks.append(ContextBlock(elements=[_mrkdwn(f"*{label}:* " + " → ".join(parts))]))
 
     gate = ctx.get("gate") if isinstance(ctx.get("gate"), dict) else None
     if gate:
@@ -153,40 +180,40 @@ def build_blocks(notification: Notification, text: str,
                 + f" — {len(gate.get('approvals') or [])}/{gate.get('quorum', 1)} approvals")
         if gate.get("deadline"):
             line += f", deadline {gate['deadline']}"
-        blocks.append({"type": "section", "block_id": f"unship-gate-{gate.get('gate_id', '')}", "text": _mrkdwn(line)})
+        blocks.append(SectionBlock(block_id=_block_id("unship-gate-", str(gate.get("gate_id", ""))),
+                                   text=_mrkdwn(line)))
 
     decisions = [d for d in ctx.get("decisions") or [] if isinstance(d, dict)]
     if decisions:
         lines = [f"{':white_check_mark:' if d.get('verdict') == 'approve' else ':no_entry_sign:'} "
                  f"{mention(str(d.get('user', '?')))} {'approved' if d.get('verdict') == 'approve' else 'rejected'}"
-                 f" via {d.get('via', '?')}" + (f": _{d['reason']}_" if d.get("reason") else "")
+                 f" via {d.get('via', '?')}" + (f": _{_cut(str(d['reason']), 250)}_" if d.get("reason") else "")
                  for d in decisions[-10:]]
-        blocks.append({"type": "context", "elements": [_mrkdwn("\n".join(lines))]})
+        blocks.append(ContextBlock(elements=[_mrkdwn("\n".join(lines))]))
 
     mentions = [str(m) for m in ctx.get("mentions") or []]
     if mentions and notification.kind is MessageKind.ESCALATED:
-        blocks.append({"type": "section", "text": _mrkdwn(" ".join(mention(m) for m in mentions)
-                                                          + " your decision is needed")})
+        blocks.append(SectionBlock(text=_mrkdwn(" ".join(mention(m) for m in mentions) + " your decision is needed")))
 
     if gate and ctx.get("phase") in _GATE_PHASES:
         blocks.append(_buttons(notification.incident_id, str(gate.get("gate_id", "")), str(ctx.get("release", "?"))))
-    return blocks[:50]
+    return [block.to_dict() for block in blocks[:50]]
 
 
-def _buttons(incident_id: str, gate_id: str, release: str) -> dict[str, Any]:
-    confirm = {
-        "title": _plain("Move users back?", 100),
-        "text": _mrkdwn(f"Approve moving users off `{release}` back to the previous model, stage by stage?"[:300]),
-        "confirm": _plain("Approve", 30),
-        "deny": _plain("Cancel", 30),
-        "style": "danger",
-    }
-    return {"type": "actions", "block_id": f"unship-actions-{gate_id}", "elements": [
-        {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "text": _plain("Approve", 75),
-         "value": button_value(incident_id, gate_id, "approve"), "confirm": confirm},
-        {"type": "button", "action_id": REJECT_ACTION, "style": "danger", "text": _plain("Reject", 75),
-         "value": button_value(incident_id, gate_id, "reject")},
-    ]}
+def _buttons(incident_id: str, gate_id: str, release: str) -> ActionsBlock:
+    confirm = ConfirmObject(
+        title=_plain("Move users back?", 100),
+        text=_mrkdwn(f"Approve moving users off `{release}` back to the previous model, stage by stage?", 300),
+        confirm=_plain("Approve", 30),
+        deny=_plain("Cancel", 30),
+        style="danger",
+    )
+    return ActionsBlock(block_id=_block_id("unship-actions-", gate_id), elements=[
+        ButtonElement(action_id=APPROVE_ACTION, style="primary", text=_plain("Approve", 75),
+                      value=button_value(incident_id, gate_id, "approve"), confirm=confirm),
+        ButtonElement(action_id=REJECT_ACTION, style="danger", text=_plain("Reject", 75),
+                      value=button_value(incident_id, gate_id, "reject")),
+    ])
 
 
 def slack_failure(method: str, channel: str, exc: SlackApiError) -> ApplicationError:

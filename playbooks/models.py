@@ -504,6 +504,14 @@ class TargetKind(StrEnum):
     SERVING = "serving"
 
 
+class KServeComponent(StrEnum):
+    """The components of a KServe InferenceService; each has its own revisions and canary split."""
+
+    PREDICTOR = "predictor"
+    TRANSFORMER = "transformer"
+    EXPLAINER = "explainer"
+
+
 class Target(_Model):
     """A flag or serving object whose traffic split moves users between the previous and the new model."""
 
@@ -515,6 +523,24 @@ class Target(_Model):
     project: str | None = None
     environment: str | None = None
     namespace: str | None = None
+    component: KServeComponent | None = Field(
+        default=None,
+        description="kserve: the InferenceService component whose canary carries the release "
+                    "(predictor | transformer | explainer); default predictor",
+    )
+    override_pending_changes: bool = Field(
+        default=False,
+        description="launchdarkly: write even when the flag has pending scheduled changes or approval requests "
+                    "in the environment (they may then fail); by default the revert stops and says what is pending",
+    )
+
+    @model_validator(mode="after")
+    def _provider_options(self) -> Target:
+        if self.component is not None and self.provider != "kserve":
+            raise ValueError(f"component applies to provider kserve only, not {self.provider!r}")
+        if self.override_pending_changes and self.provider != "launchdarkly":
+            raise ValueError(f"override_pending_changes applies to provider launchdarkly only, not {self.provider!r}")
+        return self
 
     @property
     def ref(self) -> str:

@@ -79,11 +79,13 @@ bootstrap_venv() {
     fi
 }
 
-# Debian packages the tests run for real: Prometheus + Alertmanager, PostgreSQL 15 and Chromium (the console's
-# browser tests drive it through Playwright's Python package; no browser is downloaded at run time).
+# Debian packages the tests run for real: Prometheus + Alertmanager, PostgreSQL 15, Chromium (the console's
+# browser tests drive it through Playwright's Python package; no browser is downloaded at run time) and
+# rsvg-convert (librsvg2-bin), a real SVG renderer that checks the tabletop report's charts.
 bootstrap_debian() {
     local missing=() names=()
     if ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); names+=(chromium); fi
+    if ! command -v rsvg-convert >/dev/null 2>&1; then missing+=(librsvg2-bin); names+=("librsvg2-bin (rsvg-convert)"); fi
     if ! command -v prometheus >/dev/null 2>&1; then missing+=(prometheus); names+=(prometheus); fi
     if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
         missing+=(prometheus-alertmanager); names+=(prometheus-alertmanager)

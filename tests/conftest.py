@@ -13,6 +13,15 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.processes import binary
 
+E2E_TIMEOUT = 600  # seconds; the default per-test limit is pyproject's [tool.pytest.ini_options] timeout
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests (marker ``e2e``) get a longer time limit unless they set their own."""
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
+
 
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:

@@ -3,48 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import unquote
 
 import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import FlagProvider
 from activities.http_providers import HttpProvider
 from playbooks.models import Target, TargetKind
-from tests.support.fake_http import DROP, DROP_AFTER_APPLY, Answer, FakeServer, Request
+from tests.support.fake_http import DROP, DROP_AFTER_APPLY, Answer, ContractServer
 
-TOKEN = "router-secret"
-
-
-class ContractServer(FakeServer):
-    """A router that stores the absolute split per target, exactly as the contract describes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.targets: dict[str, float] = {"chat/model": 0.0}
-        self.writes: list[dict] = []
-
-    def handle(self, request: Request) -> Answer:
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
-            return Answer(401, {"error": "bad token"})
-        prefix = "/router/targets/"
-        if not request.path.startswith(prefix):
-            return Answer(404, {"error": "no such route"})
-        key = unquote(request.path[len(prefix):])
-        if key not in self.targets:
-            return Answer(404, {"error": f"unknown target {key}"})
-        if request.method == "GET":
-            return Answer(200, {"previous_percent": self.targets[key]})
-        if request.method == "PUT":
-            body = request.json()
-            percent = body.get("previous_percent")
-            if not isinstance(percent, int | float) or not 0 <= percent <= 100:
-                return Answer(422, {"error": "previous_percent must be 0..100"})
-            self.writes.append({**body, "header_key": request.headers.get("idempotency-key")})
-            self.targets[key] = float(percent)
-            return Answer(204)
-        return Answer(405, {"error": "method not allowed"})
+TOKEN = ContractServer.default_token
 
 
 TARGET = Target(kind=TargetKind.SERVING, provider="http", key="chat/model", previous_variant="v1",
@@ -62,9 +30,6 @@ async def provider(server: ContractServer) -> AsyncIterator[HttpProvider]:
     async with httpx.AsyncClient(timeout=5) as client:
         yield HttpProvider(f"{server.url}/router/", TOKEN, client=client, system="model router")
 
-
-async def test_is_a_flag_provider(provider: HttpProvider) -> None:
-    assert isinstance(provider, FlagProvider)
 
 
 async def test_staged_writes_send_the_documented_body_and_read_back(server: ContractServer,

@@ -8,7 +8,6 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import FlagProvider
 from activities.kserve import KServeProvider
 from playbooks.models import Target, TargetKind
 from tests.support.fake_http import DROP, DROP_AFTER_APPLY
@@ -33,12 +32,8 @@ async def provider(fake: FakeKubernetes) -> AsyncIterator[KServeProvider]:
 
 
 def traffic(fake: FakeKubernetes) -> dict[str, int]:
-    predictor = fake.inference_service("ml", "chat-llm")["status"]["components"]["predictor"]
-    return {t["revisionName"]: t["percent"] for t in predictor["traffic"]}
+    return fake.traffic("ml", "chat-llm")
 
-
-async def test_is_a_flag_provider(provider: KServeProvider) -> None:
-    assert isinstance(provider, FlagProvider)
 
 
 async def test_staged_revert_moves_traffic_to_the_previous_revision(fake: FakeKubernetes,
@@ -64,8 +59,37 @@ async def test_canary_in_flight_is_rolled_back_to_the_rolled_out_revision(fake: 
         provider = KServeProvider(fake.url, fake.token, client=client, poll_interval=0.01)
         assert await provider.get_previous_percent(target) == 70.0
         assert await provider.set_previous_percent(target, 100, "k") is True
-    predictor = fake.inference_service("ml", "img")["status"]["components"]["predictor"]
-    assert {t["revisionName"]: t["percent"] for t in predictor["traffic"]} == {"img-00004": 0, "img-00003": 100}
+    assert fake.traffic("ml", "img") == {"img-00004": 0, "img-00003": 100}
+
+
+async def test_right_after_a_promotion_the_share_is_read_by_revision_name(fake: FakeKubernetes,
+                                                                         provider: KServeProvider) -> None:
+    # KServe first routes the remainder to latestRolledoutRevision, which after a promotion IS the candidate:
+    # status shows [candidate 90%, candidate 10% (tag prev)] until a later reconcile moves it to the previous one.
+    assert await provider.set_previous_percent(TARGET, 10, "wf:revert:0") is True
+    assert traffic(fake) == {"chat-llm-predictor-00002": 90, "chat-llm-predictor-00001": 10}
+    assert await provider.get_previous_percent(TARGET) == 10
+
+
+async def test_the_intermediate_same_revision_split_reads_as_nothing_moved_back(fake: FakeKubernetes,
+                                                                               provider: KServeProvider) -> None:
+    fake.objects[("ml", "chat-llm")]["spec"]["predictor"]["canaryTrafficPercent"] = 50
+    fake._reconcile_pass("ml", "chat-llm")  # one reconcile only: the split is over the candidate itself
+    assert traffic(fake) == {"chat-llm-predictor-00002": 100}
+    assert await provider.get_previous_percent(TARGET) == 0
+
+
+async def test_a_predictor_canary_settles_when_the_isvc_also_has_a_transformer(fake: FakeKubernetes,
+                                                                              provider: KServeProvider) -> None:
+    # status.observedGeneration follows the transformer's Knative Service, which a predictor patch never changes.
+    fake.add_inference_service("ml", "chat-llm", previous="chat-llm-predictor-00001",
+                               latest="chat-llm-predictor-00002", transformer="chat-llm-transformer-00001")
+    for percent in (10, 50, 100):
+        assert await provider.set_previous_percent(TARGET, percent, f"wf:revert:{percent}") is True
+        assert traffic(fake)["chat-llm-predictor-00001"] == percent
+    isvc = fake.inference_service("ml", "chat-llm")
+    assert isvc["status"]["observedGeneration"] < isvc["metadata"]["generation"]  # as on a real cluster
+    assert fake.traffic("ml", "chat-llm", "transformer") == {"chat-llm-transformer-00001": 100}
 
 
 async def test_same_state_twice_writes_once(fake: FakeKubernetes, provider: KServeProvider) -> None:
@@ -191,3 +215,26 @@ async def test_unreachable_api_is_retryable() -> None:
         with pytest.raises(ApplicationError) as caught:
             await provider.get_previous_percent(TARGET)
     assert not caught.value.non_retryable and "KServe: InferenceService ml/chat-llm" in caught.value.message
+
+
+async def test_the_component_the_playbook_names_is_the_one_read_and_moved(fake: FakeKubernetes,
+                                                                         provider: KServeProvider) -> None:
+    fake.add_inference_service("ml", "chat-llm", previous="chat-llm-predictor-00001",
+                               latest="chat-llm-predictor-00002", canary=40, promoted=False,
+                               transformer="chat-llm-transformer-00001")
+    transformer = Target.model_validate({**TARGET.model_dump(), "component": "transformer"})
+    assert await provider.get_previous_percent(TARGET) == 60
+    assert await provider.get_previous_percent(transformer) == 0  # its only revision takes all its traffic
+    with pytest.raises(ApplicationError) as caught:
+        await provider.set_previous_percent(transformer, 50, "k")
+    assert caught.value.non_retryable and "transformer has no previous rolled-out revision" in caught.value.message
+    explainer = Target.model_validate({**TARGET.model_dump(), "component": "explainer"})
+    with pytest.raises(ApplicationError) as caught:
+        await provider.set_previous_percent(explainer, 50, "k")
+    assert caught.value.non_retryable and "has no explainer" in caught.value.message
+    assert fake.patches_applied == 0
+
+
+def test_component_is_a_kserve_option_only() -> None:
+    with pytest.raises(ValueError, match="component applies to provider kserve only"):
+        Target(kind=TargetKind.FLAG, provider="flagd", key="f", component="predictor")

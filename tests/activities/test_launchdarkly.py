@@ -9,7 +9,6 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import FlagProvider
 from activities.launchdarkly import LaunchDarklyProvider, rate_limit_delay
 from playbooks.models import Target
 from tests.support.fake_http import DROP, DROP_AFTER_APPLY
@@ -36,9 +35,6 @@ def weights(fake: FakeLaunchDarkly, env: str = "production") -> dict[int, int]:
     rollout = fake.environment("assistant", "chat-model", env)["fallthrough"]["rollout"]
     return {v["variation"]: v["weight"] for v in rollout["variations"]}
 
-
-async def test_is_a_flag_provider(provider: LaunchDarklyProvider) -> None:
-    assert isinstance(provider, FlagProvider)
 
 
 async def test_staged_revert_sets_fallthrough_weights_and_reads_them_back(
@@ -198,3 +194,54 @@ async def test_missing_token_is_a_configuration_error() -> None:
     with pytest.raises(ApplicationError) as caught:
         LaunchDarklyProvider(None)
     assert caught.value.non_retryable and "UNSHIP_LAUNCHDARKLY_API_TOKEN" in caught.value.message
+
+
+async def test_a_pending_scheduled_change_stops_the_revert_and_says_what_is_pending(
+    fake: FakeLaunchDarkly, provider: LaunchDarklyProvider
+) -> None:
+    change = fake.schedule_change("assistant", "chat-model", "production", [{"kind": "turnFlagOff"}],
+                                  execution_date_ms=1_893_456_000_000)
+    approval = fake.request_approval("assistant", "chat-model", "production", "raise gpt-5 to 100%")
+    with pytest.raises(ApplicationError) as caught:
+        await provider.set_previous_percent(TARGET, 10, "wf:revert:0")
+    error = caught.value
+    assert error.non_retryable and error.type == "LaunchDarkly.pending_changes"
+    assert change["_id"] in error.message and "turnFlagOff" in error.message and "2030-01-01" in error.message
+    assert approval["_id"] in error.message and "raise gpt-5 to 100%" in error.message
+    assert "override_pending_changes" in error.message
+    assert "playbook" not in error.message.replace("override_pending_changes", "")  # not a playbook mistake
+    assert fake.patches_applied == 0 and await provider.get_previous_percent(TARGET) == 0
+
+
+async def test_overriding_pending_changes_is_the_playbooks_choice(fake: FakeLaunchDarkly,
+                                                                 provider: LaunchDarklyProvider) -> None:
+    fake.schedule_change("assistant", "chat-model", "production", [{"kind": "turnFlagOff"}], 1_893_456_000_000)
+    target = Target.model_validate({**TARGET.model_dump(), "override_pending_changes": True})
+    assert await provider.set_previous_percent(target, 10, "wf:revert:0") is True
+    assert weights(fake) == {0: 10_000, 1: 90_000}
+    patch = next(r for r in reversed(fake.requests) if r.method == "PATCH")
+    assert patch.query["ignoreConflicts"] == ["true"]
+
+
+async def test_approval_requests_already_applied_do_not_stop_the_revert(fake: FakeLaunchDarkly,
+                                                                       provider: LaunchDarklyProvider) -> None:
+    fake.request_approval("assistant", "chat-model", "production", "old change", status="completed")
+    assert await provider.set_previous_percent(TARGET, 10, "wf:revert:0") is True
+
+
+async def test_a_400_with_nothing_pending_still_reads_as_a_rejected_request(fake: FakeLaunchDarkly,
+                                                                           provider: LaunchDarklyProvider) -> None:
+    fake.fail_next(None, 400)
+    with pytest.raises(ApplicationError) as caught:
+        await provider.set_previous_percent(TARGET, 10, "k")
+    assert caught.value.non_retryable and caught.value.type == "LaunchDarkly.http_400"
+
+
+async def test_when_pending_changes_cannot_be_listed_the_400_says_so(fake: FakeLaunchDarkly,
+                                                                    provider: LaunchDarklyProvider) -> None:
+    fake.schedule_change("assistant", "chat-model", "production", [{"kind": "turnFlagOff"}], 1_893_456_000_000)
+    fake.fail_next(None, None, 403)  # read, PATCH (400 from the conflict), then the listing is forbidden
+    with pytest.raises(ApplicationError) as caught:
+        await provider.set_previous_percent(TARGET, 10, "k")
+    assert caught.value.non_retryable and "could not list the flag's pending changes" in caught.value.message
+    assert "403" in caught.value.message

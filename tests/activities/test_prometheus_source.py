@@ -130,3 +130,14 @@ async def test_unreachable_prometheus_is_retryable() -> None:
         await source.aclose()
     assert not err.value.non_retryable
     assert "will retry" in err.value.message
+
+
+async def test_exactly_min_samples_outputs_is_measured(
+        prometheus_url: str, exporter: MetricsExporter, source: PrometheusSignalSource) -> None:
+    await scraped(prometheus_url, exporter, "unship_t_edge_bad", 3)
+    await scraped(prometheus_url, exporter, "unship_t_edge_outputs", 100)
+    sig = signal(25, events="unship_t_edge_bad", outputs="unship_t_edge_outputs", min_samples=100)
+
+    obs = await source.observe(sig, poll(sig))
+    assert (obs.measurement, obs.samples) == (Measurement.BREACH, 100)
+    assert obs.value == pytest.approx(300)

@@ -133,3 +133,10 @@ async def test_log_notifier_logs_keeps_and_numbers_messages(caplog: pytest.LogCa
     assert first.text == "Incident opened for r1" and first.channel == "#ml-incidents"
     assert "[#ml-incidents] Incident opened for r1" in caplog.text
     assert [text for _, text in chat.sent] == ["Incident opened for r1", "Now reverting", "Escalated"]
+
+
+def test_exactly_min_samples_outputs_is_measured() -> None:
+    # "fewer than min_samples" is no data; exactly min_samples is enough traffic to judge
+    at_minimum = classify(signal(min_samples=100), 30.0, 100)
+    assert (at_minimum.measurement, at_minimum.value, at_minimum.samples) == (Measurement.BREACH, 30.0, 100)
+    assert classify(signal(min_samples=100), 30.0, 99).measurement is Measurement.NO_DATA

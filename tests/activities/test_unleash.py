@@ -19,7 +19,6 @@ from temporalio.exceptions import ApplicationError
 from UnleashClient import UnleashClient
 from UnleashClient.utils import InstanceAllowType
 
-from activities.contracts import FlagProvider
 from activities.unleash import STRATEGY_TITLE, UnleashProvider
 from playbooks.models import Target
 from tests.support.postgres import start_postgres
@@ -122,9 +121,6 @@ def users_on_previous(unleash: UnleashServer, flag: str) -> set[str]:
 def share(users: set[str]) -> float:
     return 100.0 * len(users) / len(USERS)
 
-
-async def test_is_a_flag_provider(provider: UnleashProvider) -> None:
-    assert isinstance(provider, FlagProvider)
 
 
 async def test_staged_revert_moves_the_expected_share_and_users_stay_back(

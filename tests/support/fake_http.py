@@ -1,5 +1,9 @@
 """A real local HTTP server (stdlib, in a thread) for SaaS we cannot run here, with scripted faults.
 
+``FakeServer`` is the base of every test server in ``tests/support`` (Kubernetes/KServe, LaunchDarkly, Slack,
+the Prometheus exporter) and ``ContractServer`` implements unship's own generic HTTP flag/router contract
+(the module docstring of ``activities/http_providers.py`` is its specification).
+
 Subclasses implement ``handle`` for the documented API; tests script what happens to the next requests with
 ``fail_next``: an HTTP status (answered with the subclass's error body and headers), ``DROP`` (the connection
 is closed before anything is done) or ``DROP_AFTER_APPLY`` (the request takes effect, then the connection is
@@ -13,7 +17,7 @@ import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 DROP = "drop"
 DROP_AFTER_APPLY = "drop-after-apply"
@@ -33,8 +37,21 @@ class Request:
 
 
 class Answer:
-    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+    """A status, a body (JSON-encoded unless it is ``bytes``/``str``, sent as ``content_type``) and headers."""
+
+    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
+                 content_type: str | None = None) -> None:
         self.status, self.body, self.headers = status, body, headers or {}
+        self.content_type = content_type
+
+    def encoded(self) -> tuple[bytes, str | None]:
+        if self.body is None:
+            return b"", self.content_type
+        if isinstance(self.body, bytes):
+            return self.body, self.content_type or "application/octet-stream"
+        if isinstance(self.body, str):
+            return self.body.encode(), self.content_type or "text/plain; charset=utf-8"
+        return json.dumps(self.body).encode(), self.content_type or "application/json"
 
 
 class FakeServer:
@@ -44,6 +61,7 @@ class FakeServer:
         self.lock = threading.RLock()
         self.faults: deque[Fault] = deque()
         self.requests: list[Request] = []
+        self.crashes: list[Exception] = []  # exceptions raised by handle(): answered 500, kept for the test
         self._server: ThreadingHTTPServer | None = None
 
     # --- to implement -------------------------------------------------------------------------------
@@ -64,6 +82,13 @@ class FakeServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def address(self) -> str:
+        """``host:port`` (what a Prometheus scrape config names)."""
+        assert self._server is not None, "server not started"
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
     def start(self) -> Self:
         fake = self
 
@@ -82,19 +107,23 @@ class FakeServer:
                     if fault == DROP:
                         self.close_connection = True
                         return
-                    if isinstance(fault, int):
-                        answer = fake.error_answer(fault, request)
-                    else:
-                        answer = fake.handle(request)
+                    try:
+                        if isinstance(fault, int):
+                            answer = fake.error_answer(fault, request)
+                        else:
+                            answer = fake.handle(request)
+                    except Exception as exc:  # noqa: BLE001 - a bug in the fake must not look like a network fault
+                        fake.crashes.append(exc)
+                        answer = Answer(500, {"message": f"the fake crashed: {type(exc).__name__}: {exc}"})
                     if fault == DROP_AFTER_APPLY:
                         self.close_connection = True
                         return
-                payload = b"" if answer.body is None else json.dumps(answer.body).encode()
+                payload, content_type = answer.encoded()
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
-                if payload:
-                    self.send_header("Content-Type", "application/json")
+                if payload and content_type:
+                    self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -118,3 +147,42 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ContractServer(FakeServer):
+    """A router serving the generic HTTP contract (``activities/http_providers.py``) under ``/router``.
+
+    It stores the absolute split per target: ``GET /router/targets/{key}`` answers ``{"previous_percent": p}``
+    (404 for an unknown key), ``PUT`` with the documented body stores ``previous_percent`` (0..100, else 422) and
+    answers 204; a wrong bearer token is 401, another method 405. ``writes`` records each accepted PUT body
+    with its ``Idempotency-Key`` header (as ``header_key``).
+    """
+
+    default_token = "router-secret"
+
+    def __init__(self, token: str = default_token, targets: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.token = token
+        self.targets: dict[str, float] = {"chat/model": 0.0} if targets is None else dict(targets)
+        self.writes: list[dict[str, Any]] = []
+
+    def handle(self, request: Request) -> Answer:
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return Answer(401, {"error": "bad token"})
+        prefix = "/router/targets/"
+        if not request.path.startswith(prefix):
+            return Answer(404, {"error": "no such route"})
+        key = unquote(request.path[len(prefix):])
+        if key not in self.targets:
+            return Answer(404, {"error": f"unknown target {key}"})
+        if request.method == "GET":
+            return Answer(200, {"previous_percent": self.targets[key]})
+        if request.method == "PUT":
+            body = request.json()
+            percent = body.get("previous_percent") if isinstance(body, dict) else None
+            if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+                return Answer(422, {"error": "previous_percent must be 0..100"})
+            self.writes.append({**body, "header_key": request.headers.get("idempotency-key")})
+            self.targets[key] = float(percent)
+            return Answer(204)
+        return Answer(405, {"error": "method not allowed"})

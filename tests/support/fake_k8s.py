@@ -3,13 +3,26 @@
 ``GET`` and ``PATCH`` (``application/merge-patch+json`` only; other patch types get 415, as for CRDs) on
 ``/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}``, bearer-token auth, errors as
 ``Status`` objects (404 NotFound, 409 Conflict on a stale ``metadata.resourceVersion``), and a small fake
-controller that recomputes ``status.components.predictor`` the way KServe's Serverless mode does:
+controller that follows KServe's Serverless-mode rules, read in kserve/kserve:
 
-- no ``canaryTrafficPercent`` (or 100): the latest revision is promoted and gets all traffic;
-- otherwise the latest revision gets ``canaryTrafficPercent`` and the rest goes to ``latestRolledoutRevision``
-  while a canary is in flight, or to ``previousRolledoutRevision`` after a promotion (so 0 rolls back).
+- ``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go``, ``createKnativeService``:
+  one Knative Service per component (predictor, transformer, explainer). With ``canaryTrafficPercent`` set and a
+  ``latestRolledoutRevision`` known, the route is ``[latestRevision: canary%, revisionName:
+  latestRolledoutRevision (tag "prev"): (100 - canary)%]``; without it (or with 100), ``[latestRevision: 100%]``.
+  The remainder goes to ``latestRolledoutRevision`` *as it is at that reconcile*: right after a promotion that is
+  the latest revision itself, so the first status after a canary patch splits traffic over the SAME revision.
+- ``pkg/apis/serving/v1beta1/inference_service_status.go``, ``PropagateStatus``: per component, a latest revision
+  at 100% becomes ``latestRolledoutRevision`` (the old one becomes ``previousRolledoutRevision``); when the latest
+  revision is already the rolled-out one and its traffic is split under 100% over itself, ``latestRolledoutRevision``
+  goes back to ``previousRolledoutRevision``, so the NEXT reconcile routes the remainder there. ``status.traffic``
+  is the Knative Service's traffic (the ``latestRevision`` entry resolved to the latest ready revision's name).
+  ``status.observedGeneration`` is the Knative Service's ``observedGeneration`` of the component propagated last
+  (the controller reconciles predictor, then transformer, then explainer), NOT the InferenceService's
+  ``metadata.generation``: a predictor patch on an InferenceService with a transformer never raises it.
 
-``status_lag`` makes the controller apply a change only after that many further GETs (status lags spec).
+Timing: the controller is asynchronous. A PATCH answers the object with the old status; each later GET first
+runs one reconcile pass (after ``status_lag`` GETs that still see the old status), until a pass changes nothing.
+So a reader sees every intermediate status KServe would show, in order.
 """
 
 from __future__ import annotations
@@ -21,6 +34,9 @@ from typing import Any
 from tests.support.fake_http import Answer, FakeServer, Request
 
 PREFIX = "/apis/serving.kserve.io/v1beta1/namespaces/"
+# The order in which the InferenceService controller reconciles components (controller.go): the last one's
+# Knative observedGeneration is what status.observedGeneration shows.
+COMPONENTS = ("predictor", "transformer", "explainer")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -42,13 +58,51 @@ def status_object(code: int, reason: str, message: str, name: str | None = None)
             "reason": reason, "details": details, "code": code}
 
 
+def desired_route(canary: int | None, component_status: dict[str, Any]) -> list[dict[str, Any]]:
+    """``createKnativeService``'s traffic targets for one component."""
+    rolled_out = component_status.get("latestRolledoutRevision") or ""
+    if canary is not None and rolled_out:
+        route: list[dict[str, Any]] = [{"latestRevision": True, "percent": canary}]
+        if canary < 100:
+            route.append({"revisionName": rolled_out, "latestRevision": False, "percent": 100 - canary,
+                          "tag": "prev"})
+        return route
+    return [{"latestRevision": True, "percent": 100}]
+
+
+def propagate(component_status: dict[str, Any], traffic: list[dict[str, Any]]) -> None:
+    """``PropagateStatus``'s rolled-out bookkeeping for one component, then its traffic."""
+    latest_ready = component_status.get("latestReadyRevision")
+    latest_created = component_status.get("latestCreatedRevision")
+    per_revision: dict[str, int] = {}
+    for entry in traffic:
+        per_revision[entry["revisionName"]] = per_revision.get(entry["revisionName"], 0) + entry["percent"]
+    for entry in traffic:
+        if entry["revisionName"] != latest_ready or not entry.get("latestRevision"):
+            continue
+        if component_status.get("latestRolledoutRevision") != latest_ready:
+            if entry["percent"] == 100:
+                component_status["previousRolledoutRevision"] = component_status.get("latestRolledoutRevision")
+                component_status["latestRolledoutRevision"] = latest_ready
+        elif (latest_ready == latest_created and entry["percent"] < 100
+              and per_revision.get(entry["revisionName"]) == 100 and component_status.get("previousRolledoutRevision")):
+            # the split is over the rolled-out revision itself: roll the bookkeeping back to the previous one
+            component_status["latestRolledoutRevision"] = component_status["previousRolledoutRevision"]
+    component_status["traffic"] = traffic
+
+
 class FakeKubernetes(FakeServer):
-    """State: ``objects[(namespace, name)]``; ``patches_applied`` counts PATCHes that changed an object."""
+    """State: ``objects[(namespace, name)]``; ``patches_applied`` counts PATCHes that changed an object.
+
+    ``ksvcs[(namespace, name, component)]`` are the Knative Services the controller owns (``generation``,
+    ``observedGeneration``, ``route``).
+    """
 
     def __init__(self, token: str = "k8s-test-token") -> None:
         super().__init__()
         self.token = token
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.ksvcs: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.patches_applied = 0
         self.status_lag = 0
         self._pending: dict[tuple[str, str], int] = {}
@@ -59,53 +113,98 @@ class FakeKubernetes(FakeServer):
         return str(self._version)
 
     def add_inference_service(self, namespace: str, name: str, *, previous: str, latest: str,
-                              canary: int | None = None, promoted: bool = True) -> None:
-        """An isvc whose predictor has revisions ``previous`` then ``latest``.
+                              canary: int | None = None, promoted: bool = True,
+                              transformer: str | None = None) -> None:
+        """An isvc whose predictor has revisions ``previous`` then ``latest`` (already reconciled).
 
         ``promoted=True``: ``latest`` was rolled out and ``previous`` is ``previousRolledoutRevision``;
         ``False``: ``latest`` is a canary in flight over ``previous`` (the last rolled-out revision).
+        ``transformer``: the name of the single revision of a transformer component (none by default).
         """
-        predictor_spec: dict[str, Any] = {"model": {"modelFormat": {"name": "huggingface"},
-                                                    "storageUri": f"s3://models/{latest}"}}
+        spec: dict[str, Any] = {"predictor": {"model": {"modelFormat": {"name": "huggingface"},
+                                                        "storageUri": f"s3://models/{latest}"}}}
         if canary is not None:
-            predictor_spec["canaryTrafficPercent"] = canary
+            spec["predictor"]["canaryTrafficPercent"] = canary
+        components: dict[str, Any] = {"predictor": {
+            "latestCreatedRevision": latest, "latestReadyRevision": latest,
+            "latestRolledoutRevision": latest if promoted else previous,
+            "previousRolledoutRevision": previous if promoted else None,
+        }}
+        if transformer:
+            spec["transformer"] = {"containers": [{"name": "kserve-container", "image": "prompt-transformer:1"}]}
+            components["transformer"] = {"latestCreatedRevision": transformer, "latestReadyRevision": transformer,
+                                         "latestRolledoutRevision": transformer}
         isvc = {
             "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": name, "namespace": namespace, "generation": 1,
+            # two spec versions so far: the first model, then the latest one
+            "metadata": {"name": name, "namespace": namespace, "generation": 2,
                          "resourceVersion": self._next_version()},
-            "spec": {"predictor": predictor_spec},
-            "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}],
-                       "components": {"predictor": {
-                           "latestCreatedRevision": latest, "latestReadyRevision": latest,
-                           "latestRolledoutRevision": latest if promoted else previous,
-                           "previousRolledoutRevision": previous if promoted else None,
-                       }}},
+            "spec": spec,
+            "status": {"observedGeneration": 0, "conditions": [{"type": "Ready", "status": "True"}],
+                       "components": components},
         }
-        self._reconcile(isvc)
         with self.lock:
+            for component in components:
+                # the predictor's Knative Service went through create + new model; a transformer only create
+                generation = 2 if component == "predictor" else 1
+                self.ksvcs[(namespace, name, component)] = {"generation": generation, "observedGeneration": generation,
+                                                            "route": None}
             self.objects[(namespace, name)] = isvc
+            while self._reconcile_pass(namespace, name):
+                pass
 
     def inference_service(self, namespace: str, name: str) -> dict[str, Any]:
         with self.lock:
             return copy.deepcopy(self.objects[(namespace, name)])
 
-    @staticmethod
-    def _reconcile(isvc: dict[str, Any]) -> None:
-        predictor = isvc["status"]["components"]["predictor"]
-        latest = predictor["latestReadyRevision"]
-        canary = isvc["spec"]["predictor"].get("canaryTrafficPercent")
-        if canary is None or canary == 100:
-            if predictor["latestRolledoutRevision"] != latest:
-                predictor["previousRolledoutRevision"] = predictor["latestRolledoutRevision"]
-                predictor["latestRolledoutRevision"] = latest
-            traffic = [{"revisionName": latest, "percent": 100, "latestRevision": True}]
-        else:
-            rolled_out = predictor["latestRolledoutRevision"]
-            rest = rolled_out if rolled_out != latest else predictor["previousRolledoutRevision"]
-            traffic = [{"revisionName": latest, "percent": canary, "latestRevision": True, "tag": "latest"},
-                       {"revisionName": rest, "percent": 100 - canary, "latestRevision": False, "tag": "prev"}]
-        predictor["traffic"] = traffic
-        isvc["status"]["observedGeneration"] = isvc["metadata"]["generation"]
+    def traffic(self, namespace: str, name: str, component: str = "predictor") -> dict[str, int]:
+        """Percent per revision name, as status shows it now (summed when one revision has several entries)."""
+        with self.lock:
+            entries = self.objects[(namespace, name)]["status"]["components"][component]["traffic"]
+            shares: dict[str, int] = {}
+            for entry in entries:
+                shares[entry["revisionName"]] = shares.get(entry["revisionName"], 0) + entry["percent"]
+            return shares
+
+    def settle(self, namespace: str, name: str) -> None:
+        """Let the controller run until nothing changes (what a cluster does given time)."""
+        with self.lock:
+            self._pending.pop((namespace, name), None)
+            while self._reconcile_pass(namespace, name):
+                pass
+
+    def _reconcile_pass(self, namespace: str, name: str) -> bool:
+        """One controller reconcile of every component, in order; True when status changed."""
+        isvc = self.objects[(namespace, name)]
+        before = copy.deepcopy(isvc["status"])
+        for component in COMPONENTS:
+            spec = isvc["spec"].get(component)
+            if spec is None or component not in isvc["status"]["components"]:
+                continue
+            component_status = isvc["status"]["components"][component]
+            ksvc = self.ksvcs[(namespace, name, component)]
+            route = desired_route(spec.get("canaryTrafficPercent"), component_status)
+            if route != ksvc["route"]:
+                if ksvc["route"] is not None:
+                    ksvc["generation"] += 1
+                ksvc["route"] = route
+            ksvc["observedGeneration"] = ksvc["generation"]  # Knative applies the route at once here
+            resolved = [{**entry, "revisionName": entry.get("revisionName") or component_status["latestReadyRevision"]}
+                        for entry in route]
+            propagate(component_status, resolved)
+            isvc["status"]["observedGeneration"] = ksvc["observedGeneration"]
+        return isvc["status"] != before
+
+    def _tick(self, key: tuple[str, str]) -> None:
+        """The controller's progress between two GETs."""
+        waiting = self._pending.get(key)
+        if waiting is None:
+            return
+        if waiting > 0:
+            self._pending[key] = waiting - 1
+            return
+        if not self._reconcile_pass(*key):
+            del self._pending[key]
 
     def error_answer(self, status: int, request: Request) -> Answer:
         reasons = {404: "NotFound", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError",
@@ -128,11 +227,7 @@ class FakeKubernetes(FakeServer):
             return Answer(404, status_object(404, "NotFound",
                                              f'inferenceservices.serving.kserve.io "{parts[2]}" not found', parts[2]))
         if request.method == "GET":
-            if key in self._pending:
-                self._pending[key] -= 1
-                if self._pending[key] <= 0:
-                    del self._pending[key]
-                    self._reconcile(isvc)
+            self._tick(key)
             return Answer(200, copy.deepcopy(isvc))
         if request.method == "PATCH":
             return self._patch(key, isvc, request)
@@ -153,17 +248,16 @@ class FakeKubernetes(FakeServer):
             return Answer(409, status_object(409, "Conflict", f'Operation cannot be fulfilled on inferenceservices.'
                                              f'serving.kserve.io "{key[1]}": the object has been modified; please '
                                              f'apply your changes to the latest version and try again', key[1]))
-        canary = ((patch.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
-        if canary is not None and (not isinstance(canary, int) or not 0 <= canary <= 100):
-            return Answer(422, status_object(422, "Invalid", "spec.predictor.canaryTrafficPercent: Invalid value"))
+        for component in COMPONENTS:
+            canary = ((patch.get("spec") or {}).get(component) or {}).get("canaryTrafficPercent")
+            if canary is not None and (not isinstance(canary, int) or not 0 <= canary <= 100):
+                return Answer(422, status_object(422, "Invalid",
+                                                 f"spec.{component}.canaryTrafficPercent: Invalid value"))
         new_spec = merge_patch(isvc["spec"], patch.get("spec") or {})
         if new_spec != isvc["spec"]:
             isvc["spec"] = new_spec
             isvc["metadata"]["generation"] += 1
             isvc["metadata"]["resourceVersion"] = self._next_version()
             self.patches_applied += 1
-            if self.status_lag:
-                self._pending[key] = self.status_lag
-            else:
-                self._reconcile(isvc)
+            self._pending[key] = self.status_lag
         return Answer(200, copy.deepcopy(isvc))

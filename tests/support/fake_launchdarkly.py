@@ -1,11 +1,27 @@
 """A local server speaking LaunchDarkly's REST API v2 shapes for flags (GET flag, semantic-patch PATCH).
 
-Only what unship uses, as documented: ``GET /api/v2/flags/{project}/{flag}?env=`` returns the flag with
-``variations[{_id, value, name}]`` and ``environments.<env>.{on, offVariation, fallthrough}``; ``PATCH`` with
-``Content-Type: application/json; domain-model=launchdarkly.semanticpatch`` applies ``turnFlagOn``,
-``turnFlagOff`` and ``updateFallthroughVariationOrRollout`` (weights in thousandths adding up to 100000).
-Errors use LaunchDarkly's ``{"code", "message"}`` body. Environments can be marked as requiring approval
-(PATCH answers 405), and 429s carry ``X-Ratelimit-Reset`` (epoch ms) and ``Retry-After``.
+Only what unship uses, as documented (sources: LaunchDarkly's OpenAPI spec as rendered at
+https://launchdarkly.com/docs/api and in ``launchdarkly/api-client-python`` ``docs/FeatureFlagsApi.md``):
+
+- ``GET /api/v2/flags/{project}/{flag}?env=`` returns the flag with ``variations[{_id, value, name}]`` and
+  ``environments.<env>.{on, offVariation, fallthrough}`` ("Get feature flag").
+- ``PATCH /api/v2/flags/{project}/{flag}`` with ``Content-Type: application/json; domain-model=
+  launchdarkly.semanticpatch`` applies ``turnFlagOn``, ``turnFlagOff`` and ``updateFallthroughVariationOrRollout``
+  (weights in thousandths adding up to 100000) ("Update feature flag", "Using semantic patches").
+- Pending changes ("Update feature flag", query parameter ``ignoreConflicts``): "If a flag configuration change
+  made through this endpoint would cause a pending scheduled change or approval request to fail, this endpoint
+  will return a 400. You can ignore this check by setting this parameter to true." The fake keeps scheduled
+  changes (``schedule_change``) and approval requests (``request_approval``) per environment and answers 400
+  ``invalid_request`` to any PATCH that changes that environment while one is pending, unless
+  ``?ignoreConflicts=true``. (LaunchDarkly decides conflicts semantically; "any change conflicts" is the fake's
+  simplification, and the message wording is not documented.) They are listed by
+  ``GET /api/v2/projects/{p}/flags/{f}/environments/{e}/scheduled-changes`` ("List scheduled changes": ``items``
+  with ``_id``, ``executionDate`` in epoch ms, ``instructions``) and ``.../approval-requests`` ("List approval
+  requests for a flag": ``items`` with ``_id``, ``status`` pending|scheduled|failed|completed, ``reviewStatus``,
+  ``description``, ``requestorId``).
+- Errors use LaunchDarkly's ``{"code", "message", "id"}`` body. Environments can be marked as requiring approval
+  (PATCH answers 405), and 429s carry ``X-Ratelimit-Reset`` (epoch ms) and ``Retry-After`` (API docs, "Rate
+  limiting").
 """
 
 from __future__ import annotations
@@ -30,6 +46,8 @@ class FakeLaunchDarkly(FakeServer):
         self.token = token
         self.flags: dict[tuple[str, str], dict[str, Any]] = {}
         self.approval_required: set[str] = set()
+        self.scheduled_changes: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self.approval_requests: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self.patches_applied = 0
         self.rate_limit_reset_in = 2.0
 
@@ -51,6 +69,30 @@ class FakeLaunchDarkly(FakeServer):
             self.flags[(project, key)] = flag
         return flag
 
+    def schedule_change(self, project: str, key: str, env: str, instructions: list[dict[str, Any]],
+                        execution_date_ms: int) -> dict[str, Any]:
+        """A pending scheduled change of the flag in ``env`` (what a release plan leaves behind)."""
+        change = {"_id": uuid.uuid4().hex[:24], "_creationDate": int(time.time() * 1000), "_maintainerId": "m1",
+                  "_version": 1, "executionDate": execution_date_ms, "instructions": instructions}
+        with self.lock:
+            self.scheduled_changes.setdefault((project, key, env), []).append(change)
+        return change
+
+    def request_approval(self, project: str, key: str, env: str, description: str,
+                         status: str = "pending") -> dict[str, Any]:
+        """An approval request on the flag in ``env`` (pending until someone applies it)."""
+        request = {"_id": uuid.uuid4().hex[:24], "_version": 1, "creationDate": int(time.time() * 1000),
+                   "requestorId": "m2", "description": description, "status": status, "reviewStatus": "pending",
+                   "instructions": [], "allReviews": []}
+        with self.lock:
+            self.approval_requests.setdefault((project, key, env), []).append(request)
+        return request
+
+    def _pending(self, project: str, key: str, env: str) -> bool:
+        approvals = [a for a in self.approval_requests.get((project, key, env), [])
+                     if a["status"] in ("pending", "scheduled")]
+        return bool(self.scheduled_changes.get((project, key, env)) or approvals)
+
     def environment(self, project: str, key: str, env: str) -> dict[str, Any]:
         with self.lock:
             return copy.deepcopy(self.flags[(project, key)]["environments"][env])
@@ -70,6 +112,13 @@ class FakeLaunchDarkly(FakeServer):
         if request.headers.get("authorization") != self.token:
             return self._error(401, "Invalid access token")
         parts = request.path.strip("/").split("/")
+        if len(parts) == 9 and parts[:3] == ["api", "v2", "projects"] and parts[4] == "flags" \
+                and parts[6] == "environments" and parts[8] in ("scheduled-changes", "approval-requests"):
+            if (parts[3], parts[5]) not in self.flags:
+                return self._error(404, "Unknown resource")
+            kept = self.scheduled_changes if parts[8] == "scheduled-changes" else self.approval_requests
+            items = copy.deepcopy(kept.get((parts[3], parts[5], parts[7]), []))
+            return Answer(200, {"items": items, "totalCount": len(items), "_links": {}})
         if len(parts) != 5 or parts[:3] != ["api", "v2", "flags"]:
             return self._error(404, "Unknown resource")
         flag = self.flags.get((parts[3], parts[4]))
@@ -82,10 +131,10 @@ class FakeLaunchDarkly(FakeServer):
                 shown["environments"] = {k: v for k, v in shown["environments"].items() if k in wanted}
             return Answer(200, shown)
         if request.method == "PATCH":
-            return self._semantic_patch(flag, request)
+            return self._semantic_patch(parts[3], flag, request)
         return self._error(405, "Method not allowed")
 
-    def _semantic_patch(self, flag: dict[str, Any], request: Request) -> Answer:
+    def _semantic_patch(self, project: str, flag: dict[str, Any], request: Request) -> Answer:
         if "domain-model=launchdarkly.semanticpatch" not in request.headers.get("content-type", ""):
             return self._error(400, "This fake only speaks semantic patch")
         body = request.json()
@@ -122,6 +171,10 @@ class FakeLaunchDarkly(FakeServer):
                 changed["fallthrough"] = {"rollout": rollout}
             else:
                 return self._error(400, f"unknown instruction kind {kind!r}")
+        if changed != env and self._pending(project, flag["key"], env_key) \
+                and request.query.get("ignoreConflicts", ["false"])[-1] != "true":
+            return self._error(400, "This change conflicts with pending scheduled changes or approval requests on "
+                                    f"this flag in {env_key!r}; set ignoreConflicts=true to apply it anyway")
         if changed != env:
             changed["version"] += 1
             flag["environments"][env_key] = changed

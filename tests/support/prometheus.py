@@ -15,15 +15,14 @@ import math
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.support.fake_http import Answer, FakeServer, Request
 from tests.support.processes import start_server, stop_server
 
 BOOTSTRAP = "./dev bootstrap (or: DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus)"
@@ -69,67 +68,48 @@ def stop_prometheus(process: subprocess.Popen[bytes]) -> None:
     stop_server(process)
 
 
-class MetricsExporter:
-    """An HTTP ``/metrics`` endpoint in a thread, serving the values set with ``set``.
+class MetricsExporter(FakeServer):
+    """An HTTP ``/metrics`` endpoint (the test servers' ``FakeServer``), serving the values set with ``set``.
 
     ``exporter.set("unship_test_outputs", 120, {"release": "r1"})``; ``exporter.target`` is the ``host:port``
-    to scrape. ``stop()`` shuts it down.
+    to scrape. Started on construction; ``stop()`` shuts it down.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._types: dict[str, str] = {}
-        self._lock = threading.Lock()
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                body = exporter.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self.start()
 
     @property
     def target(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return self.address
+
+    def handle(self, request: Request) -> Answer:
+        if request.method != "GET" or request.path != "/metrics":
+            return Answer(404, "404 page not found\n")
+        return Answer(200, self.render(), content_type="text/plain; version=0.0.4")
 
     def set(self, name: str, value: float, labels: dict[str, str] | None = None, kind: str = "gauge") -> None:
         """Serve ``name{labels} value`` from now on (``kind``: gauge or counter)."""
-        with self._lock:
+        with self.lock:
             self._values[(name, tuple(sorted((labels or {}).items())))] = value
             self._types[name] = kind
 
     def remove(self, name: str) -> None:
         """Stop serving every series of ``name``."""
-        with self._lock:
+        with self.lock:
             self._values = {k: v for k, v in self._values.items() if k[0] != name}
             self._types.pop(name, None)
 
     def render(self) -> str:
         """The exposition text."""
-        with self._lock:
+        with self.lock:
             lines = [f"# TYPE {name} {kind}" for name, kind in sorted(self._types.items())]
             for (name, labels), value in sorted(self._values.items()):
                 label_text = ",".join(f'{k}="{v}"' for k, v in labels)
                 lines.append(f"{name}{{{label_text}}} {_number(value)}")
         return "\n".join(lines) + "\n"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def _number(value: float) -> str:

@@ -19,6 +19,7 @@ from activities.rollback import RollbackActivities
 from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from playbooks.models import PlaybookSnapshot
+from tests.support.temporal import SIMULATED_LIMIT, workflow_result
 from workflows.messages import Alert, AlertBatch, IncidentStatus, Phase, RollbackInput, incident_id
 from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.rollback import RollbackWorkflow
@@ -48,9 +49,15 @@ class World:
             task_queue=self.task_queue,
             start_signal="alerts",
             start_signal_args=[AlertBatch(alerts=[alert])],
+            execution_timeout=SIMULATED_LIMIT,
         )
         self.handles.append(handle)
         return handle
+
+    async def result(self, handle: WorkflowHandle) -> Any:
+        """The workflow's result, bounded (see ``tests/support/temporal.py``): a workflow that never ends fails
+        the test and is terminated, so the shared time-skipping server keeps skipping for the next test."""
+        return await workflow_result(handle)
 
     async def status(self, handle: WorkflowHandle) -> IncidentStatus:
         return await handle.query(RollbackWorkflow.status)

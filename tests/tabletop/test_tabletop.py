@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,11 +71,12 @@ def test_report_has_a_chart_per_scenario(runner: CliRunner, tmp_path: Path) -> N
     svg = (tmp_path / "report" / "flag-outage-mid-revert.svg").read_text()
     assert svg.startswith("<svg") and "hallucination-rate" in svg and "users on previous" in svg
     assert "flags http_500" in svg  # the fault window is shown
-    if shutil.which("rsvg-convert"):  # a real renderer accepts it, when one is installed
-        import subprocess
-
-        subprocess.run(["rsvg-convert", str(tmp_path / "report" / "flag-outage-mid-revert.svg"), "-o",
-                        str(tmp_path / "chart.png")], check=True)
+    # a real renderer accepts it (rsvg-convert: Debian librsvg2-bin, installed by ./dev bootstrap)
+    renderer = shutil.which("rsvg-convert")
+    assert renderer, "rsvg-convert is missing: run ./dev bootstrap (Debian package librsvg2-bin)"
+    subprocess.run([renderer, str(tmp_path / "report" / "flag-outage-mid-revert.svg"), "-o",
+                    str(tmp_path / "chart.png")], check=True)
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_exposure_integrates_users_on_the_bad_release() -> None:

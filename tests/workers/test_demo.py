@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from rich.console import Console
 
 from tests.support.processes import ctrl_c
@@ -16,6 +17,8 @@ from workers.runtime.settings import Settings
 from workers.runtime.temporal_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e  # the demo runs twice on a real dev server: the end-to-end time limit
 
 
 def run(state: Path) -> tuple[int, str]:

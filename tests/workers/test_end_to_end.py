@@ -35,6 +35,8 @@ from workers.runtime.settings import Settings
 from workers.runtime.worker import ensure_flagd_flags, run_worker
 from workers.web.app import create_app
 
+pytestmark = pytest.mark.e2e  # real dev server, worker and HTTP API: the end-to-end time limit
+
 FAST = {
     "confirmation": {"window": "6s", "interval": "1s", "breaches": 2, "out_of": 3,
                      "rule": {"any_of": ["hallucinations"]}},

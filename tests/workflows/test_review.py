@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from activities.contracts import AuditEvent
 from tests.support.playbooks import snapshot
 from tests.support.processes import binary
+from tests.support.temporal import workflow_result
 from tests.support.world import WORKFLOWS, make_world
 from workflows.messages import IncidentStatus, Outcome, Phase, ReviewInput, ReviewStatus
 from workflows.review import ReviewWorkflow
@@ -44,7 +45,7 @@ async def test_review_document_tasks_and_durable_reminders(tmp_path: Path) -> No
             review = await env.client.start_workflow(
                 ReviewWorkflow.run, ReviewInput(incident_id=status.incident_id, snapshot=snapshot(), status=status),
                 id=f"{status.incident_id}:review", task_queue=world.task_queue)
-            result: ReviewStatus = await review.result()
+            result: ReviewStatus = await workflow_result(review)
 
     assert result.document_written
     assert result.tasks == [{"title": "Write the incident summary", "owner": "on_call",
@@ -106,7 +107,7 @@ async def test_reminders_survive_a_store_outage_and_the_events_land_once_it_is_b
             assert mid.document_written and mid.reminders_sent == ["regulatory_report_reminder"]
             assert mid.audit_pending == 2
             down.up = True  # back before the last deadline: the next write carries what was pending
-            result: ReviewStatus = await review.result()
+            result: ReviewStatus = await workflow_result(review)
 
     assert down.refused > 0
     # every reminder went out although the store was down for two days of it

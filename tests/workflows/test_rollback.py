@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
@@ -44,7 +44,7 @@ def approve(user: str, **kw) -> DecisionRequest:
 async def test_transient_blip_is_dismissed_with_the_reason(world: World) -> None:
     world.signals.timeline = {"hallucinations": [80, 12, 11, 10, 9], "latency_p95": [1.0]}
     handle = await world.start(snapshot())
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.DISMISSED
     assert "transient: 0 of the last 4 measured polls breached (sustained at 3 of 4)" in closing(status)
     assert world.flags.writes == []
@@ -59,7 +59,7 @@ async def test_resolved_alert_during_confirmation_dismisses(world: World) -> Non
     await world.until(handle, lambda s: any(e.kind == "poll" for e in s.audit))
     await handle.signal(RollbackWorkflow.alerts, AlertBatch(alerts=[Alert(
         source="alertmanager", status=AlertStatus.RESOLVED, name="GenAIQualityDegraded", fingerprint="fp-1")]))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.DISMISSED
     assert "source alert resolved" in closing(status)
     assert world.flags.writes == []
@@ -72,7 +72,7 @@ async def test_sustained_breach_is_approved_and_reverted_in_stages(world: World)
     assert gate is not None and gate.users == ["U_ONCALL", "U_ONCALL2", "U_SAFETY"]
     result = await handle.execute_update(RollbackWorkflow.decide, approve("U_SAFETY"))
     assert result.accepted and result.message == "approved"
-    status = await handle.result()
+    status = await world.result(handle)
 
     assert status.outcome is Outcome.REVERTED
     assert world.writes() == [10, 50, 100]
@@ -122,7 +122,7 @@ async def test_unauthorized_stale_and_repeated_decisions_are_refused(world: Worl
 
     second = await handle.execute_update(RollbackWorkflow.decide, approve("U_ONCALL"))
     assert second.message == "approved" and second.approvals == 2
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     assert [d.user for d in status.decisions] == ["U_SOMEONE", "U_ONCALL"]
 
@@ -136,7 +136,7 @@ async def test_refusals_reported_by_clients_land_in_the_audit(world: World) -> N
     await handle.signal(RollbackWorkflow.decision_refused, DecisionRefusal(
         user="U_INTERN", verdict=Verdict.APPROVE, via="slack", refusal="holds none of the roles"))
     await handle.execute_update(RollbackWorkflow.decide, approve("U_ONCALL"))
-    status = await handle.result()
+    status = await world.result(handle)
     refused = [e for e in status.audit if e.kind == "decision_refused"]
     assert refused and refused[0].actor == "U_INTERN" and refused[0].data["via"] == "slack"
 
@@ -147,7 +147,7 @@ async def test_rejection_ends_without_touching_users(world: World) -> None:
     await world.at_phase(handle, Phase.AWAITING_DECISION)
     await handle.execute_update(RollbackWorkflow.decide, DecisionRequest(
         user="U_ONCALL", verdict=Verdict.REJECT, reason="known eval artefact"))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REJECTED
     assert "U_ONCALL rejected: known eval artefact" in closing(status)
     assert world.flags.writes == []
@@ -156,7 +156,7 @@ async def test_rejection_ends_without_touching_users(world: World) -> None:
 async def test_timeout_escalates_then_applies_the_default(world: World) -> None:
     world.signals.timeline = SUSTAINED
     handle = await world.start(snapshot())
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     escalated = next(e for e in status.audit if e.kind == "escalated")
     assert escalated.data["mentions"] == ["U_MANAGER"]
@@ -175,10 +175,10 @@ async def test_escalated_role_may_decide_and_default_dismiss(world: World) -> No
     handle = await world.start(snapshot(decision={"default_action": "dismiss"}))
     await world.at_phase(handle, Phase.ESCALATED)
     await handle.execute_update(RollbackWorkflow.decide, approve("U_MANAGER"))
-    assert (await handle.result()).outcome is Outcome.REVERTED
+    assert (await world.result(handle)).outcome is Outcome.REVERTED
 
     dismissed = await world.start(snapshot(decision={"default_action": "dismiss"}), release="chat-v3")
-    status = await dismissed.result()
+    status = await world.result(dismissed)
     assert status.outcome is Outcome.DISMISSED
     assert "default is to dismiss" in closing(status)
 
@@ -187,7 +187,7 @@ async def test_break_glass_approves_critical_alerts_automatically(world: World) 
     world.signals.timeline = SUSTAINED
     critical = Alert(source="pagerduty", name="GenAIQualityDegraded", fingerprint="pd-1", severity="critical")
     handle = await world.start(snapshot(decision={"break_glass": {"min_severity": "critical"}}), alert=critical)
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     assert not any(e.kind == "gate_opened" for e in status.audit)
     assert "break-glass: alert severity critical" in next(e for e in status.audit if e.kind == "decided").message
@@ -198,13 +198,13 @@ async def test_break_glass_approves_critical_alerts_automatically(world: World) 
                               release="chat-v3")
     await world.at_phase(gated, Phase.AWAITING_DECISION)
     await gated.signal(RollbackWorkflow.abort, Command(by="U_ONCALL", reason="test over"))
-    assert (await gated.result()).outcome is Outcome.ABORTED
+    assert (await world.result(gated)).outcome is Outcome.ABORTED
 
 
 async def test_dry_run_records_what_it_would_do_and_touches_nothing(world: World) -> None:
     world.signals.timeline = SUSTAINED
     handle = await world.start(snapshot(decision={"mode": "dry_run"}))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.WOULD_REVERT
     assert "would revert flag:flagd:chat-model in stages 10% -> 50% -> 100%" in closing(status)
     assert world.flags.writes == []
@@ -214,7 +214,7 @@ async def test_stage_verification_failure_halts_at_that_stage(world: World) -> N
     world.signals.timeline = SUSTAINED
     world.signals.phases = {"verify": {"latency_p95": [4.2]}}
     handle = await world.start(snapshot(decision={"mode": "automatic"}))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.HALTED
     assert world.writes() == [10]
     assert [s.status for s in status.stages] == ["failed", "pending", "pending"]
@@ -227,7 +227,7 @@ async def test_stage_failure_can_revert_everyone_instead(world: World) -> None:
     world.signals.phases = {"verify": {"latency_p95": [4.2]}}
     handle = await world.start(snapshot(decision={"mode": "automatic"},
                                         rollback={"on_stage_failure": "revert_all"}))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     assert world.writes() == [10, 100]
     assert [s.status for s in status.stages] == ["failed", "skipped", "skipped"]
@@ -238,7 +238,7 @@ async def test_revert_all_now_skips_the_remaining_stages(world: World) -> None:
     handle = await world.start(snapshot(decision={"mode": "automatic"}))
     await world.until(handle, lambda s: s.previous_percent == 10)
     await handle.signal(RollbackWorkflow.revert_all_now, Command(by="U_SAFETY", reason="users complaining"))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     assert world.writes() == [10, 100]
     assert any(e.kind == "revert_all_requested" and e.actor == "U_SAFETY" for e in status.audit)
@@ -249,7 +249,7 @@ async def test_revert_all_now_at_the_gate_is_an_emergency_decision(world: World)
     handle = await world.start(snapshot())
     await world.at_phase(handle, Phase.AWAITING_DECISION)
     await handle.signal(RollbackWorkflow.revert_all_now, Command(by="U_SAFETY", reason="page from legal"))
-    status = await handle.result()
+    status = await world.result(handle)
     assert world.writes() == [100]
     assert status.outcome is Outcome.REVERTED
 
@@ -259,7 +259,7 @@ async def test_abort_stops_further_stages_and_keeps_what_was_applied(world: Worl
     handle = await world.start(snapshot(decision={"mode": "automatic"}))
     await world.until(handle, lambda s: s.previous_percent == 10)
     await handle.signal(RollbackWorkflow.abort, Command(by="U_ONCALL", reason="false alarm, metric bug"))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.ABORTED
     assert world.writes() == [10]
     closed = next(e for e in status.audit if e.kind == "closed")
@@ -275,7 +275,7 @@ async def test_pause_holds_the_next_stage_until_resumed(world: World) -> None:
     await world.env.sleep(timedelta(hours=1))
     assert world.writes() == [10] and (await world.status(handle)).paused
     await handle.signal(RollbackWorkflow.resume, Command(by="U_ONCALL"))
-    status = await handle.result()
+    status = await world.result(handle)
     assert world.writes() == [10, 50, 100] and status.outcome is Outcome.REVERTED
 
 
@@ -291,7 +291,7 @@ async def test_fairness_breach_freezes_for_investigation_instead_of_reverting(wo
     assert (await world.status(handle)).gate is not None
     await handle.execute_update(RollbackWorkflow.decide, DecisionRequest(
         user="U_SAFETY", verdict=Verdict.REJECT, reason="gap is within the audited tolerance"))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.PAUSED
     assert world.flags.writes == []
     assert [n.kind.value for n, _ in world.chat.sent].count("investigation") == 1
@@ -314,7 +314,7 @@ async def test_duplicate_alerts_join_one_incident(world: World) -> None:
     status = await world.status(handles[0])
     assert [a.fingerprint for a in status.alerts] == ["fp-0", "fp-1"]  # repeats of the same alert are ignored
     await handles[0].signal(RollbackWorkflow.abort, Command(by="test"))
-    await handles[0].result()
+    await world.result(handles[0])
 
 
 async def test_an_activity_retried_after_a_crash_applies_once(time_skipping_env, tmp_path) -> None:
@@ -336,7 +336,7 @@ async def test_an_activity_retried_after_a_crash_applies_once(time_skipping_env,
     async with Worker(time_skipping_env.client, task_queue=made.world.task_queue, workflows=WORKFLOWS,
                       activities=made.activities.all()):
         handle = await made.world.start(snapshot(decision={"mode": "automatic"}))
-        status = await handle.result()
+        status = await made.world.result(handle)
         await made.world.terminate_leftovers()
     assert status.outcome is Outcome.REVERTED
     assert [w.percent for w in flags.writes] == [10, 50, 100]  # the retried first stage wrote nothing new
@@ -349,9 +349,42 @@ async def test_a_revert_never_moves_users_back_toward_the_suspect_release(world:
     world.signals.timeline = SUSTAINED
     world.flags.state["flag:flagd:chat-model"] = 50
     handle = await world.start(snapshot(decision={"mode": "automatic"}))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     assert world.writes() == [100]
     assert [s.status for s in status.stages] == ["skipped", "skipped", "verified"]
     assert "stage 1 (10%) skipped: 50% of users are already on the previous model" in next(
         e.message for e in status.audit if e.kind == "stage_skipped")
+
+
+async def test_a_group_that_is_not_on_the_gate_gives_no_right_to_decide(world: World) -> None:
+    # eng_manager has no group; only S_SAFETY (safety_lead) is on the gate
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(roles={"marketing": {"users": ["U_MARKETER"], "groups": ["S_MARKETING"]}}))
+    gate = (await world.at_phase(handle, Phase.AWAITING_DECISION)).gate
+    assert gate is not None and gate.groups == ["S_SAFETY"]
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(RollbackWorkflow.decide, approve("U_SOMEONE", groups=["S_MARKETING", "S_ALL"]))
+    assert "U_SOMEONE holds none of the roles that may decide here" in str(refused.value.cause)
+    status = await world.status(handle)
+    assert status.phase is Phase.AWAITING_DECISION and status.gate and status.gate.approvals == []
+    assert world.flags.writes == []
+
+
+async def test_an_alert_that_resolved_and_fires_again_keeps_the_incident_going(world: World) -> None:
+    first_start = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    world.signals.timeline = SUSTAINED
+    firing = Alert(source="alertmanager", name="GenAIQualityDegraded", fingerprint="fp-1", starts_at=first_start,
+                   labels={"alertname": "GenAIQualityDegraded", "release": "chat-v2"})
+    handle = await world.start(snapshot(), alert=firing)
+    await world.until(handle, lambda s: any(e.kind == "poll" for e in s.audit))
+    # Alertmanager: the alert resolved, then the same label set fired again: same fingerprint, a new startsAt
+    resolved = firing.model_copy(update={"status": AlertStatus.RESOLVED})
+    again = firing.model_copy(update={"starts_at": first_start + timedelta(minutes=3)})
+    await handle.signal(RollbackWorkflow.alerts, AlertBatch(alerts=[resolved, again]))
+    await handle.signal(RollbackWorkflow.alerts, AlertBatch(alerts=[again]))  # a repeat notification: a duplicate
+    status = await world.at_phase(handle, Phase.AWAITING_DECISION)
+    assert [(a.status, a.starts_at) for a in status.alerts] == [
+        (AlertStatus.FIRING, first_start), (AlertStatus.RESOLVED, first_start),
+        (AlertStatus.FIRING, first_start + timedelta(minutes=3))]
+    assert status.outcome is None  # not dismissed as transient: the alert is firing again

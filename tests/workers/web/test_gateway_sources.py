@@ -128,6 +128,11 @@ def test_grafana_hmac_with_and_without_timestamp() -> None:
         verify_grafana("hmac-secret", body + b" ", p.grafana_headers("hmac-secret", body, now), now)
     with pytest.raises(AuthError, match="replay"):
         verify_grafana("hmac-secret", body, p.grafana_headers("hmac-secret", body, now - 301), now)
+    # a timestamp from the future is no fresher than an old one: a captured request replayed later would pass
+    with pytest.raises(AuthError, match="away from now"):
+        verify_grafana("hmac-secret", body, p.grafana_headers("hmac-secret", body, now + 301), now)
+    for edge in (now - 300, now + 300):  # the window is inclusive on both sides
+        verify_grafana("hmac-secret", body, p.grafana_headers("hmac-secret", body, edge), now)
     with pytest.raises(AuthError, match="missing"):
         verify_grafana("hmac-secret", body, {}, now)
 

@@ -336,8 +336,9 @@ async def test_group_membership_is_cached(world: SlackWorld) -> None:
     for n in range(3):
         await world.click(block_actions("U0INTRUDER", buttons[APPROVE_ACTION], channel, ts, f"1700000300.{n}"))
         await world.actions.drain()
-    lookups = [c for c in world.slack.of("usergroups.users.list")]
-    assert len(lookups) <= 2, "group members are looked up once per group, then cached"
+    lookups = sorted(c.args["usergroup"] for c in world.slack.of("usergroups.users.list"))
+    # three refused clicks; each group named by the decision rights is looked up exactly once
+    assert lookups == ["S0ONCALL", "S0SAFETY"], "group members are looked up once per group, then cached"
     assert any(c.method == "usergroups.list" for c in world.slack.calls), "handles are resolved to ids"
     del incident
 
@@ -395,9 +396,30 @@ async def test_socket_mode_envelopes_are_acknowledged_and_routed(world: SlackWor
 
 
 async def test_the_incident_card_links_to_the_incident_page_of_the_console(fake_slack: FakeSlack) -> None:
-    notifier = SlackNotifier.from_token(fake_slack.token, fake_slack.url, console_url="https://unship.example.org/")
+    notifier = SlackNotifier.from_token(fake_slack.token, base_url=fake_slack.url, console_url="https://unship.example.org/")
     await notifier.send(Notification(incident_id="unship:chat-test:v2", kind=MessageKind.DECISION_REQUEST,
                                      channel="#ml-incidents", context=_gate_context()), "decision needed")
     (call,) = fake_slack.of("chat.postMessage")
     assert "<https://unship.example.org/incidents/unship:chat-test:v2|Open in the console>" in _texts(
         call.args["blocks"])
+
+
+async def test_the_approval_card_is_valid_block_kit_even_with_long_texts(fake_slack: FakeSlack) -> None:
+    # Slack refuses the whole message (invalid_blocks, not retryable) when one field is too long: the approval
+    # card would never appear. Thresholds, reasons and names come from playbooks and people: cut, never refused.
+    notifier = SlackNotifier.from_token(fake_slack.token, base_url=fake_slack.url)
+    context = {
+        "release": "chat-v2", "playbook": "chat", "playbook_version": "abc", "phase": "awaiting_decision",
+        "evidence": [{"signal": "hallucination-rate", "measurement": "breach", "value": 31.5,
+                      "threshold": "> 30 per 10k answers " + "(see the runbook) " * 200}],
+        "gate": {"gate_id": "g" * 300, "roles": ["safety-lead"], "users": ["U0SAFETY"], "quorum": 2,
+                 "approvals": []},
+        "decisions": [{"verdict": "reject", "user": "U0X", "via": "cli", "reason": "no " * 3000}] * 12,
+    }
+    note = Notification(incident_id="unship:chat:chat-v2", kind=MessageKind.DECISION_REQUEST,
+                        channel="#ml-incidents", context=context)
+    ref = await notifier.send(note, "Users may need to move back to the previous model. " * 200)
+    channel, ts = ref.ref.split("/") if ref.ref else ("", "")
+    shown = fake_slack.messages[(channel, ts)]["blocks"]
+    actions = [b for b in shown if b["type"] == "actions"]
+    assert [e["action_id"] for e in actions[0]["elements"]] == ["unship_approve", "unship_reject"]
