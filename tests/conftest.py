@@ -23,9 +23,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """Temporal's Java test server: timers skip ahead, so a day-long incident runs in seconds."""
+    """Temporal's Java test server: timers skip ahead, so a day-long incident runs in seconds.
+
+    One server per test (about 0.3 s to start): on a shared server, one test's leftover workflows with long
+    timers can keep a later test's ``result()`` from skipping time (it then waits in real time and fails on an
+    RPC timeout), so a failing or slow test could break the tests after it.
+    """
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
