@@ -122,6 +122,7 @@ _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "confirmation": {"method": "k_of_m", "sequential": None},
     "signal": {"compare_to": "threshold"},
     "source": {"control": None},
+    "target": {"component": None, "override_pending_changes": False},
 }
 
 
@@ -136,6 +137,9 @@ def _without_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
     for signal in data.get("signals") or []:
         prune(signal, _LATER_DEFAULTS["signal"])
         prune(signal.get("source") if isinstance(signal, dict) else None, _LATER_DEFAULTS["source"])
+    rollback = data.get("rollback")
+    for target in (rollback.get("targets") if isinstance(rollback, dict) else None) or []:
+        prune(target, _LATER_DEFAULTS["target"])
     return data
 
 

@@ -161,7 +161,9 @@ class IncidentWorkflowBase:
                     IncidentActivities.notify, note, start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=EVIDENCE_RETRY,
                 )
-                if self._thread_ref is None and note.channel == self._playbook.communications.channel:
+                if note.channel == self._playbook.communications.channel and ref.ref:
+                    # the message later news edits: the first one, or the one posted when it could not be
+                    # edited any more (deleted, too old): otherwise every update would post a new message
                     self._thread_ref = ref.ref
             except ActivityError as err:
                 self._audit("notification_failed", f"could not send the {note.kind.value} message to "

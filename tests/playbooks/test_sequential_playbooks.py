@@ -103,3 +103,14 @@ def test_control_comparison_needs_the_sequential_method(tmp_path: Path) -> None:
         ("22: signals.0.compare_to: 'compare_to: control' is decided by the sequential test; set "
          "confirmation.method: sequential"),
     ]
+
+
+def test_the_provider_options_change_the_version_only_when_used() -> None:
+    # Target.component (KServe) and Target.override_pending_changes (LaunchDarkly) came later: at their defaults
+    # they are left out of the hash (test above: the library's versions are unchanged); set, they count
+    snap = load_playbook(library_folder() / "image-generator.yaml")
+    data = snap.playbook.model_dump(mode="json")
+    assert content_hash(Playbook.model_validate(data)) == snap.content_hash
+    kserve = next(t for t in data["rollback"]["targets"] if t["provider"] == "kserve")
+    kserve["component"] = "transformer"
+    assert content_hash(Playbook.model_validate(data)) != snap.content_hash

@@ -8,6 +8,7 @@ import pytest
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
+from activities.contracts import MessageRef, Notification
 from activities.scripted import ScriptedFlagProvider
 from tests.support.playbooks import snapshot
 from tests.support.world import WORKFLOWS, World, make_world
@@ -388,3 +389,21 @@ async def test_an_alert_that_resolved_and_fires_again_keeps_the_incident_going(w
         (AlertStatus.FIRING, first_start), (AlertStatus.RESOLVED, first_start),
         (AlertStatus.FIRING, first_start + timedelta(minutes=3))]
     assert status.outcome is None  # not dismissed as transient: the alert is firing again
+
+
+async def test_a_reposted_incident_message_is_the_one_edited_from_then_on(world: World) -> None:
+    # Someone deleted the incident's message: the chat notifier posts a fresh one (Slack: message_not_found ->
+    # chat.postMessage) and returns its ref. Later news must edit that new message, not post one each time.
+    world.signals.timeline = SUSTAINED
+    original = world.chat.send
+
+    async def first_message_deleted(note: Notification, text: str) -> MessageRef:
+        if note.thread_ref == "1":
+            return MessageRef(channel=note.channel, ref="reposted", text=text)
+        return await original(note, text)
+
+    world.chat.send = first_message_deleted  # type: ignore[method-assign]
+    handle = await world.start(snapshot(decision={"mode": "automatic"}))
+    assert (await world.result(handle)).outcome is Outcome.REVERTED
+    refs = [note.thread_ref for note, _ in world.chat.sent if note.channel == "#ml-incidents"]
+    assert refs[0] is None and len(refs) > 2 and set(refs[1:]) == {"reposted"}, refs
