@@ -23,6 +23,7 @@ from workers.web.console.routes import mount_console
 from workers.web.gateway import Gateway, mount_gateway
 from workers.web.guards import MAX_BODY_BYTES, BodyLimit, ServiceFactory, lazy_service
 from workers.web.health import mount_health
+from workers.web.problems import install_problems
 from workers.web.slack_actions import run_socket_mode
 
 
@@ -38,6 +39,7 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings, *,
                   else "Alert webhooks in, Slack approvals in")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.state.stopping = asyncio.Event()  # set by ``serve`` when it stops: ends the console's live streams
+    install_problems(app)
     get_service = lazy_service(service)
     mount_health(app, get_service)
     if api:

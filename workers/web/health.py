@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from workers.runtime.service import ServiceError
 from workers.web.guards import ServiceGetter
+from workers.web.problems import problem, problem_responses
 
 
 def mount_health(app: FastAPI, get_service: ServiceGetter) -> None:
@@ -17,7 +18,9 @@ def mount_health(app: FastAPI, get_service: ServiceGetter) -> None:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={200: {"content": {"application/json": {"schema": {
+        "type": "object", "properties": {"status": {"const": "ready"}}, "required": ["status"]}}}},
+        **problem_responses(503)})
     async def readyz() -> JSONResponse:
         """Temporal answers (503 otherwise)."""
         try:
@@ -26,4 +29,4 @@ def mount_health(app: FastAPI, get_service: ServiceGetter) -> None:
             ready = False
         if ready:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "unavailable", "detail": "Temporal does not answer"}, status_code=503)
+        return problem(503, "Temporal does not answer", instance="/readyz", headers={"Retry-After": "5"})
