@@ -14,6 +14,9 @@ from tabletop.rehearsal import RehearsalWorkflow
 from tabletop.rehearsal_run import run_rehearsal
 from workers.cli.common import (
     EXIT_USAGE,
+    HTTP_SETTINGS,
+    SERVER_SETTINGS,
+    WORKER_SETTINGS,
     app,
     configure_logging,
     err,
@@ -23,6 +26,7 @@ from workers.cli.common import (
     out,
     playbooks_or_fail,
     run,
+    settings_help,
     stop_on_signals,
 )
 from workers.demo import CONSOLE_SPEEDUP, SPEEDUP, run_demo
@@ -48,11 +52,11 @@ def _serving_setup() -> tuple[Settings, dict[str, PlaybookSnapshot]]:
     if settings.slack_socket_mode and not (settings.slack_app_token and settings.slack_bot_token):
         fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
     playbooks = playbooks_or_fail(settings)
-    configure_logging()
+    configure_logging(settings)
     return settings, playbooks
 
 
-@app.command()
+@app.command(epilog=settings_help(SERVER_SETTINGS, HTTP_SETTINGS, WORKER_SETTINGS))
 def up() -> None:
     """Run everything here: embedded Temporal (unless TEMPORAL_ADDRESS), the worker and the HTTP API."""
     settings, playbooks = _serving_setup()
@@ -104,7 +108,7 @@ def _print_up(settings: Settings, ui_url: str | None, playbooks: dict[str, Playb
     out.print(table)
 
 
-@app.command()
+@app.command(epilog=settings_help(SERVER_SETTINGS, HTTP_SETTINGS))
 def gateway() -> None:
     """Serve only the gateway (alert webhooks, Slack clicks) against TEMPORAL_ADDRESS or `unship up`'s Temporal."""
     settings, playbooks = _serving_setup()
@@ -128,11 +132,11 @@ def gateway() -> None:
     run(main)
 
 
-@app.command()
+@app.command(epilog=settings_help(SERVER_SETTINGS, WORKER_SETTINGS))
 def worker() -> None:
     """Run only the Temporal worker against TEMPORAL_ADDRESS (or the embedded server of `unship up`)."""
     settings = load_settings()
-    configure_logging()
+    configure_logging(settings)
 
     async def main() -> None:
         client = await connect(settings)
