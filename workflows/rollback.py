@@ -125,7 +125,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
     def decision_refused(self, refusal: DecisionRefusal) -> None:
         """A refused decision (validator said no) reported back by the client, so the audit has it."""
         self._audit("decision_refused", f"{refusal.user} tried to {refusal.verdict.value}: {refusal.refusal}",
-                    actor=refusal.user, via=refusal.via, gate_id=refusal.gate_id)
+                    actor=refusal.user, via=refusal.via, gate_id=refusal.gate_id, verdict=refusal.verdict.value)
 
     @workflow.update
     def decide(self, request: DecisionRequest) -> DecisionResult:

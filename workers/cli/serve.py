@@ -33,6 +33,7 @@ from workers.demo import CONSOLE_SPEEDUP, SPEEDUP, run_demo
 from workers.runtime.client import connect
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
+from workers.runtime.telemetry import serve_metrics
 from workers.runtime.temporal_server import EmbeddedTemporal
 from workers.runtime.worker import build_activities, ensure_flagd_flags, run_worker
 from workers.web.app import create_app, serve
@@ -141,6 +142,7 @@ def worker() -> None:
     async def main() -> None:
         client = await connect(settings)
         stop = asyncio.Event()
+        serve_metrics(settings)
         with stop_on_signals(stop):
             out.print(f"worker polling task queue [bold]{settings.task_queue}[/] on {settings.temporal_target}")
             await run_worker(client, settings, stop=stop, **REHEARSALS)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.envconfig import ClientConfigProfile
 
 SECRET_FIELDS = (
     "database_url",
@@ -119,6 +120,20 @@ class Settings(BaseSettings):
                 except OSError as exc:
                     raise ValueError(f"UNSHIP_{name.upper()}_FILE: cannot read {path}: {exc.strerror}") from exc
         return data
+
+    @model_validator(mode="after")
+    def _temporal_profile(self) -> Settings:
+        # TEMPORAL_ADDRESS is read above; a TOML profile (TEMPORAL_CONFIG_FILE / TEMPORAL_PROFILE, or the default
+        # ~/.config/temporalio/temporal.toml) may name the cluster instead: then it is not the embedded server.
+        if self.temporal_address is None and (os.environ.get("TEMPORAL_CONFIG_FILE") or
+                                              os.environ.get("TEMPORAL_PROFILE")):
+            try:
+                address = ClientConfigProfile.load().address
+            except Exception as exc:  # the SDK's core reports the file and key itself
+                raise ValueError(f"TEMPORAL_CONFIG_FILE/TEMPORAL_PROFILE: {exc}") from exc
+            if address:
+                self.temporal_address = address
+        return self
 
     @field_validator("http_addr", "metrics_addr", "temporal_metrics_addr")
     @classmethod

@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from activities import metrics
 from activities.contracts import AuditEvent
 from playbooks.models import Severity
 from workers.runtime.service import IncidentSummary, InvalidInput
@@ -124,6 +125,7 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
             return
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token):
+            metrics.AUTH_FAILURES.labels(endpoint="api").inc()
             raise ProblemError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=problem_responses(*API_PROBLEMS))

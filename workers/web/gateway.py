@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from activities import metrics
 from workers.runtime.service import ServiceError, TemporalUnavailable
 from workers.runtime.settings import Settings
 from workers.web.alert_router import AlertRouter, UnmatchedLog
@@ -156,6 +157,7 @@ def mount_gateway(app: FastAPI, get_service: ServiceGetter, settings: Settings,
     """Add the alert and Slack routes to ``app``; the gateway is also kept in ``app.state.gateway``."""
     gw = gateway or Gateway(settings, get_service)
     app.state.gateway = gw
+    metrics.initialise(tuple(SOURCES))
     api_token = _secret(settings.api_token)
 
     for source in SOURCES:
@@ -173,6 +175,7 @@ def mount_gateway(app: FastAPI, get_service: ServiceGetter, settings: Settings,
         if api_token is not None:
             scheme, _, presented = (authorization or "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), api_token.encode()):
+                metrics.AUTH_FAILURES.labels(endpoint="alerts").inc()
                 return problem(401, "missing or wrong bearer token", instance="/v1/alerts/unmatched",
                                headers={"WWW-Authenticate": "Bearer"})
         return JSONResponse(gw.unmatched.summary(limit))
@@ -186,6 +189,8 @@ def mount_gateway(app: FastAPI, get_service: ServiceGetter, settings: Settings,
         reply = await gw.slack.handle_http(await request.body(), dict(request.headers))
         if reply.body is None:
             return Response(status_code=reply.status)
+        if reply.status == 401:
+            metrics.AUTH_FAILURES.labels(endpoint="slack").inc()
         if reply.status >= 400:
             return problem(reply.status, instance="/v1/slack/interactivity", **reply.body)
         return JSONResponse(reply.body, status_code=reply.status)
@@ -200,9 +205,20 @@ def _content_types(source: str) -> dict[str, Any]:
     return content
 
 
+def _count_alerts(source: str, status: int, body: Mapping[str, Any]) -> None:
+    if status == 401:
+        metrics.AUTH_FAILURES.labels(endpoint="alerts").inc()
+    if status >= 400:
+        metrics.ALERTS.labels(source=source, result="refused").inc()
+        return
+    metrics.ALERTS.labels(source=source, result="accepted").inc(int(body.get("accepted", 0) or 0))
+    metrics.ALERTS.labels(source=source, result="unmatched").inc(int(body.get("unmatched", 0) or 0))
+
+
 def _alert_route(gw: Gateway, source: str) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def receive(request: Request) -> JSONResponse:
         status, body = await gw.receive(source, await request.body(), dict(request.headers))
+        _count_alerts(source, status, body)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else ({"Retry-After": "5"} if status == 503 else None)
         if status >= 400:
             return problem(status, instance=request.url.path, headers=headers, **body)
