@@ -39,7 +39,7 @@ async def _exercise(store: SqliteIncidentStore | PostgresIncidentStore) -> None:
     assert [r.incident_id for r in records] == [INCIDENT] and records[0].outcome == "reverted"
     assert (await schema_status(store)).current == SCHEMA_VERSION  # first use migrated it
     events = await store.events(INCIDENT)
-    assert [e.kind for e in events][0] == "opened" and events[-1].kind == "closed"
+    assert events[0].kind == "opened" and events[-1].kind == "closed"
     review = await store.review(INCIDENT)
     assert review is not None and review.markdown.startswith("# Review of chat-v2.3.0")
     now = datetime.now(UTC)

@@ -172,7 +172,9 @@ async def reachability(settings: Settings, playbooks: dict[str, PlaybookSnapshot
 
 async def _playbook_probe(playbook: str, field: str, url: str) -> Finding:
     finding = await _http_probe("integrity", "", url, ok=lambda r: r.status_code < 500)
-    return finding.model_copy(update={"playbook": playbook, "field": field, "setting": None})
+    # the check's host may answer only inside the cluster: a warning, not a refusal
+    severity = "warning" if finding.severity == "error" else finding.severity
+    return finding.model_copy(update={"playbook": playbook, "field": field, "setting": None, "severity": severity})
 
 
 async def store_findings(settings: Settings) -> list[Finding]:
