@@ -254,6 +254,15 @@ class SqliteIncidentStore:
         ).fetchone())
         return _sqlite_record(row) if row else None
 
+    async def incidents_by_id(self, incident_ids: list[str]) -> list[IncidentRecord]:
+        """The stored incidents among ``incident_ids`` (one query: a page of the incident list)."""
+        if not incident_ids:
+            return []
+        marks = ",".join("?" * len(incident_ids))
+        rows = await self._run(lambda c: c.execute(
+            f"SELECT * FROM incidents WHERE incident_id IN ({marks})", tuple(incident_ids)).fetchall())
+        return [_sqlite_record(r) for r in rows]
+
     async def events(self, incident_id: str, after: int | None = None) -> list[AuditEvent]:
         """The incident's audit trail in sequence order (only the events numbered above ``after``)."""
         rows = await self._run(lambda c: c.execute(
@@ -433,6 +442,13 @@ class PostgresIncidentStore:
         """One incident, or None."""
         rows = await self._fetch("SELECT * FROM incidents WHERE incident_id = %s", (incident_id,))
         return IncidentRecord(**rows[0]) if rows else None
+
+    async def incidents_by_id(self, incident_ids: list[str]) -> list[IncidentRecord]:
+        """The stored incidents among ``incident_ids`` (one query: a page of the incident list)."""
+        if not incident_ids:
+            return []
+        rows = await self._fetch("SELECT * FROM incidents WHERE incident_id = ANY(%s)", (list(incident_ids),))
+        return [IncidentRecord(**r) for r in rows]
 
     async def events(self, incident_id: str, after: int | None = None) -> list[AuditEvent]:
         """The incident's audit trail in sequence order (only the events numbered above ``after``)."""

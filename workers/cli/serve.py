@@ -36,7 +36,7 @@ from workers.runtime.client import connect
 from workers.runtime.doctor import has_errors, preflight
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
-from workers.runtime.telemetry import serve_metrics
+from workers.runtime.telemetry import configure_tracing, serve_metrics
 from workers.runtime.temporal_server import EmbeddedTemporal
 from workers.runtime.worker import build_activities, ensure_flagd_flags, run_worker
 from workers.web.app import create_app, serve
@@ -57,6 +57,7 @@ def _serving_setup() -> tuple[Settings, dict[str, PlaybookSnapshot]]:
         fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
     playbooks = playbooks_or_fail(settings)
     configure_logging(settings)
+    configure_tracing()
     return settings, playbooks
 
 
@@ -161,6 +162,7 @@ def worker(no_preflight: NoPreflight = False) -> None:
     Several workers may run at once against one cluster and task queue: Temporal spreads the work."""
     settings = load_settings()
     configure_logging(settings)
+    configure_tracing()
     _preflight(settings, playbooks_or_fail(settings), no_preflight, temporal=True)
 
     async def main() -> None:

@@ -25,6 +25,7 @@ from temporalio.envconfig import ClientConfig, ClientConnectConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from workers.runtime.settings import Settings
+from workers.runtime.telemetry import tracing
 
 
 class TemporalUnreachable(ConnectionError):
@@ -85,6 +86,9 @@ async def connect(settings: Settings, *, timeout: float = 5.0) -> Client:
     runtime = temporal_runtime(settings)
     if runtime is not None:
         extra["runtime"] = runtime
+    traced = tracing()
+    if traced is not None:
+        extra["interceptors"] = traced.interceptors()
     try:
         return await Client.connect(
             **config,

@@ -277,7 +277,12 @@ class IncidentService:
                                              "without one") from exc
             raise await self._rpc_error("", exc) from exc
         if self.store is not None and summaries:
-            records = {r.incident_id: r for r in await self.store.incidents(limit=max(limit, 100))}
+            ids = [s.incident_id for s in summaries]
+            try:
+                records = {r.incident_id: r for r in await self.store.incidents_by_id(ids)}
+            except Exception as exc:  # noqa: BLE001 - the store only enriches the list; Temporal is the source of truth
+                log.warning("incident list without phases: the incident store did not answer: %s", exc)
+                records = {}
             for summary in summaries:
                 record = records.get(summary.incident_id)
                 if record is not None:

@@ -18,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
+from workers.runtime.telemetry import tracing
 from workers.web.api import mount_api
 from workers.web.console.routes import mount_console
 from workers.web.gateway import Gateway, mount_gateway
@@ -40,6 +41,9 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings, *,
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.state.stopping = asyncio.Event()  # set by ``serve`` when it stops: ends the console's live streams
     install_problems(app)
+    traced = tracing()
+    if traced is not None:
+        traced.instrument_app(app)
     get_service = lazy_service(service)
     mount_health(app, get_service)
     if api:
