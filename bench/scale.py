@@ -27,10 +27,10 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.chat import LogNotifier
+from activities.flagd import FlagdFileProvider
 from activities.rollback import RollbackActivities
 from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
-from bench.alert_to_revert import TimedFlags
 from bench.machine import header, percentile
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot
@@ -43,6 +43,20 @@ from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.sandbox import workflow_runner
 
 APPROVER = "U05ONCALL7"
+
+
+class TimedFlags(FlagdFileProvider):
+    """The flagd file provider, noting each incident's first flag write. All incidents share the playbook's flag,
+    so after the first ones reverted everyone, later incidents skip their smaller stages: their first write is
+    a later stage (still the first cohort write their decision caused)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.first_write: dict[str, float] = {}
+
+    async def set_previous_percent(self, target, percent, idempotency_key):
+        self.first_write.setdefault(idempotency_key.partition(":revert:")[0], time.perf_counter())
+        return await super().set_previous_percent(target, percent, idempotency_key)
 
 
 def gate_playbook() -> PlaybookSnapshot:
