@@ -20,6 +20,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import metrics
 from activities.contracts import (
     AuditBatch,
     ChatNotifier,
@@ -67,6 +68,7 @@ class RollbackActivities(IncidentActivities):
         self.signals = signals
         self.chat = chat
         self.store = store
+        self.audit_metrics = metrics.AuditMetrics()
         self.integrity = integrity or IntegrityChecker(flags, signals)
         self.review_dir = review_dir
 
@@ -82,6 +84,7 @@ class RollbackActivities(IncidentActivities):
         A source that fails is "not measured" (NO_DATA with the error as detail), never "measured bad"; only
         a non-retryable (configuration) error propagates, because only a person can fix it.
         """
+        _count_retry("signals")
         observations = await asyncio.gather(*(self._observe(signal, req) for signal in req.signals))
         return PollResult(observations=list(observations))
 
@@ -102,6 +105,7 @@ class RollbackActivities(IncidentActivities):
     @activity.defn(name="apply_cohort")
     async def apply_cohort(self, req: CohortChange) -> CohortResult:
         """Write the absolute split to each target in order, reading each back before the next."""
+        _count_retry("flags")
         states: list[TargetState] = []
         applied = False
         for index, target in enumerate(req.targets):
@@ -135,18 +139,27 @@ class RollbackActivities(IncidentActivities):
     @activity.defn(name="check_integrity")
     async def check_integrity(self, req: IntegrityRequest) -> IntegrityResult:
         """Run the integrity checks; failures are results with evidence, not errors."""
+        _count_retry("integrity")
         async with _heartbeating():
             return await self.integrity.run(req)
 
     @activity.defn(name="notify")
     async def notify(self, req: Notification) -> MessageRef:
         """Render the message for ``req.kind`` with the playbook's templates and send it."""
+        _count_retry("chat")
         return await self.chat.send(req, _render_message(req))
 
     @activity.defn(name="record_audit")
     async def record_audit(self, req: AuditBatch) -> None:
-        """Project the incident and its new audit events into the incident store (idempotent)."""
-        await self.store.write(req)
+        """Project the incident and its new audit events into the incident store (idempotent); the incident
+        metrics are derived from the same events."""
+        _count_retry("store")
+        try:
+            await self.store.write(req)
+        except Exception:
+            metrics.STORE_WRITE_ERRORS.inc()
+            raise
+        self.audit_metrics.observe(req)
 
     @activity.defn(name="write_review")
     async def write_review(self, req: ReviewRequest) -> ReviewDocument:
@@ -164,6 +177,11 @@ class RollbackActivities(IncidentActivities):
             path = self.review_dir / f"{req.incident_id.replace(':', '_')}.md"
             await asyncio.to_thread(_write_atomically, path, markdown)
         return doc
+
+
+def _count_retry(system: str) -> None:
+    if activity.in_activity() and activity.info().attempt > 1:
+        metrics.ACTIVITY_RETRIES.labels(system=system).inc()
 
 
 def _render_message(req: Notification) -> str:

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,6 +68,32 @@ _ADDED_COLUMNS = (
 # The list: open incidents first when asked, then the most recently updated.
 _LIST_ORDER = "ORDER BY {open_first}updated_at DESC, incident_id LIMIT {limit}"
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the store's schema, in SQLite's and PostgreSQL's dialects (statements separated by ``;``)."""
+
+    version: int
+    description: str
+    sqlite: str | Callable[[sqlite3.Connection], None]  # SQL, or a step that needs to look first
+    postgres: str
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    current: int  # 0: an empty database
+    expected: int
+
+
+class StoreSchemaError(RuntimeError):
+    """The store's schema is newer than this release knows (a rollback of unship itself): refuse, never guess."""
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+_SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS unship_schema (version INTEGER NOT NULL, applied_at TEXT NOT NULL)"
 
 # A replayed or late batch must not move an incident back to an older phase.
 _UPSERT_INCIDENT = """
@@ -137,13 +164,52 @@ class SqliteIncidentStore:
             with self._init_lock:
                 if not self._initialised:
                     conn.execute("PRAGMA journal_mode = WAL")
-                    conn.executescript(_SCHEMA)
-                    have = {row["name"] for row in conn.execute("PRAGMA table_info(incidents)")}
-                    for name, sqlite_type, _ in _ADDED_COLUMNS:
-                        if name not in have:
-                            conn.execute(f"ALTER TABLE incidents ADD COLUMN {name} {sqlite_type}")
+                    self._migrate(conn)
                     self._initialised = True
         return conn
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        conn.execute(_SCHEMA_TABLE)
+        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM unship_schema").fetchone()[0])
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Apply the migrations this store lacks, each in its own transaction (other processes wait)."""
+        for migration in MIGRATIONS:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = self._version(conn)
+                if current > SCHEMA_VERSION:
+                    raise StoreSchemaError(f"{self.path} has schema version {current}; this unship knows up to "
+                                           f"{SCHEMA_VERSION}: run the newer release")
+                if migration.version > current:
+                    if callable(migration.sqlite):
+                        migration.sqlite(conn)
+                    else:
+                        for statement in _statements(migration.sqlite):
+                            conn.execute(statement)
+                    conn.execute("INSERT INTO unship_schema (version, applied_at) VALUES (?, ?)",
+                                 (migration.version, _ts(datetime.now(UTC))))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        """The schema version the file has (0: none yet), without migrating it."""
+        def read() -> int:
+            if not self.path.exists():
+                return 0
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "unship_schema" not in tables:
+                    return 1 if "incidents" in tables else 0  # the release before versioning had schema 1
+                return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM unship_schema").fetchone()[0])
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(read)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -187,6 +253,15 @@ class SqliteIncidentStore:
             "SELECT * FROM incidents WHERE incident_id = ?", (incident_id,)
         ).fetchone())
         return _sqlite_record(row) if row else None
+
+    async def incidents_by_id(self, incident_ids: list[str]) -> list[IncidentRecord]:
+        """The stored incidents among ``incident_ids`` (one query: a page of the incident list)."""
+        if not incident_ids:
+            return []
+        marks = ",".join("?" * len(incident_ids))
+        rows = await self._run(lambda c: c.execute(
+            f"SELECT * FROM incidents WHERE incident_id IN ({marks})", tuple(incident_ids)).fetchall())
+        return [_sqlite_record(r) for r in rows]
 
     async def events(self, incident_id: str, after: int | None = None) -> list[AuditEvent]:
         """The incident's audit trail in sequence order (only the events numbered above ``after``)."""
@@ -258,6 +333,8 @@ CREATE INDEX IF NOT EXISTS incidents_by_update ON incidents (updated_at DESC);
 _PG_UPSERT_INCIDENT = _UPSERT_INCIDENT.replace("?", "%s").replace("%s, %s)\nON", "%s::jsonb, %s)\nON")
 _PG_ADD_COLUMNS = "".join(f"ALTER TABLE incidents ADD COLUMN IF NOT EXISTS {name} {pg_type};\n"
                           for name, _, pg_type in _ADDED_COLUMNS)
+_PG_SCHEMA_TABLE = ("CREATE TABLE IF NOT EXISTS unship_schema (version INTEGER NOT NULL, "
+                    "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
 _PG_INSERT_EVENT = """
 INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data)
 VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
@@ -298,13 +375,39 @@ class PostgresIncidentStore:
             try:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
-                    await conn.execute(_PG_SCHEMA)
-                    await conn.execute(_PG_ADD_COLUMNS)
+                    await conn.execute(_PG_SCHEMA_TABLE)
+                    cursor = await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM unship_schema")
+                    row = await cursor.fetchone()
+                    current = int(row["v"]) if row else 0
+                    if current > SCHEMA_VERSION:
+                        raise StoreSchemaError(f"the PostgreSQL store has schema version {current}; this unship "
+                                               f"knows up to {SCHEMA_VERSION}: run the newer release")
+                    for migration in MIGRATIONS:
+                        if migration.version > current:
+                            for statement in _statements(migration.postgres):
+                                await conn.execute(statement)
+                            await conn.execute("INSERT INTO unship_schema (version) VALUES (%s)",
+                                               (migration.version,))
             except BaseException:
                 await conn.close()
                 raise
             self._schema_ready = True
         return conn
+
+    async def schema_version(self) -> int:
+        """The schema version the database has (0: none yet), without migrating it."""
+        import psycopg
+        from psycopg.rows import dict_row
+
+        async with await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=self._connect_timeout,
+                                                         row_factory=dict_row) as conn:
+            cursor = await conn.execute("SELECT to_regclass('unship_schema') AS s, to_regclass('incidents') AS i")
+            row = await cursor.fetchone()
+            if row is None or row["s"] is None:
+                return 1 if row is not None and row["i"] is not None else 0
+            cursor = await conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM unship_schema")
+            found = await cursor.fetchone()
+            return int(found["v"]) if found else 0
 
     async def _fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         conn = await self._connect()
@@ -340,6 +443,13 @@ class PostgresIncidentStore:
         rows = await self._fetch("SELECT * FROM incidents WHERE incident_id = %s", (incident_id,))
         return IncidentRecord(**rows[0]) if rows else None
 
+    async def incidents_by_id(self, incident_ids: list[str]) -> list[IncidentRecord]:
+        """The stored incidents among ``incident_ids`` (one query: a page of the incident list)."""
+        if not incident_ids:
+            return []
+        rows = await self._fetch("SELECT * FROM incidents WHERE incident_id = ANY(%s)", (list(incident_ids),))
+        return [IncidentRecord(**r) for r in rows]
+
     async def events(self, incident_id: str, after: int | None = None) -> list[AuditEvent]:
         """The incident's audit trail in sequence order (only the events numbered above ``after``)."""
         rows = await self._fetch(
@@ -359,6 +469,33 @@ class PostgresIncidentStore:
         rows = await self._fetch("SELECT incident_id, markdown, tasks FROM reviews WHERE incident_id = %s",
                                  (incident_id,))
         return ReviewDocument(**rows[0]) if rows else None
+
+
+def _sqlite_add_columns(conn: sqlite3.Connection) -> None:
+    # SQLite has no ADD COLUMN IF NOT EXISTS; a store of the release before versioning may have some already
+    have = {row[1] for row in conn.execute("PRAGMA table_info(incidents)")}
+    for name, sqlite_type, _ in _ADDED_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE incidents ADD COLUMN {name} {sqlite_type}")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "incidents, audit events and reviews (the schema before versioning)", _SCHEMA, _PG_SCHEMA),
+    Migration(2, "the console's list columns: users on the previous model, roles awaited, decision deadline",
+              _sqlite_add_columns, _PG_ADD_COLUMNS),
+    Migration(3, "list incidents by playbook without a scan",
+              "CREATE INDEX IF NOT EXISTS incidents_by_playbook ON incidents (playbook, updated_at DESC)",
+              "CREATE INDEX IF NOT EXISTS incidents_by_playbook ON incidents (playbook, updated_at DESC)"),
+)
+"""The store's schema, step by step; append a step (never edit one) and every store moves to it at start."""
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+async def schema_status(store: IncidentStore) -> SchemaStatus:
+    """The schema version ``store`` has and the one this release expects."""
+    reader = getattr(store, "schema_version", None)
+    current = await reader() if reader is not None else SCHEMA_VERSION
+    return SchemaStatus(current=int(current), expected=SCHEMA_VERSION)
 
 
 def _aware(value: datetime) -> datetime:

@@ -81,6 +81,26 @@ def format_duration(value: timedelta) -> str:
     return "".join(parts)
 
 
+def human_duration(value: timedelta | float) -> str:
+    """A measured duration for people: whole seconds, two units at most, zero-padded (``2m03s``, ``1h05m``,
+    ``3d04h``); under ten seconds one decimal (``4.2s``)."""
+    total = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    sign, total = ("-" if total < 0 else ""), abs(total)
+    if total < 10:
+        return f"{sign}{total:.1f}s".replace(".0s", "s")
+    seconds = round(total)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{sign}{days}d{hours:02d}h"
+    if hours:
+        return f"{sign}{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{sign}{minutes}m{secs:02d}s"
+    return f"{sign}{secs}s"
+
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),

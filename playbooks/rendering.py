@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import jinja2
 
-from playbooks.models import format_duration
+from playbooks.models import human_duration
 
 REVIEW_TEMPLATE = "review.md.j2"
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.j2$")
@@ -168,9 +168,9 @@ def duration(value: Any) -> str:
     if value is None or value == "":
         return "—"
     if isinstance(value, timedelta):
-        return format_duration(value)
+        return human_duration(value)
     try:
-        return format_duration(timedelta(seconds=float(value)))
+        return human_duration(timedelta(seconds=float(value)))
     except (TypeError, ValueError):
         return str(value)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from playbooks.models import human_duration
 from tabletop.scenarios import LoadedScenario
 from tabletop.world import SentMessage
 from workflows.messages import IncidentStatus
@@ -101,8 +102,8 @@ def check_expectations(result: TabletopResult) -> list[ExpectationResult]:
             return
         seconds = limit.total_seconds()
         ok = value is not None and value <= seconds
-        got = "never" if value is None else clock(value)
-        out.append(ExpectationResult(f"{name} within {clock(seconds)}", ok, f"at {got}"))
+        got = "never" if value is None else human(value)
+        out.append(ExpectationResult(f"{name} within {human(seconds)}", ok, f"at {got}"))
 
     if x.outcome is not None:
         out.append(ExpectationResult(f"outcome {x.outcome}", result.outcome == x.outcome,
@@ -129,6 +130,11 @@ def check_expectations(result: TabletopResult) -> list[ExpectationResult]:
     return out
 
 
+def human(seconds: float | None) -> str:
+    """A duration for people (``2m03s``); None as '-'."""
+    return "-" if seconds is None else human_duration(seconds)
+
+
 def clock(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -150,14 +156,14 @@ def format_result(result: TabletopResult, verbose: bool = True) -> str:
             lines.append(f"  {clock(e.at_s):>8}  {e.actor:<14.14} {e.text}")
     lines.append("key figures:")
     lines.append(f"  outcome                 {result.outcome or 'none (still running at the end)'}")
-    lines.append(f"  time to detect          {clock(result.detected_at_s)}")
-    lines.append(f"  time to decide          {clock(result.decided_at_s)}")
-    lines.append(f"  first cohort reverted   {clock(result.first_revert_at_s)}")
-    lines.append(f"  full revert             {clock(result.full_revert_at_s)}")
-    lines.append(f"  closed                  {clock(result.closed_at_s)}")
+    lines.append(f"  time to detect          {human(result.detected_at_s)}")
+    lines.append(f"  time to decide          {human(result.decided_at_s)}")
+    lines.append(f"  first cohort reverted   {human(result.first_revert_at_s)}")
+    lines.append(f"  full revert             {human(result.full_revert_at_s)}")
+    lines.append(f"  closed                  {human(result.closed_at_s)}")
     lines.append(f"  exposure                {result.exposure_user_minutes:,.0f} user-minutes on the bad release "
                  f"({result.users:g} users)")
-    lines.append(f"  simulated / wall time   {clock(result.simulated_s)} in {result.wall_s:.2f}s")
+    lines.append(f"  simulated / wall time   {human(result.simulated_s)} in {result.wall_s:.2f}s")
     lines.append("expectations:")
     if not result.expectations:
         lines.append("  (none)")

@@ -271,7 +271,8 @@ def _quiet_runtime() -> Runtime:
         logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))))
 
 
-async def run_time_skipping(scenarios: list[LoadedScenario]) -> list[TabletopResult]:
+async def run_time_skipping(scenarios: list[LoadedScenario],
+                            on_result: Callable[[TabletopResult], None] | None = None) -> list[TabletopResult]:
     """Run ``scenarios`` one after the other, each on a fresh time-skipping test server.
 
     A server of its own per scenario (about 0.3 s to start) keeps one exercise's leftovers (abandoned review
@@ -290,11 +291,14 @@ async def run_time_skipping(scenarios: list[LoadedScenario]) -> list[TabletopRes
                                                             test_server_existing_path=path, runtime=runtime)
         async with env:
             results.append(await run_scenario(loaded, env.client, env.sleep, env.get_current_time))
+        if on_result is not None:
+            on_result(results[-1])
     return results
 
 
 async def run_staging(scenarios: list[LoadedScenario], client: Client, systems: Systems,
-                      speedup: float) -> list[TabletopResult]:
+                      speedup: float, on_result: Callable[[TabletopResult], None] | None = None,
+                      ) -> list[TabletopResult]:
     """Run ``scenarios`` on ``client``'s Temporal against ``systems`` (the configured flags, chat and store),
     ``speedup`` times faster than written. The caller (the CLI) builds both from its settings."""
 
@@ -304,6 +308,8 @@ async def run_staging(scenarios: list[LoadedScenario], client: Client, systems: 
     results = []
     for loaded in scenarios:
         results.append(await run_scenario(loaded, client, asyncio.sleep, now, speedup=speedup, systems=systems))
+        if on_result is not None:
+            on_result(results[-1])
     return results
 
 

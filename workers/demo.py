@@ -32,6 +32,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from activities import metrics
 from activities.chat import LogNotifier
 from activities.flagd import FlagdFileProvider
 from activities.integrity import IntegrityChecker
@@ -41,9 +42,12 @@ from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import PlaybookSnapshot, Severity, format_duration
+from workers.runtime.client import temporal_runtime
 from workers.runtime.service import DecisionRefused, IncidentService
 from workers.runtime.settings import Settings
+from workers.runtime.telemetry import serve_metrics, stop_metrics
 from workers.runtime.temporal_server import EmbeddedTemporal, free_port
+from workers.web.alert_sources import SOURCES
 from workers.web.app import create_app, serve
 from workers.web.guards import check_bind_allowed
 from workflows.messages import (
@@ -92,6 +96,8 @@ def run_demo(settings: Settings, speedup: float = SPEEDUP, console: Console | No
     it (and the worker answering its queries) up after the demo until Ctrl-C.
     """
     console = console or Console(highlight=False, soft_wrap=True)
+    metrics.initialise(tuple(SOURCES))  # the demo's alerts skip the gateway: its counters show zero
+    metrics_server = serve_metrics(settings)
     try:
         asyncio.run(_demo(settings, console, speedup, serve_console))
     except DemoFailed as failure:
@@ -100,6 +106,8 @@ def run_demo(settings: Settings, speedup: float = SPEEDUP, console: Console | No
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
+    finally:
+        stop_metrics(metrics_server)
     return 0
 
 
@@ -160,7 +168,8 @@ async def _demo(settings: Settings, console: Console, speedup: float, serve_cons
 
     console.print("starting the embedded Temporal dev server ...")
     async with EmbeddedTemporal(state, port=free_port("127.0.0.1"), ui_port=0) as server:
-        client = await Client.connect(server.target, data_converter=pydantic_data_converter)
+        client = await Client.connect(server.target, data_converter=pydantic_data_converter,
+                                      runtime=temporal_runtime(settings))
         flags_file = state / "flags.json"
         flagd = FlagdFileProvider(flags_file)
         for target in playbook.rollback.targets:

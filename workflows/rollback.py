@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
@@ -64,6 +64,8 @@ class _Stop(Exception):
 
 ALERTS_SIGNAL = "alerts"
 """The signal that carries alerts; named once because signal-with-start takes the name, not the method."""
+NO_OPEN_GATE = "NoOpenGate"
+"""The error type of a decision refused because no approval gate is open (HTTP 409, not 403)."""
 
 @workflow.defn
 class RollbackWorkflow(IncidentWorkflowBase):
@@ -123,7 +125,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
     def decision_refused(self, refusal: DecisionRefusal) -> None:
         """A refused decision (validator said no) reported back by the client, so the audit has it."""
         self._audit("decision_refused", f"{refusal.user} tried to {refusal.verdict.value}: {refusal.refusal}",
-                    actor=refusal.user, via=refusal.via, gate_id=refusal.gate_id)
+                    actor=refusal.user, via=refusal.via, gate_id=refusal.gate_id, verdict=refusal.verdict.value)
 
     @workflow.update
     def decide(self, request: DecisionRequest) -> DecisionResult:
@@ -149,7 +151,8 @@ class RollbackWorkflow(IncidentWorkflowBase):
     def _validate_decide(self, request: DecisionRequest) -> None:
         gate = self._status.gate
         if gate is None:
-            raise ValueError(f"no decision is open for this incident (phase: {self._status.phase.value})")
+            raise ApplicationError(f"no decision is open for this incident (phase: {self._status.phase.value})",
+                                   type=NO_OPEN_GATE, non_retryable=True)
         if request.gate_id and request.gate_id != gate.gate_id:
             raise ValueError(f"stale decision: it was for {request.gate_id}, the open decision is {gate.gate_id}")
         if any(d.user == request.user and d.gate_id == gate.gate_id for d in self._status.decisions):

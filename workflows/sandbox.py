@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-LOGGING_MODULES = ("rich", "pygments", "markdown_it", "mdurl")
-"""Modules a logging handler of the CLI may import while it formats a record (rich and what it renders with)."""
+LOGGING_MODULES = ("rich", "pygments", "markdown_it", "mdurl", "opentelemetry")
+"""Modules a logging handler of the CLI may import while it formats a record (rich and what it renders with;
+OpenTelemetry, whose current span gives every line its trace id)."""
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:

@@ -126,6 +126,12 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
     assert incident == "unship:chat-test:chat-v2"
     assert await stack.share_on_previous() == 0
 
+    early = await stack.http.post(f"/v1/incidents/{incident}/decision",
+                                  json={"user": "U_ONCALL", "verdict": "approve", "reason": "too soon"})
+    assert early.status_code == 409, early.text  # confirming: no gate is open yet, a conflict, not a refusal
+    assert early.headers["content-type"] == "application/problem+json"
+    assert early.json()["title"] == "Conflict" and "no decision is open" in early.json()["detail"]
+
     waiting = await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
     assert waiting["detected_at"] and waiting["gate"]["quorum"] == 1
     assert await stack.share_on_previous() == 0, "users moved before anyone approved"
@@ -164,6 +170,28 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
     listed = (await stack.http.get("/v1/incidents")).json()["incidents"]
     mine = next(i for i in listed if i["incident_id"] == incident)
     assert mine["kind"] == "rollback" and mine["outcome"] == "reverted"
+
+    # the review and the audit trail, over HTTP (the review is written by the child workflow: wait for it)
+    deadline = time.monotonic() + 60
+    while (review := await stack.http.get(f"/v1/incidents/{incident}/review")).status_code == 404:
+        assert "no review yet" in review.json()["detail"] and time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    assert review.status_code == 200 and review.json()["incident_id"] == incident
+    assert review.json()["markdown"].startswith("#") and isinstance(review.json()["tasks"], list)
+    markdown = await stack.http.get(f"/v1/incidents/{incident}/review", headers={"Accept": "text/markdown"})
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert markdown.text == review.json()["markdown"]
+    pages, cursor = [], None
+    while True:
+        page = (await stack.http.get(f"/v1/incidents/{incident}/audit",
+                                     params={"limit": 5, **({"cursor": cursor} if cursor else {})})).json()
+        pages.append(page["events"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    seqs = [e["seq"] for events in pages for e in events]
+    assert len(pages) > 2 and all(len(events) <= 5 for events in pages)
+    assert seqs == sorted(set(seqs)) and "stage_applied" in {e["kind"] for events in pages for e in events}
 
 
 async def test_trigger_from_cli_then_emergency_revert_now(stack: Stack) -> None:

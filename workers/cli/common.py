@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import logging
+import importlib.metadata
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,13 +19,12 @@ from typing import Annotated, NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.logging import RichHandler
-from temporalio.exceptions import ApplicationError
 
 from activities.contracts import IncidentStore
 from activities.store import open_store
 from playbooks.loader import PlaybookError, load_library
 from playbooks.models import PlaybookSnapshot
+from workers.runtime import logs
 from workers.runtime.client import TemporalUnreachable, connect
 from workers.runtime.service import (
     IncidentNotFound,
@@ -36,7 +35,7 @@ from workers.runtime.service import (
     TemporalUnavailable,
     UnknownPlaybook,
 )
-from workers.runtime.settings import Settings
+from workers.runtime.settings import SECRET_FIELDS, Settings
 from workers.runtime.temporal_server import EmbeddedTemporalError
 
 T = TypeVar("T")
@@ -56,12 +55,57 @@ err = Console(stderr=True, highlight=False)
 options = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"unship {version()}", soft_wrap=True)
+        raise typer.Exit(EXIT_OK)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("unship")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    _version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                           callback=_print_version)] = False,
 ) -> None:
     """unship: durable, audited rollbacks of model releases, driven by YAML playbooks."""
     options["debug"] = debug
+
+
+SERVER_SETTINGS = ("state_dir", "playbooks_dir", "log_format", "metrics_addr", "temporal_metrics_addr",
+                   "temporal_address",
+                   "temporal_namespace", "temporal_port", "temporal_ui_port", "task_queue")
+WORKER_SETTINGS = ("database_url", "flagd_path", "prometheus_url", "prometheus_bearer_token", "unleash_url",
+                   "unleash_api_token", "launchdarkly_api_token", "launchdarkly_url", "kubernetes_api_url",
+                   "kubernetes_token", "kubernetes_ca_file", "kubernetes_in_cluster", "http_provider_url",
+                   "http_provider_token", "http_signals_token", "slack_bot_token", "slack_api_url")
+HTTP_SETTINGS = ("http_addr", "api_token", "alert_bearer_token", "alert_basic_user", "alert_basic_password",
+                 "grafana_hmac_secret", "pagerduty_signing_secret", "alert_signature_window", "alert_batch_window_ms",
+                 "slack_signing_secret", "slack_app_token", "slack_socket_mode", "slack_bot_token", "slack_api_url")
+
+
+def settings_help(*groups: tuple[str, ...]) -> str:
+    """An epilog listing the environment variables a command reads, with their defaults (click keeps the
+    ``\b`` paragraph unwrapped)."""
+    lines = ["\b", "Settings (environment variables; every secret also as <NAME>_FILE; TEMPORAL_* and "
+                   "TEMPORAL_PROFILE configure the Temporal connection too):"]
+    seen: list[str] = []
+    for group in groups:
+        seen += [f for f in group if f not in seen]
+    width = max(len(Settings.env_name(f)) for f in seen)
+    for name in seen:
+        field = Settings.model_fields[name]
+        default = field.default
+        shown = "" if default is None or name in SECRET_FIELDS else f" [default: {default}]"
+        description = field.description or name.replace("_", " ")
+        lines.append(f"  {Settings.env_name(name):<{width}}  {description}{shown}")
+    return "\n".join(lines)
 
 
 # --- plumbing ------------------------------------------------------------------------------------------------
@@ -76,9 +120,7 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"UNSHIP_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(Settings.describe_error(e) for e in exc.errors())
         fail(EXIT_USAGE, f"invalid settings: {problems}")
 
 
@@ -152,24 +194,10 @@ def user_or_login(value: str | None) -> str:
         return "operator"
 
 
-class _ShortActivityFailures(logging.Filter):
-    """Activity failures that are already classified (``ApplicationError``) log as one line, not a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ApplicationError):
-            record.msg = f"{record.getMessage()}: {exc}"
-            record.args = None
-            record.exc_info = None
-        return True
-
-
-def configure_logging() -> None:
-    handler = RichHandler(console=err, show_path=False)
-    handler.addFilter(_ShortActivityFailures())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(name)s: %(message)s", force=True)
-    for name in ("unship", "workers", "activities", "workflows"):
-        logging.getLogger(name).setLevel(logging.INFO)
+def configure_logging(settings: Settings | None = None) -> None:
+    """Logs as ``UNSHIP_LOG_FORMAT`` says (text on a terminal, json otherwise), every configured secret masked."""
+    settings = settings or Settings.model_construct()
+    logs.configure_logging(settings.log_format, settings.secret_values(), console=err)
 
 
 @contextlib.contextmanager

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.service import RPCError
 
 from playbooks.loader import PlaybookError, load_playbook
-from playbooks.models import parse_duration
+from playbooks.models import human_duration, parse_duration
 from tabletop.backtest import (
     OverrideError,
     advise,
@@ -28,11 +31,11 @@ from tabletop.backtest import (
 from tabletop.backtest import backtest as run_backtest
 from tabletop.history import HistoryError, load_history
 from tabletop.report import write_report
-from tabletop.results import TabletopResult, clock, format_result
+from tabletop.results import TabletopResult, clock, format_result, human
 from tabletop.runner import Systems, load_all, run_staging, run_time_skipping
 from tabletop.scenarios import LoadedScenario
 from tabletop.schedule import SCHEDULE_PREFIX, create_schedule, list_schedules, schedule_id
-from workers.cli.common import app, load_settings, run
+from workers.cli.common import app, err, load_settings, run
 from workers.runtime.client import connect
 from workers.runtime.settings import Settings
 from workers.runtime.worker import build_activities
@@ -62,8 +65,36 @@ def staging_systems(settings: Settings) -> Systems:
     return Systems(flags=real.flags, chat=real.chat, store=real.store, real_integrity=False)
 
 
-async def _run_staging(loaded: list[LoadedScenario], settings: Settings, speedup: float) -> list[TabletopResult]:
-    return await run_staging(loaded, await connect(settings), staging_systems(settings), speedup)
+async def _run_staging(loaded: list[LoadedScenario], settings: Settings, speedup: float,
+                       on_result: Callable[[TabletopResult], None]) -> list[TabletopResult]:
+    return await run_staging(loaded, await connect(settings), staging_systems(settings), speedup, on_result)
+
+
+@contextlib.contextmanager
+def _progress(total: int, as_json: bool, quiet: bool) -> Iterator[Callable[[TabletopResult], None]]:
+    """Each finished scenario printed at once; a progress bar on a terminal, else one stderr line each."""
+    done = [0]
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=True) if err.is_terminal else None
+    task = bar.add_task("scenarios", total=total) if bar else None
+
+    def finished(result: TabletopResult) -> None:
+        done[0] += 1
+        if as_json:
+            print(json.dumps(result.to_json()), flush=True)
+        else:
+            print(format_result(result, verbose=not quiet) + "\n", flush=True)
+        if bar is not None and task is not None:
+            bar.update(task, advance=1, description=result.scenario)
+        else:
+            print(f"[{done[0]}/{total}] {result.scenario}: {'passed' if result.passed else 'FAILED'} "
+                  f"({human_duration(result.wall_s)})", file=sys.stderr, flush=True)
+
+    if bar is None:
+        yield finished
+        return
+    with bar:
+        yield finished
 
 
 @app.command()
@@ -131,17 +162,12 @@ def tabletop_command(paths: list[str], as_json: bool = False, report: Path | Non
         for problem in problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    if staging:
-        assert settings is not None
-        results = asyncio.run(_run_staging(loaded, settings, speedup))
-    else:
-        results = asyncio.run(run_time_skipping(loaded))
-    for result in results:
-        if as_json:
-            print(json.dumps(result.to_json()))
+    with _progress(len(loaded), as_json, quiet) as finished:
+        if staging:
+            assert settings is not None
+            results = asyncio.run(_run_staging(loaded, settings, speedup, finished))
         else:
-            print(format_result(result, verbose=not quiet))
-            print()
+            results = asyncio.run(run_time_skipping(loaded, finished))
     if report is not None:
         written = write_report(results, report)
         print(f"report written to {written}", file=sys.stderr)
@@ -187,8 +213,8 @@ def backtest_command(playbook_path: str, history_path: str, sets: list[str], as_
             print(json.dumps({"playbook": playbook.name, "history": history_path, "sets": sets,
                               "warnings": warnings, **advice.to_json()}))
         else:
-            print(f"playbook {playbook.name} over {history_path} ({clock(history.end_s - history.start_s)} of "
-                  f"history, polled every {clock(playbook.confirmation.interval.total_seconds())}, "
+            print(f"playbook {playbook.name} over {history_path} ({human(history.end_s - history.start_s)} of "
+                  f"history, polled every {human(playbook.confirmation.interval.total_seconds())}, "
                   f"{playbook.confirmation.method.value})")
             print(format_advice(advice))
         return EXIT_PASSED
@@ -197,8 +223,8 @@ def backtest_command(playbook_path: str, history_path: str, sets: list[str], as_
         print(json.dumps({"playbook": playbook.name, "history": history_path, "sets": sets, "warnings": warnings,
                           **result.to_json()}))
         return EXIT_PASSED
-    print(f"playbook {playbook.name} over {history_path} ({clock(history.end_s - history.start_s)} of history, "
-          f"{result.polls} polls every {clock(playbook.confirmation.interval.total_seconds())})")
+    print(f"playbook {playbook.name} over {history_path} ({human(history.end_s - history.start_s)} of history, "
+          f"{result.polls} polls every {human(playbook.confirmation.interval.total_seconds())})")
     for name, threshold in result.thresholds.items():
         print(f"  {name:<24} breaches when {threshold}")
     if result.fired:

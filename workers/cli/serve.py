@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,11 @@ from playbooks.models import PlaybookSnapshot
 from tabletop.rehearsal import RehearsalWorkflow
 from tabletop.rehearsal_run import run_rehearsal
 from workers.cli.common import (
+    EXIT_REFUSED,
     EXIT_USAGE,
+    HTTP_SETTINGS,
+    SERVER_SETTINGS,
+    WORKER_SETTINGS,
     app,
     configure_logging,
     err,
@@ -23,12 +28,15 @@ from workers.cli.common import (
     out,
     playbooks_or_fail,
     run,
+    settings_help,
     stop_on_signals,
 )
 from workers.demo import CONSOLE_SPEEDUP, SPEEDUP, run_demo
 from workers.runtime.client import connect
+from workers.runtime.doctor import has_errors, preflight
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
+from workers.runtime.telemetry import configure_tracing, serve_metrics
 from workers.runtime.temporal_server import EmbeddedTemporal
 from workers.runtime.worker import build_activities, ensure_flagd_flags, run_worker
 from workers.web.app import create_app, serve
@@ -48,14 +56,33 @@ def _serving_setup() -> tuple[Settings, dict[str, PlaybookSnapshot]]:
     if settings.slack_socket_mode and not (settings.slack_app_token and settings.slack_bot_token):
         fail(EXIT_USAGE, "UNSHIP_SLACK_SOCKET_MODE needs UNSHIP_SLACK_APP_TOKEN and UNSHIP_SLACK_BOT_TOKEN")
     playbooks = playbooks_or_fail(settings)
-    configure_logging()
+    configure_logging(settings)
+    configure_tracing()
     return settings, playbooks
 
 
-@app.command()
-def up() -> None:
+NoPreflight = Annotated[bool, typer.Option("--no-preflight", help="Start even when `unship doctor` finds errors.")]
+
+
+def _preflight(settings: Settings, playbooks: dict[str, PlaybookSnapshot], skip: bool, *, temporal: bool) -> None:
+    """The doctor's checks before serving: errors refuse the start (exit 1) unless ``--no-preflight``."""
+    findings = asyncio.run(preflight(settings, playbooks, temporal=temporal))
+    problems = [f for f in findings if f.severity != "ok"]
+    for finding in problems:
+        err.print(finding.line(), markup=False, highlight=False, soft_wrap=True)
+    if has_errors(findings):
+        if skip:
+            err.print("starting anyway (--no-preflight)", soft_wrap=True)
+            return
+        fail(EXIT_REFUSED, "preflight found errors (above); fix them, check with `unship doctor`, or start with "
+                           "--no-preflight")
+
+
+@app.command(epilog=settings_help(SERVER_SETTINGS, HTTP_SETTINGS, WORKER_SETTINGS))
+def up(no_preflight: NoPreflight = False) -> None:
     """Run everything here: embedded Temporal (unless TEMPORAL_ADDRESS), the worker and the HTTP API."""
     settings, playbooks = _serving_setup()
+    _preflight(settings, playbooks, no_preflight, temporal=not settings.embedded_temporal)
     run(lambda: _up(settings, playbooks))
 
 
@@ -104,7 +131,7 @@ def _print_up(settings: Settings, ui_url: str | None, playbooks: dict[str, Playb
     out.print(table)
 
 
-@app.command()
+@app.command(epilog=settings_help(SERVER_SETTINGS, HTTP_SETTINGS))
 def gateway() -> None:
     """Serve only the gateway (alert webhooks, Slack clicks) against TEMPORAL_ADDRESS or `unship up`'s Temporal."""
     settings, playbooks = _serving_setup()
@@ -128,20 +155,50 @@ def gateway() -> None:
     run(main)
 
 
-@app.command()
-def worker() -> None:
-    """Run only the Temporal worker against TEMPORAL_ADDRESS (or the embedded server of `unship up`)."""
+@app.command(epilog=settings_help(SERVER_SETTINGS, WORKER_SETTINGS))
+def worker(no_preflight: NoPreflight = False) -> None:
+    """Run only the Temporal worker against TEMPORAL_ADDRESS (or the embedded server of `unship up`).
+
+    Several workers may run at once against one cluster and task queue: Temporal spreads the work."""
     settings = load_settings()
-    configure_logging()
+    configure_logging(settings)
+    configure_tracing()
+    _preflight(settings, playbooks_or_fail(settings), no_preflight, temporal=True)
 
     async def main() -> None:
         client = await connect(settings)
         stop = asyncio.Event()
+        serve_metrics(settings)
         with stop_on_signals(stop):
             out.print(f"worker polling task queue [bold]{settings.task_queue}[/] on {settings.temporal_target}")
             await run_worker(client, settings, stop=stop, **REHEARSALS)
 
     run(main)
+
+
+@app.command(epilog=settings_help(SERVER_SETTINGS, HTTP_SETTINGS, WORKER_SETTINGS))
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as one JSON object.")] = False,
+) -> None:
+    """Check that this configuration runs the loaded playbooks: signal sources, flag/serving providers,
+    integrity DSNs and Slack are configured and answer, the incident store's schema matches, Temporal answers
+    with the namespace. Exit 1 when something must be fixed (each finding names the setting)."""
+    settings = load_settings()
+    playbooks = playbooks_or_fail(settings)
+    findings = run(lambda: preflight(settings, playbooks, temporal=True))
+    if settings.embedded_temporal:
+        findings = [f.model_copy(update={"severity": "warning", "message": f.message + " (the embedded server "
+                                         "runs while `unship up` does)"})
+                    if f.check == "temporal" and f.severity == "error" else f for f in findings]
+    if as_json:
+        print(json.dumps({"ok": not has_errors(findings), "findings": [f.model_dump() for f in findings]}))
+    else:
+        for finding in findings:
+            out.print(finding.line(), markup=False, highlight=False, soft_wrap=True)
+        errors = sum(f.severity == "error" for f in findings)
+        warnings = sum(f.severity == "warning" for f in findings)
+        out.print(f"{errors} error(s), {warnings} warning(s)", markup=False, soft_wrap=True)
+    raise typer.Exit(EXIT_REFUSED if has_errors(findings) else 0)
 
 
 @app.command()

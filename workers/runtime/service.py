@@ -23,7 +23,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.contracts import IncidentStore
+from activities.contracts import AuditEvent, IncidentStore, ReviewDocument
 from playbooks.models import PlaybookSnapshot, Severity
 from workers.runtime.settings import Settings
 from workflows.base import IncidentWorkflowBase
@@ -41,9 +41,10 @@ from workflows.messages import (
     incident_id,
 )
 from workflows.release import ReleaseWorkflow, release_id
-from workflows.rollback import ALERTS_SIGNAL, RollbackWorkflow
+from workflows.rollback import ALERTS_SIGNAL, NO_OPEN_GATE, RollbackWorkflow
 
 T = TypeVar("T")
+AuditEvents = list[AuditEvent]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,14 @@ class DecisionRefused(Refused):
     """The ``decide`` update's validator rejected the decision (unauthorized, stale gate, repeated)."""
 
 
+class NoOpenGate(DecisionRefused):
+    """A decision arrived while no approval gate is open (before confirmation, after the decision, closed)."""
+
+
+class NotRecorded(ServiceError):
+    """The incident exists but the store has nothing of the asked kind for it yet (e.g. no review written)."""
+
+
 class IncidentClosed(Refused):
     def __init__(self, incident: str) -> None:
         super().__init__(f"incident {incident!r} is closed; it takes no more decisions or commands")
@@ -120,6 +129,13 @@ class IncidentSummary(BaseModel):
     closed_at: datetime | None = None
     phase: str | None = None
     outcome: str | None = None
+
+
+class IncidentPage(BaseModel):
+    """One page of the incident list and the token of the next one (None: this was the last)."""
+
+    incidents: list[IncidentSummary]
+    next_page_token: bytes | None = None
 
 
 def _split_id(workflow_id: str) -> tuple[str, str]:
@@ -232,10 +248,17 @@ class IncidentService:
 
     async def list(self, limit: int = 50) -> list[IncidentSummary]:
         """The newest incidents and re-releases, newest first."""
+        return (await self.page(limit)).incidents
+
+    async def page(self, limit: int = 50, page_token: bytes | None = None) -> IncidentPage:
+        """One page of incidents and re-releases, newest first; pass ``next_page_token`` back for the next."""
         query = f'WorkflowType IN ("{RollbackWorkflow.__name__}", "{ReleaseWorkflow.__name__}")'
         summaries: list[IncidentSummary] = []
         try:
-            async for execution in self.client.list_workflows(query, limit=limit, rpc_timeout=_RPC_TIMEOUT):
+            listing = self.client.list_workflows(query, page_size=limit, next_page_token=page_token,
+                                                 rpc_timeout=_RPC_TIMEOUT)
+            await listing.fetch_next_page()
+            for execution in listing.current_page or ():
                 playbook, release = _split_id(execution.id)
                 summaries.append(
                     IncidentSummary(
@@ -249,14 +272,22 @@ class IncidentService:
                     )
                 )
         except RPCError as exc:
+            if exc.status == RPCStatusCode.INVALID_ARGUMENT and page_token:
+                raise InvalidInput("cursor", "not a cursor this API handed out (or it expired); start again "
+                                             "without one") from exc
             raise await self._rpc_error("", exc) from exc
         if self.store is not None and summaries:
-            records = {r.incident_id: r for r in await self.store.incidents(limit=max(limit, 100))}
+            ids = [s.incident_id for s in summaries]
+            try:
+                records = {r.incident_id: r for r in await self.store.incidents_by_id(ids)}
+            except Exception as exc:  # noqa: BLE001 - the store only enriches the list; Temporal is the source of truth
+                log.warning("incident list without phases: the incident store did not answer: %s", exc)
+                records = {}
             for summary in summaries:
                 record = records.get(summary.incident_id)
                 if record is not None:
                     summary.phase, summary.outcome = record.phase, record.outcome
-        return summaries
+        return IncidentPage(incidents=summaries, next_page_token=listing.next_page_token or None)
 
     async def get(self, incident: str) -> IncidentStatus:
         """The live status of one incident (phase, stages, gate, decisions, audit trail)."""
@@ -283,6 +314,8 @@ class IncidentService:
             cause = exc.cause
             reason = getattr(cause, "message", None) or str(cause or exc)
             await self._record_refusal(handle, request, reason)
+            if getattr(cause, "type", None) == NO_OPEN_GATE:
+                raise NoOpenGate(reason) from exc
             raise DecisionRefused(reason) from exc
         except RPCError as exc:
             raise await self._rpc_error(incident, exc) from exc
@@ -296,6 +329,37 @@ class IncidentService:
             await handle.signal(RollbackWorkflow.decision_refused, refusal, rpc_timeout=_RPC_TIMEOUT)
         except RPCError as exc:
             log.warning("could not record the refused decision on %s: %s", handle.id, exc.message)
+
+    async def review(self, incident: str) -> ReviewDocument:
+        """The incident's post-incident review, from the incident store."""
+        store = self._store_for(incident)
+        review = await self._read(store.review(incident))
+        if review is None:
+            if await self._read(store.incident(incident)) is None and not await self._exists(incident):
+                raise IncidentNotFound(incident)
+            raise NotRecorded(f"incident {incident!r} has no review yet; it is written when the incident closes")
+        return review
+
+    async def audit(self, incident: str, *, after: int = 0, limit: int = 100) -> AuditEvents:
+        """The incident's audit trail (events with ``seq > after``, at most ``limit``), from the incident store."""
+        store = self._store_for(incident)
+        events = await self._read(store.events(incident))
+        if not events and await self._read(store.incident(incident)) is None and not await self._exists(incident):
+            raise IncidentNotFound(incident)
+        return [e for e in events if e.seq > after][:limit]
+
+    def _store_for(self, incident: str) -> IncidentStore:
+        if self.store is None:
+            raise NotRecorded(f"this process has no incident store, so it cannot read {incident!r}'s records; "
+                              "ask the API of `unship up`")
+        return self.store
+
+    @staticmethod
+    async def _read(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except Exception as exc:  # any store failure means "not available now, retry"
+            raise TemporalUnavailable(f"the incident store did not answer: {type(exc).__name__}: {exc}") from exc
 
     async def signal(self, incident: str, name: str, command: Command) -> None:
         """Send ``abort``, ``pause``, ``resume`` or ``revert_all_now`` to a running incident."""

@@ -7,13 +7,17 @@ Credentials are ``SecretStr`` so they never show in logs or reprs. A ``*_FILE`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.envconfig import ClientConfigProfile
 
-_SECRET_FIELDS = (
+SECRET_FIELDS = (
+    "database_url",
     "api_token",
     "slack_bot_token",
     "slack_signing_secret",
@@ -39,6 +43,12 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(default=Path(".unship"), description="embedded Temporal DB, flag file, incident DB")
     http_addr: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP API / gateway")
+    log_format: Literal["json", "text"] | None = Field(
+        default=None, description="json (one object per line) or text; default text on a terminal, else json")
+    metrics_addr: str | None = Field(
+        default=None, description="host:port serving /metrics for processes without the HTTP app (worker, demo)")
+    temporal_metrics_addr: str | None = Field(
+        default=None, description="host:port for the Temporal SDK's own Prometheus metrics; unset = off")
     playbooks_dir: Path = Field(default=Path("playbooks/library"), description="playbooks loaded by the API")
     public_url: str | None = Field(default=None, description="base URL people open the console at (links in "
                                    "Slack and `unship status`); default http://<UNSHIP_HTTP_ADDR>")
@@ -60,7 +70,8 @@ class Settings(BaseSettings):
     temporal_ui_port: int = Field(default=8233, description="embedded dev server Web UI port (0 = headless)")
     task_queue: str = "unship"
 
-    database_url: str | None = Field(default=None, description="incident store; default sqlite in state_dir")
+    database_url: SecretStr | None = Field(
+        default=None, description="incident store URL (may carry a password); default sqlite in state_dir")
     flagd_path: Path | None = Field(default=None, description="flagd JSON flag file; default in state_dir")
 
     api_token: SecretStr | None = Field(default=None, description="bearer token for the HTTP API")
@@ -101,7 +112,7 @@ class Settings(BaseSettings):
     def _secrets_from_files(cls, data: object) -> object:
         if not isinstance(data, dict):
             return data
-        for name in _SECRET_FIELDS:
+        for name in SECRET_FIELDS:
             path = os.environ.get(f"UNSHIP_{name.upper()}_FILE")
             if path and not data.get(name):
                 try:
@@ -110,10 +121,58 @@ class Settings(BaseSettings):
                     raise ValueError(f"UNSHIP_{name.upper()}_FILE: cannot read {path}: {exc.strerror}") from exc
         return data
 
+    @model_validator(mode="after")
+    def _temporal_profile(self) -> Settings:
+        # TEMPORAL_ADDRESS is read above; a TOML profile (TEMPORAL_CONFIG_FILE / TEMPORAL_PROFILE, or the default
+        # ~/.config/temporalio/temporal.toml) may name the cluster instead: then it is not the embedded server.
+        if self.temporal_address is None and (os.environ.get("TEMPORAL_CONFIG_FILE") or
+                                              os.environ.get("TEMPORAL_PROFILE")):
+            try:
+                address = ClientConfigProfile.load().address
+            except Exception as exc:  # the SDK's core reports the file and key itself
+                raise ValueError(f"TEMPORAL_CONFIG_FILE/TEMPORAL_PROFILE: {exc}") from exc
+            if address:
+                self.temporal_address = address
+        return self
+
+    @field_validator("http_addr", "metrics_addr", "temporal_metrics_addr")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
     @cached_property
     def http_host_port(self) -> tuple[str, int]:
-        host, _, port = self.http_addr.rpartition(":")
-        return host or "127.0.0.1", int(port)
+        return split_host_port(self.http_addr)
+
+    def secret_values(self) -> list[str]:
+        """Every configured credential, for the log filter that masks them (and the tests that look for them)."""
+        values = [getattr(self, name) for name in SECRET_FIELDS]
+        return [v.get_secret_value() for v in values if isinstance(v, SecretStr) and v.get_secret_value()]
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets ``field`` (``TEMPORAL_ADDRESS`` for ``temporal_address``)."""
+        alias = cls.model_fields[field].validation_alias if field in cls.model_fields else None
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[0])
+        return f"UNSHIP_{field.upper()}"
+
+    @classmethod
+    def describe_error(cls, error: Mapping[str, object]) -> str:
+        """One pydantic error as ``VARIABLE: message``, the message saying the expected form."""
+        loc = error.get("loc") or ()
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if not loc or not isinstance(loc, tuple):
+            return message
+        field = str(loc[0])
+        text = f"{cls.env_name(field)}: {message}"
+        given = error.get("input")
+        if error.get("type") in ("int_parsing", "float_parsing", "bool_parsing", "literal_error") and \
+                isinstance(given, str) and field not in SECRET_FIELDS:
+            text += f" (got {given[:80]!r})"
+        return text
 
     @property
     def embedded_temporal(self) -> bool:
@@ -149,4 +208,14 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.state_dir / 'unship.db').as_posix()}"
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.state_dir / 'unship.db').as_posix()}"
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) as a pair; ``ValueError`` saying the expected form otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port such as 127.0.0.1:8080 (port 1-65535), got {value!r}")
+    return host.strip("[]") if host.startswith("[") else (host or "127.0.0.1"), int(port)

@@ -3,15 +3,18 @@
 Routes (JSON; every ``/v1`` route needs ``Authorization: Bearer <UNSHIP_API_TOKEN>`` when a token is set):
 
 - ``POST /v1/incidents`` ``{playbook, release, severity?, reason?, started_by?}`` -> 202 ``{incident_id}``
-- ``GET  /v1/incidents`` -> ``{incidents: [...]}``; ``GET /v1/incidents/{id}`` -> the incident's status
-- ``POST /v1/incidents/{id}/decision`` ``{user, verdict, reason, gate_id?}`` -> 200 result, 403 refused
-  (an ``Idempotency-Key`` header makes a retried click count once)
+- ``GET  /v1/incidents?limit=&cursor=`` -> ``{incidents: [...], next_cursor}``; ``GET /v1/incidents/{id}`` -> the
+  incident's status; ``GET /v1/incidents/{id}/review`` (JSON, or Markdown with ``Accept: text/markdown``);
+  ``GET /v1/incidents/{id}/audit?limit=&cursor=``
+- ``POST /v1/incidents/{id}/decision`` ``{user, verdict, reason, gate_id?}`` -> 200 result, 403 refused, 409 when
+  no decision is open (an ``Idempotency-Key`` header makes a retried click count once)
 - ``POST /v1/incidents/{id}/abort|pause|resume|revert-now`` ``{by?, reason?}`` -> 202
 - ``POST /v1/releases`` ``{playbook, release, stages?}`` -> 202; ``GET /v1/playbooks``
 - ``GET /healthz`` (process alive), ``GET /readyz`` (Temporal reachable): no token needed
 
 Without ``UNSHIP_API_TOKEN`` the API has no authentication, so it may only listen on a loopback address
-(``check_bind_allowed``). Bodies over 1 MiB get 413; invalid input gets 422 naming the field, never a 500.
+(``check_bind_allowed``). Bodies over 1 MiB get 413; invalid input gets 422 naming the field, never a 500. Every
+error is ``application/problem+json`` (RFC 9457, ``workers.web.problems``).
 """
 
 from __future__ import annotations
@@ -21,24 +24,23 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from activities import metrics
+from activities.contracts import AuditEvent
 from playbooks.models import Severity
-from workers.runtime.service import (
-    IncidentClosed,
-    IncidentNotFound,
-    IncidentSummary,
-    InvalidInput,
-    Refused,
-    ServiceError,
-    TemporalUnavailable,
-    UnknownPlaybook,
-)
+from workers.runtime.service import IncidentSummary, InvalidInput
 from workers.runtime.settings import Settings
 from workers.web.guards import ServiceGetter
+from workers.web.problems import (
+    API_PROBLEMS,
+    ProblemError,
+    decode_cursor,
+    encode_cursor,
+    problem_responses,
+)
 from workflows.messages import (
     Command,
     DecisionRequest,
@@ -96,44 +98,19 @@ class CommandAccepted(BaseModel):
 
 class IncidentList(BaseModel):
     incidents: list[IncidentSummary]
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page; null: last page")
 
 
-# --- errors --------------------------------------------------------------------------------------------------
+class AuditPage(BaseModel):
+    incident_id: str
+    events: list[AuditEvent]
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page; null: last page")
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, headers
-
-
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header") and len(parts) > 1:
-        parts = parts[1:]
-    return ".".join(parts) or "body"
-
-
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": _field(e.get("loc", ())), "message": str(e.get("msg", "invalid"))} for e in exc.errors()]
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
-    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
-
-
-def _service_error_response(exc: ServiceError) -> JSONResponse:
-    if isinstance(exc, UnknownPlaybook):
-        return JSONResponse({"detail": str(exc), "field": "playbook", "known": exc.known}, status_code=422)
-    if isinstance(exc, InvalidInput):
-        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=422)
-    if isinstance(exc, IncidentNotFound):
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-    if isinstance(exc, IncidentClosed):
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-    if isinstance(exc, Refused):
-        return JSONResponse({"detail": exc.reason}, status_code=403)
-    if isinstance(exc, TemporalUnavailable):
-        return JSONResponse({"detail": str(exc)}, status_code=503)
-    return JSONResponse({"detail": str(exc)}, status_code=502)
+class Review(BaseModel):
+    incident_id: str
+    markdown: str
+    tasks: list[dict[str, Any]]
 
 
 # --- the app -------------------------------------------------------------------------------------------------
@@ -148,21 +125,10 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
             return
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token):
-            raise _ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+            metrics.AUTH_FAILURES.labels(endpoint="api").inc()
+            raise ProblemError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.exception_handler(_ApiError)
-    async def _api_error(_: Request, exc: _ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(exc)
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _service_error_response(exc)
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=problem_responses(*API_PROBLEMS))
 
     @v1.get("/playbooks", tags=["playbooks"])
     async def playbooks() -> dict[str, list[dict[str, str]]]:
@@ -182,9 +148,14 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         return Accepted(incident_id=incident)
 
     @v1.get("/incidents", response_model=IncidentList, tags=["incidents"])
-    async def incidents(limit: int = Query(default=50, ge=1, le=1000)) -> IncidentList:
-        """The newest incidents and re-releases."""
-        return IncidentList(incidents=await (await get_service()).list(limit))
+    async def incidents(
+        limit: int = Query(default=50, ge=1, le=1000, description="page size"),
+        cursor: str | None = Query(default=None, max_length=4096,
+                                   description="`next_cursor` of the previous page; omit for the newest"),
+    ) -> IncidentList:
+        """The newest incidents and re-releases, a page at a time (follow `next_cursor`)."""
+        page = await (await get_service()).page(limit, decode_cursor(cursor))
+        return IncidentList(incidents=page.incidents, next_cursor=encode_cursor(page.next_page_token))
 
     @v1.post("/incidents/{incident_id:path}/decision", response_model=DecisionResult, tags=["incidents"])
     async def decide(
@@ -206,6 +177,31 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
             summary=f"Send {signal_name} to a running incident",
         )
 
+    @v1.get("/incidents/{incident_id:path}/review", tags=["incidents"], response_model=Review, responses={
+        200: {"content": {"text/markdown": {"schema": {"type": "string"}}},
+              "description": "the review as JSON, or as Markdown with `Accept: text/markdown`"}})
+    async def review(incident_id: str, accept: str | None = Header(default=None, max_length=1000)) -> Response:
+        """The post-incident review (written when the incident closes): JSON, or Markdown when asked for."""
+        document = await (await get_service()).review(incident_id)
+        if _prefers_markdown(accept):
+            return Response(document.markdown, media_type="text/markdown; charset=utf-8")
+        return JSONResponse(Review(incident_id=document.incident_id, markdown=document.markdown,
+                                   tasks=document.tasks).model_dump(mode="json"))
+
+    @v1.get("/incidents/{incident_id:path}/audit", response_model=AuditPage, tags=["incidents"])
+    async def audit(
+        incident_id: str,
+        limit: int = Query(default=100, ge=1, le=1000, description="page size"),
+        cursor: str | None = Query(default=None, max_length=100, description="`next_cursor` of the previous page"),
+    ) -> AuditPage:
+        """The incident's audit trail as recorded in the incident store, oldest first, a page at a time."""
+        after = _seq_cursor(cursor)
+        events = await (await get_service()).audit(incident_id, after=after, limit=limit + 1)
+        more = len(events) > limit
+        events = events[:limit]
+        return AuditPage(incident_id=incident_id, events=events,
+                         next_cursor=encode_cursor(str(events[-1].seq).encode()) if more and events else None)
+
     @v1.get("/incidents/{incident_id:path}", response_model=IncidentStatus, tags=["incidents"])
     async def incident(incident_id: str) -> IncidentStatus:
         """The live status: phase, stages, gate, decisions, evidence and the audit trail."""
@@ -220,6 +216,28 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         return Accepted(incident_id=workflow_id)
 
     app.include_router(v1)
+
+
+def _prefers_markdown(accept: str | None) -> bool:
+    """True when the client asks for Markdown (or plain text) before JSON."""
+    for item in (accept or "").split(","):
+        media = item.split(";", 1)[0].strip().lower()
+        if media in ("text/markdown", "text/plain", "text/*"):
+            return True
+        if media in ("application/json", "application/*", "*/*"):
+            return False
+    return False
+
+
+def _seq_cursor(cursor: str | None) -> int:
+    token = decode_cursor(cursor)
+    if token is None:
+        return 0
+    try:
+        return max(0, int(token.decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput("cursor", "not a cursor this API handed out; pass `next_cursor` of the previous page "
+                                     "unchanged") from None
 
 
 def _command_route(

@@ -18,11 +18,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
+from workers.runtime.telemetry import tracing
 from workers.web.api import mount_api
 from workers.web.console.routes import mount_console
 from workers.web.gateway import Gateway, mount_gateway
 from workers.web.guards import MAX_BODY_BYTES, BodyLimit, ServiceFactory, lazy_service
 from workers.web.health import mount_health
+from workers.web.problems import install_problems
 from workers.web.slack_actions import run_socket_mode
 
 
@@ -38,6 +40,10 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings, *,
                   else "Alert webhooks in, Slack approvals in")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.state.stopping = asyncio.Event()  # set by ``serve`` when it stops: ends the console's live streams
+    install_problems(app)
+    traced = tracing()
+    if traced is not None:
+        traced.instrument_app(app)
     get_service = lazy_service(service)
     mount_health(app, get_service)
     if api:

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from activities import metrics
 from workers.runtime.service import ServiceError, TemporalUnavailable
 from workers.runtime.settings import Settings
 from workers.web.alert_router import AlertRouter, UnmatchedLog
@@ -40,6 +41,7 @@ from workers.web.alert_sources import (
     verify_pagerduty,
 )
 from workers.web.guards import ServiceGetter
+from workers.web.problems import problem, problem_responses
 from workers.web.slack_actions import GroupResolver, SlackActions
 
 log = logging.getLogger(__name__)
@@ -155,30 +157,31 @@ def mount_gateway(app: FastAPI, get_service: ServiceGetter, settings: Settings,
     """Add the alert and Slack routes to ``app``; the gateway is also kept in ``app.state.gateway``."""
     gw = gateway or Gateway(settings, get_service)
     app.state.gateway = gw
+    metrics.initialise(tuple(SOURCES))
     api_token = _secret(settings.api_token)
 
     for source in SOURCES:
         app.add_api_route(
             f"/v1/alerts/{source}", _alert_route(gw, source), methods=["POST"], status_code=202,
             tags=["alerts"], summary=f"Receive {source} alerts", description=_DESCRIPTIONS[source],
-            responses={401: {"description": "missing or wrong credentials"}, 400: {"description": "not JSON"},
-                       413: {"description": "body over 1 MiB"}, 422: {"description": "a field is wrong"},
-                       503: {"description": "Temporal did not accept; retry"}},
+            responses=problem_responses(400, 401, 413, 422, 503),
             openapi_extra={"requestBody": {"required": True, "content": _content_types(source)}},
         )
 
-    @app.get("/v1/alerts/unmatched", tags=["alerts"])
+    @app.get("/v1/alerts/unmatched", tags=["alerts"], responses=problem_responses(401, 422))
     async def unmatched(limit: int = Query(default=100, ge=0, le=500),
                         authorization: str | None = Header(default=None)) -> JSONResponse:
         """Alerts that matched no playbook (or named no usable release), counted by reason, newest first."""
         if api_token is not None:
             scheme, _, presented = (authorization or "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), api_token.encode()):
-                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
+                metrics.AUTH_FAILURES.labels(endpoint="alerts").inc()
+                return problem(401, "missing or wrong bearer token", instance="/v1/alerts/unmatched",
+                               headers={"WWW-Authenticate": "Bearer"})
         return JSONResponse(gw.unmatched.summary(limit))
 
-    @app.post("/v1/slack/interactivity", tags=["slack"], openapi_extra={"requestBody": {"required": True, "content": {
+    @app.post("/v1/slack/interactivity", tags=["slack"], responses=problem_responses(400, 401, 413, 503),
+              openapi_extra={"requestBody": {"required": True, "content": {
         "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
             "payload": {"type": "string"}}}}}}})
     async def slack_interactivity(request: Request) -> Response:
@@ -186,6 +189,10 @@ def mount_gateway(app: FastAPI, get_service: ServiceGetter, settings: Settings,
         reply = await gw.slack.handle_http(await request.body(), dict(request.headers))
         if reply.body is None:
             return Response(status_code=reply.status)
+        if reply.status == 401:
+            metrics.AUTH_FAILURES.labels(endpoint="slack").inc()
+        if reply.status >= 400:
+            return problem(reply.status, instance="/v1/slack/interactivity", **reply.body)
         return JSONResponse(reply.body, status_code=reply.status)
 
     return gw
@@ -198,10 +205,23 @@ def _content_types(source: str) -> dict[str, Any]:
     return content
 
 
+def _count_alerts(source: str, status: int, body: Mapping[str, Any]) -> None:
+    if status == 401:
+        metrics.AUTH_FAILURES.labels(endpoint="alerts").inc()
+    if status >= 400:
+        metrics.ALERTS.labels(source=source, result="refused").inc()
+        return
+    metrics.ALERTS.labels(source=source, result="accepted").inc(int(body.get("accepted", 0) or 0))
+    metrics.ALERTS.labels(source=source, result="unmatched").inc(int(body.get("unmatched", 0) or 0))
+
+
 def _alert_route(gw: Gateway, source: str) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def receive(request: Request) -> JSONResponse:
         status, body = await gw.receive(source, await request.body(), dict(request.headers))
+        _count_alerts(source, status, body)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else ({"Retry-After": "5"} if status == 503 else None)
+        if status >= 400:
+            return problem(status, instance=request.url.path, headers=headers, **body)
         return JSONResponse(body, status_code=status, headers=headers)
 
     receive.__name__ = f"alerts_{source}"

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workers.runtime.service import IncidentService, ServiceError, TemporalUnavailable
 from workers.runtime.settings import Settings
+from workers.web.problems import PROBLEM_MEDIA_TYPE, problem_body
 
 MAX_BODY_BYTES = 1024 * 1024
 """Larger request bodies get 413 before any route reads them."""
@@ -108,8 +109,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body is larger than {self.limit} bytes"}).encode()
+        body = json.dumps(problem_body(413, f"request body is larger than {self.limit} bytes")).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
+                    "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                                 (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

@@ -43,7 +43,7 @@ def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         "UNSHIP_API_TOKEN": TOKEN,
         "COLUMNS": "200",
     })
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "up"], cwd=ROOT, env=env, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--no-preflight"], cwd=ROOT, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     try:

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():  # this test module is also the w
     from tests.support.stack import make_settings
     from tests.support.world import make_world
     from workers.cli.common import configure_logging
+    from workers.runtime.settings import Settings
     from workers.runtime.worker import run_worker
     from workflows.messages import IncidentStatus, Outcome
     from workflows.sandbox import workflow_runner
@@ -35,11 +36,13 @@ class LoggingWorkflow:
         return text
 
 
-@pytest.fixture
-def cli_logging() -> Iterator[None]:
+@pytest.fixture(params=["text", "json"])
+def cli_logging(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI's logging in each format (``UNSHIP_LOG_FORMAT``); on a terminal text goes through rich."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    configure_logging()
+    monkeypatch.setenv("UNSHIP_LOG_FORMAT", request.param)
+    configure_logging(Settings())
     try:
         yield
     finally:
