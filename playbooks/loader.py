@@ -506,13 +506,13 @@ def _template_problems(tree: CommentedMap) -> Iterator[tuple[Loc, str, int]]:
                 if error:
                     line, message = error
                     block = isinstance(text, (LiteralScalarString, FoldedScalarString))
-                    yield loc, f"template does not compile: {message}", line if block else 0
+                    yield loc, message, line if block else 0
     review_template = _get(tree, "review", "template")
     if isinstance(review_template, str):
         if "{{" in review_template or "{%" in review_template:  # an inline template rather than a name
             error = template_error(review_template)
             if error:
-                yield ("review", "template"), f"template does not compile: {error[1]}", 0
+                yield ("review", "template"), error[1], 0
         elif review_template not in review_templates():
             yield ("review", "template"), (f"no review template named {review_template!r}; "
                                            f"available: {', '.join(review_templates())}"), 0

@@ -2,7 +2,14 @@
 
 Pure: the only thing read is the packaged templates. Undefined names are errors (StrictUndefined), so a typo
 in a template fails loudly instead of sending a message with a hole in it; optional context keys are
-written with ``| default(...)`` in the templates. Output is Slack mrkdwn / Markdown, so nothing is escaped.
+written with ``| default(...)`` in the templates.
+
+Templates come from playbooks, so they are untrusted code running on the worker (which holds every provider
+token): they render in ``jinja2.sandbox.ImmutableSandboxedEnvironment`` (no ``_``-attributes, no function
+internals, no mutation), and ``template_error`` reports a template that reaches for unsafe attributes before it
+is ever loaded. Output is Slack mrkdwn / Markdown: free text in the context (reasons, annotations, alert
+names) is escaped for Slack (``& < >``) in messages and for Markdown in the review, so nobody can forge a
+mention, a link or a table row with a reason.
 """
 
 from __future__ import annotations
@@ -15,6 +22,15 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
+import jinja2.nodes
+from jinja2.sandbox import (
+    UNSAFE_ASYNC_GENERATOR_ATTRIBUTES,
+    UNSAFE_COROUTINE_ATTRIBUTES,
+    UNSAFE_FUNCTION_ATTRIBUTES,
+    UNSAFE_GENERATOR_ATTRIBUTES,
+    UNSAFE_METHOD_ATTRIBUTES,
+    ImmutableSandboxedEnvironment,
+)
 
 from playbooks.models import human_duration
 
@@ -46,7 +62,7 @@ def render_message(kind: str, context: dict[str, Any], overrides: dict[str, str]
             template = _environment().get_template(f"{kind}.j2")
         else:
             raise ValueError(f"no message template for kind {kind!r}; known kinds: {', '.join(message_kinds())}")
-        return _tidy(template.render(**context))
+        return _tidy(template.render(**slack_escaped(context)))
     except jinja2.TemplateError as exc:
         origin = "the playbook's override" if override is not None else f"templates/{kind}.j2"
         raise ValueError(f"message template {kind!r} ({origin}) failed: {_describe(exc)}") from exc
@@ -78,12 +94,30 @@ def render_review(status: dict[str, Any], template: str | None = None,
 
 
 def template_error(text: str) -> tuple[int, str] | None:
-    """Where and why a template does not compile (1-based line within ``text``), or None when it does."""
+    """Where and why a template cannot be used (1-based line within ``text``), or None when it can: it does not
+    compile, or it reaches for an attribute the sandbox refuses (``__class__``, ``__globals__``, ``mro`` ...)."""
     try:
-        _environment().parse(text)
+        tree = _environment().parse(text)
     except jinja2.TemplateSyntaxError as exc:
-        return exc.lineno or 1, exc.message or "syntax error"
+        return exc.lineno or 1, f"template does not compile: {exc.message or 'syntax error'}"
+    for node in tree.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        name: object = None
+        if isinstance(node, jinja2.nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Const):
+            name = node.arg.value
+        if isinstance(name, str) and _unsafe_attribute(name):
+            return node.lineno or 1, (f"template uses the unsafe attribute {name!r}: templates run sandboxed and "
+                                      "may only read the message context")
     return None
+
+
+_UNSAFE_NAMES = (UNSAFE_FUNCTION_ATTRIBUTES | UNSAFE_METHOD_ATTRIBUTES | UNSAFE_GENERATOR_ATTRIBUTES
+                 | UNSAFE_COROUTINE_ATTRIBUTES | UNSAFE_ASYNC_GENERATOR_ATTRIBUTES | {"mro"})
+
+
+def _unsafe_attribute(name: str) -> bool:
+    return name.startswith("_") or name in _UNSAFE_NAMES
 
 
 def review_templates() -> list[str]:
@@ -107,8 +141,8 @@ def _load(name: str) -> str | None:
 
 
 @cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
         loader=jinja2.FunctionLoader(_load),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -118,6 +152,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(
         mention=mention, when=when, duration=duration, num=num, pct=pct, cell=cell, verdict_icon=verdict_icon,
+        md=markdown_escape,
     )
     return env
 
@@ -195,10 +230,39 @@ def pct(value: Any) -> str:
 
 
 def cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell (no pipes, no line breaks)."""
+    """Text safe inside a Markdown table cell: one line, Markdown shown as written (no pipes, links, HTML)."""
+    return markdown_escape(value)
+
+
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_MARKDOWN_SPECIAL = re.compile(r"([\\|\[\]<])")
+
+
+_FREE_TEXT_KEYS = frozenset({"reason", "annotations", "message", "user", "by"})
+"""Context keys (at any depth) whose values people or alert senders typed."""
+
+
+def slack_escaped(value: Any, free: bool = False) -> Any:
+    """``value`` with the free text (``_FREE_TEXT_KEYS``) escaped for Slack mrkdwn (``&``, ``<``, ``>``).
+
+    Slack reads ``<@U…>``, ``<!channel>`` and ``<http://…|text>`` as mentions and links: a reason or an alert
+    annotation must never become one. Mentions the templates make themselves (the ``mention`` filter) are
+    produced from ids, so they stay live.
+    """
+    if isinstance(value, str):
+        return value.translate(_SLACK_ESCAPES) if free else value
+    if isinstance(value, dict):
+        return {k: slack_escaped(v, free or k in _FREE_TEXT_KEYS) for k, v in value.items()}
+    if isinstance(value, list):
+        return [slack_escaped(v, free) for v in value]
+    return value
+
+
+def markdown_escape(value: Any) -> str:
+    """Free text on one line, safe in Markdown prose and table cells: no cell breaks, links or HTML."""
     if value is None:
         return ""
-    return " ".join(str(value).split()).replace("|", "\\|")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
 
 
 def verdict_icon(verdict: Any) -> str:

@@ -315,3 +315,17 @@ def test_alias_bombs_are_refused() -> None:
         load_playbook_text(bomb, "bomb.yaml")
     assert [str(i) for i in caught.value.issues] == [
         "bomb.yaml:1: playbook: more than 100000 values once YAML aliases are expanded; this is not a playbook"]
+
+
+def test_a_template_reaching_for_internals_is_refused_with_its_line(tmp_path: Path) -> None:
+    templates = (
+        '  channel: "#ml-incidents"\n'
+        "  templates:\n"
+        "    halted: |-\n"
+        "      Rollback of {{ release }} halted.\n"
+        "      {{ cycler.__init__.__globals__.os.popen('id -un').read() }}\n"
+    )
+    assert issues_of(tmp_path, ('  channel: "#ml-incidents"\n', templates)) == [
+        "47: communications.templates.halted: template uses the unsafe attribute '__globals__': templates run "
+        "sandboxed and may only read the message context",
+    ]

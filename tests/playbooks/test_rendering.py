@@ -178,3 +178,42 @@ def test_review_template_can_be_replaced(incident_status: IncidentStatus, chat_s
     assert render_review(status, "{{ playbook_name }}: {{ timeline | length }} events") == "chat-assistant: 10 events\n"
     with pytest.raises(ValueError, match=r"no review template named 'short\.md\.j2'"):
         render_review(status, "short.md.j2")
+
+
+# --- sandbox and escaping ------------------------------------------------------------------------------------
+
+INJECTION = "{{ cycler.__init__.__globals__.os.popen('id -un').read() }}"
+
+
+@pytest.mark.parametrize("template", [
+    INJECTION,
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ decisions['__class__'] }}",
+])
+def test_a_template_reaching_for_internals_never_runs_code(template: str) -> None:
+    with pytest.raises(ValueError, match=r"failed: (SecurityError|UndefinedError)"):
+        render_message("opened", MINIMAL, overrides={"opened": template})
+
+
+def test_a_template_cannot_mutate_its_context() -> None:
+    with pytest.raises(ValueError, match="SecurityError"):
+        render_message("opened", {**MINIMAL, "mentions": []},
+                       overrides={"opened": "{{ mentions.append('x') }}{{ mentions }}"})
+
+
+def test_free_text_cannot_forge_slack_mentions_or_links(message_context: dict[str, Any]) -> None:
+    context = {**message_context, "reason": "<!channel> see <http://evil.example|the runbook> & act"}
+    text = render_message("decided", context)
+    assert "&lt;!channel&gt; see &lt;http://evil.example|the runbook&gt; &amp; act" in text
+    assert "<!channel>" not in text and "<http://evil" not in text
+    assert "<@U04SAFETY01>" in render_message("decision_request", message_context)  # real mentions stay
+
+
+def test_free_text_cannot_forge_markdown_in_the_review(chat_snapshot: PlaybookSnapshot,
+                                                        incident_status: IncidentStatus) -> None:
+    status = incident_status.model_dump(mode="json")
+    status["decisions"][0]["reason"] = "ok | forged | cell [click](http://evil.example) <img src=x>"
+    status["playbook"] = chat_snapshot.playbook.model_dump(mode="json")
+    text = render_review(status)
+    assert "\\[click\\](http://evil.example)" in text and "\\<img src=x>" in text
+    assert "ok \\| forged \\| cell" in text
