@@ -467,6 +467,14 @@ def _cross_reference_problems(tree: CommentedMap) -> Iterator[tuple[Loc, str]]:
             yield from _unknown(("decision", field), _get(tree, "decision", field), known_roles, "role")
         yield from _unknown(("decision", "escalation", "roles"), _get(tree, "decision", "escalation", "roles"),
                            known_roles, "role")
+        require = _get(tree, "decision", "require")
+        if isinstance(require, dict):
+            for name in require:
+                if str(name) not in known_roles:
+                    yield ("decision", "require", str(name)), f"unknown role {str(name)!r}; known: {known_roles}"
+        for action in ("revert_now", "abort", "pause", "break_glass"):
+            yield from _unknown(("decision", "actions", action), _get(tree, "decision", "actions", action),
+                               known_roles, "role")
         tasks = _get(tree, "review", "tasks")
         for i, task in enumerate(tasks if isinstance(tasks, list) else []):
             if isinstance(task, dict):

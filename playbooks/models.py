@@ -504,12 +504,29 @@ class BreakGlass(_Model):
     min_severity: Severity = Severity.CRITICAL
 
 
+class ActionRights(_Model):
+    """Who may act outside the approval gate. Unset lists default to the deciding roles (``decision.roles``, or
+    every role of an automatic playbook); ``break_glass`` roles may take any action, but must give a reason and
+    are flagged in the review."""
+
+    revert_now: list[str] | None = Field(default=None, description="roles that may move everyone back at once")
+    abort: list[str] | None = Field(default=None, description="roles that may stop the incident where it is")
+    pause: list[str] | None = Field(default=None, description="roles that may pause and resume")
+    break_glass: list[str] = Field(default_factory=list, description="roles that may do any of it with a reason")
+
+
 class Decision(_Model):
     """Who may decide, how many must agree, and what happens when nobody answers."""
 
     mode: DecisionMode = DecisionMode.APPROVAL
     roles: list[str] = Field(default_factory=list, description="roles whose holders may decide")
     quorum: int = Field(default=1, ge=1, description="distinct approvals needed")
+    require: dict[str, Annotated[int, Field(ge=1, le=20)]] = Field(
+        default_factory=dict,
+        description="distinct approvers needed per role, e.g. {on_call: 1, safety_lead: 1}; one person counts "
+                    "once even when holding two roles",
+    )
+    actions: ActionRights = ActionRights()
     timeout: Duration = timedelta(minutes=15)
     escalation: Escalation | None = None
     default_action: DefaultAction = DefaultAction.HOLD
@@ -699,8 +716,14 @@ class Playbook(_Model):
             if missing:
                 raise ValueError(f"rollback.stages.{i}.verify: unknown signals {missing}; known: {sorted(known)}")
         roles = set(self.roles)
+        rights = self.decision.actions
         role_refs = [("decision.roles", self.decision.roles),
-                     ("decision.investigation_roles", self.decision.investigation_roles)]
+                     ("decision.investigation_roles", self.decision.investigation_roles),
+                     ("decision.require", list(self.decision.require)),
+                     ("decision.actions.break_glass", rights.break_glass)]
+        role_refs += [(f"decision.actions.{name}", names) for name, names in
+                      (("revert_now", rights.revert_now), ("abort", rights.abort), ("pause", rights.pause))
+                      if names is not None]
         if self.decision.escalation:
             role_refs.append(("decision.escalation.roles", self.decision.escalation.roles))
         role_refs += [(f"review.tasks.{i}.owner", [t.owner]) for i, t in enumerate(self.review.tasks)]
@@ -778,6 +801,20 @@ class Playbook(_Model):
             return value
 
         return Playbook.model_validate(scale(self.model_dump()))
+
+    def roles_of(self, user: str, groups: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """The roles ``user`` holds, directly or through one of ``groups``."""
+        return sorted(name for name, role in self.roles.items()
+                      if user in role.users or set(groups) & set(role.groups))
+
+    def action_roles(self, action: str) -> list[str]:
+        """The roles that may ``action`` (``revert_now``, ``abort``, ``pause``/``resume``) outside the gate."""
+        rights = self.decision.actions
+        stated = {"revert_now": rights.revert_now, "abort": rights.abort, "pause": rights.pause,
+                  "resume": rights.pause}.get(action)
+        if stated is not None:
+            return list(stated)
+        return list(self.decision.roles) or sorted(self.roles)
 
     def members(self, role_names: list[str]) -> tuple[set[str], set[str]]:
         """Users and groups holding any of ``role_names``."""

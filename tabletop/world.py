@@ -43,7 +43,16 @@ from playbooks.models import Playbook, Signal, Target
 from tabletop.history import History
 from tabletop.scenarios import Fault, FaultKind
 from workflows.base import IncidentWorkflowBase
-from workflows.messages import Alert, AlertBatch, Command, DecisionRefusal, DecisionRequest, Verdict
+from workflows.messages import (
+    Action,
+    ActionRefusal,
+    Alert,
+    AlertBatch,
+    DecisionRefusal,
+    DecisionRequest,
+    OperatorCommand,
+    Verdict,
+)
 from workflows.rollback import RollbackWorkflow
 
 log = logging.getLogger(__name__)
@@ -265,13 +274,14 @@ class ActResult(BaseModel):
     message: str
 
 
-PERSON_SIGNALS = {
-    "revert_all": RollbackWorkflow.revert_all_now,
-    "abort": IncidentWorkflowBase.abort,
-    "pause": IncidentWorkflowBase.pause,
-    "resume": IncidentWorkflowBase.resume,
+PERSON_ACTIONS = {
+    "revert_all": Action.REVERT_NOW,
+    "abort": Action.ABORT,
+    "pause": Action.PAUSE,
+    "resume": Action.RESUME,
 }
-"""What a scripted person can send, by the scenario's action name."""
+"""What a scripted person can do outside the gate, by the scenario's action name (the ``operate`` update, whose
+validator checks the person's roles as in production)."""
 
 
 class TabletopActivities:
@@ -308,14 +318,20 @@ class TabletopActivities:
             except Exception as exc:  # noqa: BLE001 - the incident closed: a late alert changes nothing
                 return ActResult(accepted=False, message=f"incident already closed: {exc}")
             return ActResult(accepted=True, message=f"alert {alert.name} {alert.status.value}")
-        signal = PERSON_SIGNALS.get(req.action)
-        if signal is None:
+        action = PERSON_ACTIONS.get(req.action)
+        if action is None:
             return ActResult(accepted=False, message=f"unknown action {req.action!r}")
+        command = OperatorCommand(action=action, user=req.user, groups=req.groups, reason=req.reason, via="tabletop")
         try:
-            await handle.signal(signal, Command(by=req.user, reason=req.reason))
+            done = await handle.execute_update(IncidentWorkflowBase.operate, command)
+        except WorkflowUpdateFailedError as exc:
+            refusal = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
+            await handle.signal(IncidentWorkflowBase.refused, ActionRefusal(
+                user=req.user, action=action.value, via="tabletop", refusal=refusal))
+            return ActResult(accepted=False, message=f"refused: {refusal}")
         except Exception as exc:  # noqa: BLE001
             return ActResult(accepted=False, message=f"too late: {exc}")
-        return ActResult(accepted=True, message=f"{req.action} sent")
+        return ActResult(accepted=True, message=done.message)
 
 
 __all__ = ["ActRequest", "ActResult", "GateSeen", "ScenarioClock", "SentMessage", "SplitChange", "TabletopActivities",

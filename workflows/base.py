@@ -32,7 +32,18 @@ with workflow.unsafe.imports_passed_through():
         SignalObservation,
     )
     from playbooks.models import PlaybookSnapshot, Signal, Target
-    from workflows.messages import Command, IncidentStatus, Outcome, Phase, incident_record
+    from workflows.messages import (
+        Action,
+        ActionRefusal,
+        Command,
+        CommandResult,
+        IncidentStatus,
+        OperatorCommand,
+        Outcome,
+        Phase,
+        incident_record,
+    )
+    from workflows.rights import may_act
 
 # Signals and chat are best-effort evidence paths: bounded retries, then the failure is recorded.
 EVIDENCE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
@@ -67,24 +78,80 @@ class IncidentWorkflowBase:
 
     # --- what every incident answers -----------------------------------------------------------------------
 
+    ACTIONS: frozenset[Action] = frozenset({Action.ABORT, Action.PAUSE, Action.RESUME})
+    """The operator actions this kind of incident takes (a re-release has no revert-now)."""
+
+    @workflow.update
+    def operate(self, command: OperatorCommand) -> CommandResult:
+        """A person's action outside the gate: revert everyone now, abort, pause or resume.
+
+        The validator refuses anyone without a role the playbook allows for the action (``decision.actions``)
+        before anything is written to history; break-glass roles may act with a reason and are flagged."""
+        permission = may_act(self._playbook, command.action.value, command.user, command.groups, command.reason)
+        order = Command(by=command.user, reason=command.reason)
+        if permission.break_glass:
+            self._audit("break_glass", f"{command.user} used break-glass to {command.action.value}: "
+                        f"{command.reason}", actor=command.user, action=command.action.value, via=command.via)
+        self._apply_action(command.action, order, via=command.via)
+        return CommandResult(accepted=True, action=command.action, break_glass=permission.break_glass,
+                             message=f"{command.action.value.replace('_', ' ')} accepted"
+                             + (" (break-glass: flagged in the review)" if permission.break_glass else ""))
+
+    @operate.validator
+    def _validate_operate(self, command: OperatorCommand) -> None:
+        if command.action not in self.ACTIONS:
+            raise ValueError(f"this incident takes no {command.action.value} (it takes: "
+                             f"{', '.join(sorted(a.value for a in self.ACTIONS))})")
+        if self._status.phase is Phase.CLOSED:
+            raise ValueError(f"the incident is closed ({self._status.outcome.value if self._status.outcome else ''})")
+        permission = may_act(self._playbook, command.action.value, command.user, command.groups, command.reason)
+        if not permission.allowed:
+            raise ValueError(permission.refusal)
+
+    @workflow.signal
+    def refused(self, refusal: ActionRefusal) -> None:
+        """An action refused by the ``operate`` validator or the API, reported back so the audit has it."""
+        self._audit("action_refused", f"{refusal.user} tried to {refusal.action}: {refusal.refusal}",
+                    actor=refusal.user, via=refusal.via, action=refusal.action)
+
+    def _apply_action(self, action: Action, command: Command, via: str = "signal") -> None:
+        if action is Action.ABORT and self._aborted is None:
+            self._aborted = command
+            self._audit("abort_requested", command.reason or "abort requested", actor=command.by, via=via)
+        elif action is Action.PAUSE and not self._paused:
+            self._paused = True
+            self._audit("paused", command.reason or "paused by operator", actor=command.by, via=via)
+        elif action is Action.RESUME and self._paused:
+            self._paused = False
+            self._audit("resumed", command.reason or "resumed by operator", actor=command.by, via=via)
+
+    def _signal_allowed(self, action: Action, command: Command) -> bool:
+        """The pre-``operate`` command signals: from new incidents, only unship's own (e.g. the fairness freeze)."""
+        if command.by == "unship" or not workflow.patched("operator-actions-need-rights"):
+            return True
+        self._audit("action_refused", f"{command.by} tried to {action.value} through a raw signal: actions go "
+                    "through the API (the operate update checks decision rights)", actor=command.by,
+                    action=action.value, via="signal")
+        return False
+
     @workflow.signal
     def abort(self, command: Command) -> None:
         """Stop where we are: no further stage is applied (what was applied stays)."""
-        if self._aborted is None:
+        if self._signal_allowed(Action.ABORT, command) and self._aborted is None:
             self._aborted = command
             self._audit("abort_requested", command.reason or "abort requested", actor=command.by)
 
     @workflow.signal
     def pause(self, command: Command) -> None:
         """Hold before the next stage until resumed."""
-        if not self._paused:
+        if self._signal_allowed(Action.PAUSE, command) and not self._paused:
             self._paused = True
             self._audit("paused", command.reason or "paused by operator", actor=command.by)
 
     @workflow.signal
     def resume(self, command: Command) -> None:
         """Continue a paused incident."""
-        if self._paused:
+        if self._signal_allowed(Action.RESUME, command) and self._paused:
             self._paused = False
             self._audit("resumed", command.reason or "resumed by operator", actor=command.by)
 

@@ -123,10 +123,48 @@ class DecisionResult(_Model):
 
 
 class Command(_Model):
-    """A signal from a person: abort, pause, resume or revert everyone now."""
+    """A signal from a person: abort, pause, resume or revert everyone now.
+
+    Kept for histories recorded before the ``operate`` update; new incidents accept these signals only from
+    unship itself (``by="unship"``, e.g. the fairness freeze pausing a re-release)."""
 
     by: str = "operator"
     reason: str = ""
+
+
+class Action(StrEnum):
+    """What a person may do outside the approval gate (the ``operate`` update)."""
+
+    REVERT_NOW = "revert_now"
+    ABORT = "abort"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+class OperatorCommand(_Model):
+    """A person's action (the ``operate`` update); the validator refuses anyone the playbook does not allow."""
+
+    action: Action
+    user: str = Field(min_length=1, description="the verified identity (never a name the caller typed)")
+    groups: list[str] = Field(default_factory=list, description="groups the user belongs to (resolved)")
+    reason: str = ""
+    via: str = Field(default="api", description="api | cli | slack | tabletop")
+
+
+class CommandResult(_Model):
+    accepted: bool
+    action: Action
+    message: str
+    break_glass: bool = False
+
+
+class ActionRefusal(_Model):
+    """A refused action (a validator or the API said no), signalled back so the audit trail records it."""
+
+    user: str
+    action: str
+    via: str = "api"
+    refusal: str
 
 
 class Gate(_Model):
@@ -136,7 +174,9 @@ class Gate(_Model):
     users: list[str]
     groups: list[str]
     quorum: int
+    require: dict[str, int] = Field(default_factory=dict, description="distinct approvers needed per role")
     approvals: list[str] = Field(default_factory=list)
+    approver_roles: dict[str, list[str]] = Field(default_factory=dict, description="roles each approver holds")
     opened_at: datetime
     deadline: datetime | None = None
     escalated: bool = False

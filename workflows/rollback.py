@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.base import ACTION_RETRY, EVIDENCE_RETRY, IncidentWorkflowBase, _cause
     from workflows.confirmation import assess_poll, fairness_rule, quality_rule, trackers
     from workflows.messages import (
+        Action,
         AlertBatch,
         AlertStatus,
         Command,
@@ -52,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.release import release_id
     from workflows.review import ReviewWorkflow
+    from workflows.rights import approval_refusal, missing, quorum_met
 
 
 class _Stop(Exception):
@@ -69,6 +71,8 @@ NO_OPEN_GATE = "NoOpenGate"
 
 @workflow.defn
 class RollbackWorkflow(IncidentWorkflowBase):
+    ACTIONS = frozenset(Action)
+
     @workflow.init
     def __init__(self, input: RollbackInput) -> None:
         self._input = input
@@ -115,11 +119,21 @@ class RollbackWorkflow(IncidentWorkflowBase):
 
     @workflow.signal
     def revert_all_now(self, command: Command) -> None:
-        """Emergency: move every user back at once, skipping the remaining stages and the gate."""
-        if self._revert_all is None:
+        """Emergency: move every user back at once, skipping the remaining stages and the gate (histories from
+        before the ``operate`` update; new incidents take it through ``operate``)."""
+        if self._signal_allowed(Action.REVERT_NOW, command) and self._revert_all is None:
             self._revert_all = command
             self._audit("revert_all_requested", command.reason or "emergency revert of all users",
                         actor=command.by)
+
+    def _apply_action(self, action: Action, command: Command, via: str = "signal") -> None:
+        if action is Action.REVERT_NOW:
+            if self._revert_all is None:
+                self._revert_all = command
+                self._audit("revert_all_requested", command.reason or "emergency revert of all users",
+                            actor=command.by, via=via)
+            return
+        super()._apply_action(action, command, via)
 
     @workflow.signal
     def decision_refused(self, refusal: DecisionRefusal) -> None:
@@ -142,8 +156,8 @@ class RollbackWorkflow(IncidentWorkflowBase):
             message = "rejected: no revert will happen"
         else:
             gate.approvals.append(request.user)
-            remaining = gate.quorum - len(gate.approvals)
-            message = "approved" if remaining <= 0 else f"approval recorded; {remaining} more needed"
+            gate.approver_roles[request.user] = self._playbook.roles_of(request.user, request.groups)
+            message = "approved" if quorum_met(gate) else f"approval recorded; still needed: {missing(gate)}"
         return DecisionResult(accepted=True, gate_id=gate.gate_id, approvals=len(gate.approvals),
                               quorum=gate.quorum, message=message)
 
@@ -160,6 +174,10 @@ class RollbackWorkflow(IncidentWorkflowBase):
         if request.user not in gate.users and not set(request.groups) & set(gate.groups):
             raise ValueError(f"{request.user} holds none of the roles that may decide here "
                              f"({', '.join(gate.roles)})")
+        if request.verdict is Verdict.APPROVE:
+            refusal = approval_refusal(gate, request.user, self._playbook.roles_of(request.user, request.groups))
+            if refusal:
+                raise ValueError(refusal)
 
     # --- the run -----------------------------------------------------------------------------------------
 
@@ -274,31 +292,38 @@ class RollbackWorkflow(IncidentWorkflowBase):
             self._decided(f"break-glass: alert severity {self._max_severity.value} is at least "
                           f"{glass.min_severity.value}", "unship")
             return
-        await self._gate("revert", decision.roles, decision.quorum, allow_default=True)
+        await self._gate("revert", decision.roles, decision.quorum, allow_default=True, require=decision.require)
 
-    async def _gate(self, purpose: str, roles: list[str], quorum: int, allow_default: bool) -> None:
+    async def _gate(self, purpose: str, roles: list[str], quorum: int, allow_default: bool,
+                    require: dict[str, int] | None = None) -> None:
         """Open a decision gate and wait for quorum, a rejection, an abort, escalation and the default."""
         decision = self._playbook.decision
         self._gate_seq += 1
+        require = dict(require or {})
+        roles = sorted(set(roles) | set(require)) if require else roles
+        quorum = max(quorum, sum(require.values()))
         users, groups = self._playbook.members(roles)
         now = workflow.now()
         gate = Gate(gate_id=f"gate-{self._gate_seq}", purpose=purpose, roles=list(roles), users=sorted(users),
-                    groups=sorted(groups), quorum=quorum, opened_at=now, deadline=now + decision.timeout)
+                    groups=sorted(groups), quorum=quorum, require=require, opened_at=now,
+                    deadline=now + decision.timeout)
         self._status.gate = gate
         self._rejected = None
+        per_role = (" including " + ", ".join(f"{n} {r}" for r, n in sorted(require.items()))) if require else ""
         self._audit("gate_opened", f"decision needed ({purpose}): {quorum} approval(s) from "
-                    f"{', '.join(roles)} within {format_duration(decision.timeout)}", gate_id=gate.gate_id,
-                    roles=roles, quorum=quorum)
+                    f"{', '.join(roles)}{per_role} within {format_duration(decision.timeout)}", gate_id=gate.gate_id,
+                    roles=roles, quorum=quorum, require=require)
         self._notify(MessageKind.DECISION_REQUEST if purpose == "revert" else MessageKind.INVESTIGATION)
 
         def settled() -> bool:
-            return (len(gate.approvals) >= gate.quorum or self._rejected is not None
+            return (quorum_met(gate) or self._rejected is not None
                     or self._aborted is not None or self._revert_all is not None)
 
         if not await self._wait(settled, decision.timeout):
             escalation = decision.escalation
             if escalation:
                 gate.escalated = True
+                gate.require = {}  # escalated: any listed role may decide, the overall quorum still holds
                 esc_users, esc_groups = self._playbook.members(escalation.roles)
                 gate.roles = sorted(set(gate.roles) | set(escalation.roles))
                 gate.users = sorted(set(gate.users) | esc_users)
@@ -330,7 +355,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
             r = self._rejected
             outcome = Outcome.PAUSED if purpose == "investigation" else Outcome.REJECTED
             raise _Stop(outcome, f"{r.user} rejected" + (f": {r.reason}" if r.reason else ""), r.user)
-        if self._revert_all is not None and len(gate.approvals) < gate.quorum:
+        if self._revert_all is not None and not quorum_met(gate):
             self._decided(f"emergency revert requested by {self._revert_all.by}", self._revert_all.by)
             return
         self._decided(f"approved by {', '.join(gate.approvals)}", gate.approvals[-1])

@@ -25,7 +25,16 @@ from temporalio.worker import Worker
 
 from tests.support.playbooks import snapshot
 from tests.support.world import WORKFLOWS, make_world
-from workflows.messages import DecisionRequest, Phase, ReleaseInput, Verdict
+from workflows.messages import (
+    Action,
+    ActionRefusal,
+    Command,
+    DecisionRequest,
+    OperatorCommand,
+    Phase,
+    ReleaseInput,
+    Verdict,
+)
 from workflows.release import ReleaseWorkflow, release_id
 from workflows.rollback import RollbackWorkflow
 
@@ -58,6 +67,25 @@ async def record(prefix: str) -> None:
                 escalated = await world.start(snapshot(), release="escalated-v1")
                 await escalated.result()
 
+                # decision rights: a per-role gate, a refused raw signal, a refusal reported back, pause/resume
+                # and revert-now through the operate update
+                rights = await world.start(snapshot(decision={"quorum": 2, "require": {"on_call": 1,
+                                                                                       "safety_lead": 1}}),
+                                           release="rights-v1")
+                await world.at_phase(rights, Phase.AWAITING_DECISION)
+                await rights.signal(RollbackWorkflow.revert_all_now, Command(by="intern", reason="skip the gate"))
+                await rights.signal(RollbackWorkflow.refused, ActionRefusal(user="intern", action="abort",
+                                                                            refusal="holds no role"))
+                await rights.execute_update(RollbackWorkflow.decide, DecisionRequest(
+                    user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
+                await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
+                    action=Action.PAUSE, user="U_ONCALL", reason="recorded history"))
+                await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
+                    action=Action.RESUME, user="U_ONCALL"))
+                await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
+                    action=Action.REVERT_NOW, user="U_SAFETY", reason="recorded history"))
+                await rights.result()
+
                 world.signals.timeline = {"hallucinations": [10], "latency_p95": [1.0]}
                 released = await env.client.start_workflow(
                     ReleaseWorkflow.run, ReleaseInput(snapshot=snapshot(), release="fixed-v2", bake_seconds=60),
@@ -69,6 +97,7 @@ async def record(prefix: str) -> None:
                 await review.terminate(reason="recorded after the review document was written")
 
                 saved_handles = (("rollback_approved_staged_revert", approved),
+                                 ("rollback_rights_operate", rights),
                                  ("rollback_transient_dismissed", dismissed),
                                  ("rollback_timeout_escalation_default", escalated),
                                  ("release_staged", released), ("review_written", review))

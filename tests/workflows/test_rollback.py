@@ -13,11 +13,13 @@ from activities.scripted import ScriptedFlagProvider
 from tests.support.playbooks import snapshot
 from tests.support.world import WORKFLOWS, World, make_world
 from workflows.messages import (
+    Action,
     Alert,
     AlertBatch,
     AlertStatus,
     Command,
     DecisionRequest,
+    OperatorCommand,
     Outcome,
     Phase,
     Verdict,
@@ -36,6 +38,10 @@ def about(actual: timedelta, expected: timedelta) -> bool:
 def closing(status) -> str:
     """The message of the event that closed the incident (the review may be recorded after it)."""
     return next(e for e in status.audit if e.kind == "closed").message
+
+
+def act(action: str, user: str, reason: str = "", **kw) -> OperatorCommand:
+    return OperatorCommand(action=Action(action), user=user, reason=reason, **kw)
 
 
 def approve(user: str, **kw) -> DecisionRequest:
@@ -113,7 +119,7 @@ async def test_unauthorized_stale_and_repeated_decisions_are_refused(world: Worl
 
     # a member of an authorized user group may decide
     first = await handle.execute_update(RollbackWorkflow.decide, approve("U_SOMEONE", groups=["S_SAFETY"]))
-    assert first.message == "approval recorded; 1 more needed"
+    assert first.message == "approval recorded; still needed: 1 more from on_call, safety_lead"
     with pytest.raises(WorkflowUpdateFailedError) as repeated:
         await handle.execute_update(RollbackWorkflow.decide, approve("U_SOMEONE", groups=["S_SAFETY"]))
     assert "already decided" in str(repeated.value.cause)
@@ -198,7 +204,7 @@ async def test_break_glass_approves_critical_alerts_automatically(world: World) 
     gated = await world.start(snapshot(decision={"break_glass": {"min_severity": "critical"}}), alert=warning,
                               release="chat-v3")
     await world.at_phase(gated, Phase.AWAITING_DECISION)
-    await gated.signal(RollbackWorkflow.abort, Command(by="U_ONCALL", reason="test over"))
+    await gated.execute_update(RollbackWorkflow.operate, act("abort", "U_ONCALL", "test over"))
     assert (await world.result(gated)).outcome is Outcome.ABORTED
 
 
@@ -238,7 +244,7 @@ async def test_revert_all_now_skips_the_remaining_stages(world: World) -> None:
     world.signals.timeline = SUSTAINED
     handle = await world.start(snapshot(decision={"mode": "automatic"}))
     await world.until(handle, lambda s: s.previous_percent == 10)
-    await handle.signal(RollbackWorkflow.revert_all_now, Command(by="U_SAFETY", reason="users complaining"))
+    await handle.execute_update(RollbackWorkflow.operate, act("revert_now", "U_SAFETY", "users complaining"))
     status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     assert world.writes() == [10, 100]
@@ -249,7 +255,7 @@ async def test_revert_all_now_at_the_gate_is_an_emergency_decision(world: World)
     world.signals.timeline = SUSTAINED
     handle = await world.start(snapshot())
     await world.at_phase(handle, Phase.AWAITING_DECISION)
-    await handle.signal(RollbackWorkflow.revert_all_now, Command(by="U_SAFETY", reason="page from legal"))
+    await handle.execute_update(RollbackWorkflow.operate, act("revert_now", "U_SAFETY", "page from legal"))
     status = await world.result(handle)
     assert world.writes() == [100]
     assert status.outcome is Outcome.REVERTED
@@ -259,7 +265,7 @@ async def test_abort_stops_further_stages_and_keeps_what_was_applied(world: Worl
     world.signals.timeline = SUSTAINED
     handle = await world.start(snapshot(decision={"mode": "automatic"}))
     await world.until(handle, lambda s: s.previous_percent == 10)
-    await handle.signal(RollbackWorkflow.abort, Command(by="U_ONCALL", reason="false alarm, metric bug"))
+    await handle.execute_update(RollbackWorkflow.operate, act("abort", "U_ONCALL", "false alarm, metric bug"))
     status = await world.result(handle)
     assert status.outcome is Outcome.ABORTED
     assert world.writes() == [10]
@@ -271,11 +277,11 @@ async def test_pause_holds_the_next_stage_until_resumed(world: World) -> None:
     world.signals.timeline = SUSTAINED
     handle = await world.start(snapshot(decision={"mode": "automatic"}))
     await world.until(handle, lambda s: s.previous_percent == 10)
-    await handle.signal(RollbackWorkflow.pause, Command(by="U_ONCALL", reason="checking capacity"))
+    await handle.execute_update(RollbackWorkflow.operate, act("pause", "U_ONCALL", "checking capacity"))
     status = await world.until(handle, lambda s: s.phase is Phase.PAUSED)
     await world.env.sleep(timedelta(hours=1))
     assert world.writes() == [10] and (await world.status(handle)).paused
-    await handle.signal(RollbackWorkflow.resume, Command(by="U_ONCALL"))
+    await handle.execute_update(RollbackWorkflow.operate, act("resume", "U_ONCALL"))
     status = await world.result(handle)
     assert world.writes() == [10, 50, 100] and status.outcome is Outcome.REVERTED
 
@@ -314,7 +320,7 @@ async def test_duplicate_alerts_join_one_incident(world: World) -> None:
     assert len({h.result_run_id for h in handles}) == 1
     status = await world.status(handles[0])
     assert [a.fingerprint for a in status.alerts] == ["fp-0", "fp-1"]  # repeats of the same alert are ignored
-    await handles[0].signal(RollbackWorkflow.abort, Command(by="test"))
+    await handles[0].execute_update(RollbackWorkflow.operate, act("abort", "U_ONCALL"))
     await world.result(handles[0])
 
 
@@ -407,3 +413,76 @@ async def test_a_reposted_incident_message_is_the_one_edited_from_then_on(world:
     assert (await world.result(handle)).outcome is Outcome.REVERTED
     refs = [note.thread_ref for note, _ in world.chat.sent if note.channel == "#ml-incidents"]
     assert refs[0] is None and len(refs) > 2 and set(refs[1:]) == {"reposted"}, refs
+
+
+# --- decision rights -----------------------------------------------------------------------------------------
+
+PER_ROLE = {"quorum": 2, "require": {"on_call": 1, "safety_lead": 1}}
+
+
+async def test_per_role_quorum_needs_each_role_and_distinct_people(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(roles={"safety_lead": {"users": ["U_SAFETY", "U_SAFETY2", "U_BOTH"]},
+                                               "on_call": {"users": ["U_ONCALL", "U_BOTH"]}},
+                                        decision=PER_ROLE))
+    await world.at_phase(handle, Phase.AWAITING_DECISION)
+    first = await handle.execute_update(RollbackWorkflow.decide, approve("U_SAFETY"))
+    assert first.message == "approval recorded; still needed: 1 on_call"
+    # a second safety lead cannot stand in for the on-call engineer
+    with pytest.raises(WorkflowUpdateFailedError) as wrong_role:
+        await handle.execute_update(RollbackWorkflow.decide, approve("U_SAFETY2"))
+    assert "U_SAFETY2's approval cannot count: the gate still needs 1 on_call" in str(wrong_role.value.cause)
+    assert (await world.status(handle)).gate.approvals == ["U_SAFETY"]
+    assert world.flags.writes == []
+    # someone holding both roles fills the on-call seat (and counts once)
+    second = await handle.execute_update(RollbackWorkflow.decide, approve("U_BOTH"))
+    assert second.message == "approved"
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED
+    assert "approved by U_SAFETY, U_BOTH" in next(e.message for e in status.audit if e.kind == "decided")
+
+
+async def test_one_person_holding_two_roles_is_not_a_quorum(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(roles={"safety_lead": {"users": ["U_SAFETY", "U_BOTH"]},
+                                               "on_call": {"users": ["U_ONCALL", "U_BOTH"]}},
+                                        decision=PER_ROLE))
+    await world.at_phase(handle, Phase.AWAITING_DECISION)
+    result = await handle.execute_update(RollbackWorkflow.decide, approve("U_BOTH"))
+    assert result.message.startswith("approval recorded; still needed: 1 ")
+    with pytest.raises(WorkflowUpdateFailedError) as repeated:
+        await handle.execute_update(RollbackWorkflow.decide, approve("U_BOTH"))
+    assert "already decided" in str(repeated.value.cause)
+    assert (await world.status(handle)).phase is Phase.AWAITING_DECISION
+    await handle.execute_update(RollbackWorkflow.operate, act("abort", "U_ONCALL", "test over"))
+    assert (await handle.result()).outcome is Outcome.ABORTED
+
+
+async def test_actions_outside_the_gate_need_a_role(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    handle = await world.start(snapshot(decision={**PER_ROLE, "actions": {"revert_now": ["safety_lead"],
+                                                                           "break_glass": ["eng_manager"]}}))
+    await world.at_phase(handle, Phase.AWAITING_DECISION)
+    for action in ("revert_now", "abort", "pause", "resume"):
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(RollbackWorkflow.operate, act(action, "intern", "looks bad"))
+        assert f"intern holds none of the roles that may {action} here" in str(refused.value.cause)
+    with pytest.raises(WorkflowUpdateFailedError) as not_listed:
+        await handle.execute_update(RollbackWorkflow.operate, act("revert_now", "U_ONCALL", "not my call"))
+    assert "may revert_now here (safety_lead, eng_manager)" in str(not_listed.value.cause)
+    with pytest.raises(WorkflowUpdateFailedError) as no_reason:
+        await handle.execute_update(RollbackWorkflow.operate, act("revert_now", "U_MANAGER"))
+    assert "only as break-glass (eng_manager), which needs a reason" in str(no_reason.value.cause)
+    # the raw signal (what a client with Temporal access could send) is refused and recorded, not obeyed
+    await handle.signal(RollbackWorkflow.revert_all_now, Command(by="intern", reason="skip the gate"))
+    status = await world.status(handle)
+    assert status.phase is Phase.AWAITING_DECISION and world.flags.writes == []
+    assert any(e.kind == "action_refused" and e.actor == "intern" for e in status.audit)
+
+    glass = await handle.execute_update(RollbackWorkflow.operate,
+                                        act("revert_now", "U_MANAGER", "legal asked to stop exposure now"))
+    assert glass.break_glass and "break-glass" in glass.message
+    status = await handle.result()
+    assert status.outcome is Outcome.REVERTED and world.writes() == [100]
+    flagged = next(e for e in status.audit if e.kind == "break_glass")
+    assert flagged.actor == "U_MANAGER" and "legal asked" in flagged.message

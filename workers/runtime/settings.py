@@ -74,7 +74,20 @@ class Settings(BaseSettings):
         default=None, description="incident store URL (may carry a password); default sqlite in state_dir")
     flagd_path: Path | None = Field(default=None, description="flagd JSON flag file; default in state_dir")
 
-    api_token: SecretStr | None = Field(default=None, description="bearer token for the HTTP API")
+    api_token: SecretStr | None = Field(default=None, description="shared bearer token for the HTTP API (no person: "
+                                                                "it never decides or operates)")
+    api_token_scopes: str = Field(default="read,trigger", description="what the shared token may do: read, "
+                                                                      "trigger, alerts (comma-separated)")
+    users_file: Path | None = Field(default=None, description="personal API tokens (hashed) and scopes; default "
+                                                             "<state_dir>/users.yaml (`unship users add`)")
+    oidc_issuer: str | None = Field(default=None, description="OIDC issuer whose bearer JWTs the API accepts")
+    oidc_audience: str | None = Field(default=None, description="the audience (aud) those JWTs must name")
+    oidc_jwks_url: str | None = Field(default=None, description="the issuer's JWKS; default from its discovery "
+                                                                "document")
+    oidc_user_claim: str = Field(default="sub", description="the claim holding the user id playbook roles use")
+    oidc_scopes_claim: str = Field(default="scope", description="the claim listing unship scopes")
+    oidc_groups_claim: str = Field(default="groups", description="the claim listing the user's groups")
+    oidc_algorithms: str = Field(default="RS256,ES256", description="accepted JWT signature algorithms")
     alert_bearer_token: SecretStr | None = Field(default=None, description="bearer token alert senders present")
     grafana_hmac_secret: SecretStr | None = None
     pagerduty_signing_secret: SecretStr | None = None
@@ -201,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def resolved_reports_dir(self) -> Path:
         return self.reports_dir or self.state_dir / "reports"
+
+    @property
+    def resolved_users_file(self) -> Path:
+        return self.users_file or self.state_dir / "users.yaml"
 
     @property
     def resolved_flagd_path(self) -> Path:
