@@ -165,6 +165,16 @@ class AuditEvent(_Model):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class ChainedEvent(_Model):
+    """An audit event as the store keeps it: its place in the incident's hash chain and the two hashes."""
+
+    chain: int | None = Field(description="insertion position in the incident's chain (None: written before "
+                                          "the chain existed)")
+    event: AuditEvent
+    prev_hash: str | None = None
+    hash: str | None = None
+
+
 class IncidentRecord(_Model):
     """One incident as the list shows it, as of its latest audit event."""
 
@@ -287,3 +297,5 @@ class IncidentStore(Protocol):
     async def incidents_by_id(self, incident_ids: list[str]) -> list[IncidentRecord]: ...
 
     async def review(self, incident_id: str) -> ReviewDocument | None: ...
+
+    async def chained_events(self, incident_id: str) -> list[ChainedEvent]: ...

@@ -4,11 +4,17 @@ Writes are idempotent so an activity retried or replayed never duplicates anythi
 upsert that never moves back in time, audit events are unique by ``(incident_id, seq)``, reviews are keyed by
 incident. ``open_store(url)`` picks the implementation from the URL scheme: SQLite is the embedded default,
 ``postgresql://`` (psycopg 3) the production store.
+
+The audit trail is tamper-evident: each event is stored with its place in the incident's chain (insertion
+order), the hash of the event before it (the first one points at a root derived from the incident id and the
+playbook version) and its own hash over its content. ``verify_chain`` recomputes the chain and names the first
+event that does not match, so an edited, deleted or inserted row is found (``unship audit verify``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 import threading
@@ -18,9 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from activities.contracts import (
     AuditBatch,
     AuditEvent,
+    ChainedEvent,
     IncidentRecord,
     IncidentStore,
     ReviewDocument,
@@ -107,9 +116,90 @@ ON CONFLICT (incident_id) DO UPDATE SET
 WHERE excluded.updated_at >= incidents.updated_at
 """
 _INSERT_EVENT = """
-INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data) VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data, chain, prev_hash, hash)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (incident_id, seq) DO NOTHING
 """
+_CHAIN_COLUMNS = (("chain", "INTEGER"), ("prev_hash", "TEXT"), ("hash", "TEXT"))
+"""Added to stores created before the hash chain (their older events stay unchained and are reported so)."""
+_CHAIN_HEAD = "SELECT chain, hash FROM audit_events WHERE incident_id = {p} AND chain IS NOT NULL ORDER BY chain DESC LIMIT 1"
+_SEQS = "SELECT seq FROM audit_events WHERE incident_id = {p}"
+_CHAINED = ("SELECT seq, at, kind, actor, message, data, chain, prev_hash, hash FROM audit_events "
+            "WHERE incident_id = {p} ORDER BY chain IS NULL DESC, chain, seq")
+
+
+def chain_root(incident_id: str, playbook_hash: str) -> str:
+    """Where an incident's audit chain starts: bound to the incident and the playbook version that acted."""
+    return hashlib.sha256(f"unship-audit-chain:v1:{incident_id}:{playbook_hash}".encode()).hexdigest()
+
+
+def event_hash(prev_hash: str, incident_id: str, event: AuditEvent) -> str:
+    """The hash of one audit event, chained to the one before it."""
+    canonical = json.dumps({
+        "incident_id": incident_id, "seq": event.seq, "at": _ts(event.at), "kind": event.kind, "actor": event.actor,
+        "message": event.message, "data": _normal(event.data),
+    }, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+def _normal(data: dict[str, Any]) -> Any:
+    """The event data as the store keeps it (JSON round-trip), so hashing at write and at verify agree."""
+    return json.loads(json.dumps(data, default=str, sort_keys=True))
+
+
+def _chain(incident_id: str, playbook_hash: str, head: tuple[int, str] | None, stored: set[int],
+           events: list[AuditEvent]) -> list[tuple[AuditEvent, int, str, str]]:
+    """The new events (not stored yet) with their chain position, previous hash and hash."""
+    position, prev = head if head is not None else (0, chain_root(incident_id, playbook_hash))
+    rows = []
+    for event in events:
+        if event.seq in stored:
+            continue
+        stored.add(event.seq)
+        position += 1
+        digest = event_hash(prev, incident_id, event)
+        rows.append((event, position, prev, digest))
+        prev = digest
+    return rows
+
+
+class ChainReport(BaseModel):
+    """The result of checking one incident's audit chain."""
+
+    incident_id: str
+    events: int
+    ok: bool
+    unchained: int = 0
+    first_bad_seq: int | None = None
+    first_bad_kind: str | None = None
+    problem: str = ""
+
+
+def verify_chain(incident_id: str, playbook_hash: str, rows: list[ChainedEvent]) -> ChainReport:
+    """Recompute the chain of ``rows`` (as ``chained_events`` returns them) and name the first that does not match."""
+    unchained = [r for r in rows if r.chain is None]
+    prev = chain_root(incident_id, playbook_hash)
+    expected_position = 1
+    for row in rows:
+        if row.chain is None:
+            continue
+        event = row.event
+        problem = ""
+        if row.chain != expected_position:
+            problem = f"chain position {row.chain}, expected {expected_position} (an event was deleted or inserted)"
+        elif row.prev_hash != prev:
+            problem = "it does not follow the event before it (an event before it was removed, or rows reordered)"
+        elif row.hash != event_hash(prev, incident_id, event):
+            problem = "its content does not match its hash (the row was edited)"
+        if problem:
+            return ChainReport(incident_id=incident_id, events=len(rows), ok=False, unchained=len(unchained),
+                               first_bad_seq=event.seq, first_bad_kind=event.kind,
+                               problem=f"event #{event.seq} ({event.kind}): {problem}")
+        prev = row.hash or ""
+        expected_position += 1
+    return ChainReport(incident_id=incident_id, events=len(rows), ok=True, unchained=len(unchained),
+                       problem=f"{len(unchained)} event(s) written before the hash chain existed are not covered"
+                       if unchained else "")
 _UPSERT_REVIEW = """
 INSERT INTO reviews (incident_id, markdown, tasks, saved_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (incident_id) DO UPDATE SET
@@ -228,14 +318,19 @@ class SqliteIncidentStore:
         incident_row = (inc.incident_id, inc.playbook, inc.playbook_hash, inc.release, inc.phase, inc.outcome,
                         _ts(inc.started_at), _ts(inc.updated_at), inc.previous_percent, json.dumps(inc.awaiting),
                         _ts(inc.decide_by) if inc.decide_by else None)
-        event_rows = [(inc.incident_id, e.seq, _ts(e.at), e.kind, e.actor, e.message,
-                       json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events]
 
         def write(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_UPSERT_INCIDENT, incident_row)
-                conn.executemany(_INSERT_EVENT, event_rows)
+                head = conn.execute(_CHAIN_HEAD.format(p="?"), (inc.incident_id,)).fetchone()
+                stored = {r[0] for r in conn.execute(_SEQS.format(p="?"), (inc.incident_id,))}
+                rows = _chain(inc.incident_id, inc.playbook_hash, (head[0], head[1]) if head else None, stored,
+                              batch.events)
+                conn.executemany(_INSERT_EVENT, [
+                    (inc.incident_id, e.seq, _ts(e.at), e.kind, e.actor, e.message,
+                     json.dumps(e.data, default=str, sort_keys=True), position, prev, digest)
+                    for e, position, prev, digest in rows])
 
         await self._run(write)
 
@@ -271,6 +366,13 @@ class SqliteIncidentStore:
         ).fetchall())
         return [AuditEvent(seq=r["seq"], at=r["at"], kind=r["kind"], actor=r["actor"], message=r["message"],
                            data=json.loads(r["data"])) for r in rows]
+
+    async def chained_events(self, incident_id: str) -> list[ChainedEvent]:
+        """The incident's audit events in chain order, with their hashes (for ``verify_chain``)."""
+        rows = await self._run(lambda c: c.execute(_CHAINED.format(p="?"), (incident_id,)).fetchall())
+        return [ChainedEvent(chain=r["chain"], prev_hash=r["prev_hash"], hash=r["hash"], event=AuditEvent(
+            seq=r["seq"], at=r["at"], kind=r["kind"], actor=r["actor"], message=r["message"],
+            data=json.loads(r["data"]))) for r in rows]
 
     async def save_review(self, review: ReviewDocument) -> None:
         """Store (or replace) the incident's review document."""
@@ -336,10 +438,11 @@ _PG_ADD_COLUMNS = "".join(f"ALTER TABLE incidents ADD COLUMN IF NOT EXISTS {name
 _PG_SCHEMA_TABLE = ("CREATE TABLE IF NOT EXISTS unship_schema (version INTEGER NOT NULL, "
                     "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
 _PG_INSERT_EVENT = """
-INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data)
-VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
+INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data, chain, prev_hash, hash)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)
 ON CONFLICT (incident_id, seq) DO NOTHING
 """
+
 _PG_UPSERT_REVIEW = """
 INSERT INTO reviews (incident_id, markdown, tasks, saved_at) VALUES (%s, %s, %s::jsonb, %s)
 ON CONFLICT (incident_id) DO UPDATE SET
@@ -425,10 +528,18 @@ class PostgresIncidentStore:
                 _aware(inc.started_at), _aware(inc.updated_at), inc.previous_percent, json.dumps(inc.awaiting),
                 _aware(inc.decide_by) if inc.decide_by else None))
             if batch.events:
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(_PG_INSERT_EVENT, [
-                        (inc.incident_id, e.seq, _aware(e.at), e.kind, e.actor, e.message,
-                         json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events])
+                # The incident row just upserted is locked until commit: writers of one incident chain in turn.
+                head = await (await conn.execute(_CHAIN_HEAD.format(p="%s"), (inc.incident_id,))).fetchone()
+                stored = {r["seq"] for r in await (await conn.execute(_SEQS.format(p="%s"),
+                                                                       (inc.incident_id,))).fetchall()}
+                rows = _chain(inc.incident_id, inc.playbook_hash, (head["chain"], head["hash"]) if head else None,
+                              stored, batch.events)
+                if rows:
+                    async with conn.cursor() as cursor:
+                        await cursor.executemany(_PG_INSERT_EVENT, [
+                            (inc.incident_id, e.seq, _aware(e.at), e.kind, e.actor, e.message,
+                             json.dumps(e.data, default=str, sort_keys=True), position, prev, digest)
+                            for e, position, prev, digest in rows])
 
     async def incidents(self, limit: int = 100, *, phase: str | None = None, playbook: str | None = None,
                         open_first: bool = False) -> list[IncidentRecord]:
@@ -456,6 +567,13 @@ class PostgresIncidentStore:
             "SELECT seq, at, kind, actor, message, data FROM audit_events WHERE incident_id = %s AND seq > %s "
             "ORDER BY seq", (incident_id, -(2**62) if after is None else after))
         return [AuditEvent(**r) for r in rows]
+
+    async def chained_events(self, incident_id: str) -> list[ChainedEvent]:
+        """The incident's audit events in chain order, with their hashes (for ``verify_chain``)."""
+        rows = await self._fetch(_CHAINED.format(p="%s"), (incident_id,))
+        return [ChainedEvent(chain=r["chain"], prev_hash=r["prev_hash"], hash=r["hash"], event=AuditEvent(
+            seq=r["seq"], at=r["at"], kind=r["kind"], actor=r["actor"], message=r["message"], data=r["data"]))
+            for r in rows]
 
     async def save_review(self, review: ReviewDocument) -> None:
         """Store (or replace) the incident's review document."""
@@ -486,6 +604,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "list incidents by playbook without a scan",
               "CREATE INDEX IF NOT EXISTS incidents_by_playbook ON incidents (playbook, updated_at DESC)",
               "CREATE INDEX IF NOT EXISTS incidents_by_playbook ON incidents (playbook, updated_at DESC)"),
+    Migration(4, "tamper-evident audit: each event's chain position, previous hash and hash; one active incident "
+              "per flag/serving target",
+              "".join(f"ALTER TABLE audit_events ADD COLUMN {n} {k};\n" for n, k in _CHAIN_COLUMNS)
+              + "CREATE TABLE IF NOT EXISTS target_holds (target TEXT PRIMARY KEY, incident_id TEXT NOT NULL, "
+                "held_at TEXT NOT NULL);",
+              "".join(f"ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS {n} {k};\n" for n, k in _CHAIN_COLUMNS)
+              + "CREATE TABLE IF NOT EXISTS target_holds (target TEXT PRIMARY KEY, incident_id TEXT NOT NULL, "
+                "held_at TIMESTAMPTZ NOT NULL);"),
 )
 """The store's schema, step by step; append a step (never edit one) and every store moves to it at start."""
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from workers.runtime.settings import Settings
 from workers.runtime.temporal_server import free_port
+from workers.web.auth import add_user
 
 TOKEN = "test-token-0123456789"
 
@@ -39,15 +40,27 @@ def api_client(base_url: str, token: str | None = None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30)
 
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that points the CLI at ``settings`` (and nothing from the developer's shell)."""
+def person(settings: Settings, user: str, *scopes: str, groups: tuple[str, ...] = ()) -> str:
+    """A personal API token for ``user`` in ``settings``' users file (default scopes: read, trigger, decide,
+    operate)."""
+    return add_user(settings.resolved_users_file, user, scopes or ("read", "trigger", "decide", "operate"),
+                    groups, replace=True)
+
+
+def cli_env(settings: Settings, token: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment that points the CLI at ``settings``' API with ``token`` (nothing from the developer's
+    shell: the token file is the test's own)."""
     env = {key: None for key in os.environ if key.startswith("UNSHIP_") or key == "TEMPORAL_ADDRESS"}
     env.update({
         "UNSHIP_STATE_DIR": str(settings.state_dir),
         "UNSHIP_TASK_QUEUE": settings.task_queue,
         "UNSHIP_TEMPORAL_PORT": str(settings.temporal_port),
+        "UNSHIP_HTTP_ADDR": settings.http_addr,
+        "UNSHIP_TOKEN_FILE": str(settings.state_dir.parent / f"cli-token-{uuid.uuid4().hex[:6]}"),
         "COLUMNS": "200",
     })
+    if token:
+        env["UNSHIP_TOKEN"] = token
     if settings.temporal_address:
         env["TEMPORAL_ADDRESS"] = settings.temporal_address
     env.update(extra)

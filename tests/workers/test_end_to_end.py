@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
@@ -28,7 +29,7 @@ from activities.scripted import ScriptedSignalSource
 from activities.store import open_store
 from playbooks.loader import load_library
 from tests.support.playbooks import snapshot
-from tests.support.stack import api_client, cli_env, make_settings, serve
+from tests.support.stack import TOKEN, api_client, cli_env, make_settings, person, serve
 from workers.cli import app as cli
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
@@ -61,10 +62,17 @@ class Stack:
     runner: CliRunner
     env: dict[str, Any]
     signals: SignalRouter
+    tokens: dict[str, str]
+    url: str
 
-    async def cli(self, *args: str) -> Result:
+    async def cli(self, *args: str, user: str) -> Result:
+        """``unship ARGS`` as ``user`` (with that person's token)."""
+        env = {**self.env, "UNSHIP_TOKEN": self.tokens[user]}
         # In a thread: the CLI runs its own event loop while this one keeps the worker and the API going.
-        return await asyncio.to_thread(self.runner.invoke, cli, list(args), env=self.env)
+        return await asyncio.to_thread(self.runner.invoke, cli, list(args), env=env)
+
+    def person(self, user: str) -> httpx.AsyncClient:
+        return api_client(self.url, self.tokens[user])
 
     async def status(self, incident: str) -> dict[str, Any]:
         response = await self.http.get(f"/v1/incidents/{incident}")
@@ -104,12 +112,14 @@ async def stack(local_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator
     signals = SignalRouter({"scripted": ScriptedSignalSource(BAD_RELEASE)})
     activities = RollbackActivities(router, signals, LogNotifier(), store, review_dir=settings.state_dir / "reviews")
     service = IncidentService(local_env.client, settings, playbooks, store=store)
+    tokens = {user: person(settings, user) for user in ("U_ONCALL", "U_SAFETY", "U_RANDOM", "U_OPS")}
+    settings = settings.model_copy(update={"api_token": SecretStr(TOKEN)})  # shared: read and trigger
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(local_env.client, settings, activities, stop))
     try:
-        async with serve(create_app(service, settings)) as url, api_client(url) as http:
-            env = cli_env(settings, UNSHIP_PLAYBOOKS_DIR=str(folder))
-            yield Stack(settings, service, flags, http, CliRunner(), env, signals)
+        async with serve(create_app(service, settings)) as url, api_client(url, TOKEN) as http:
+            env = cli_env(settings, UNSHIP_PLAYBOOKS_DIR=str(folder), UNSHIP_API_URL=url)
+            yield Stack(settings, service, flags, http, CliRunner(), env, signals, tokens, url)
     finally:
         stop.set()
         await worker
@@ -120,7 +130,7 @@ async def stack(local_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator
 
 async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: Stack) -> None:
     opened = await stack.http.post("/v1/incidents", json={"playbook": "chat-test", "release": "chat-v2",
-                                                          "reason": "hallucinations doubled", "started_by": "ops"})
+                                                          "reason": "hallucinations doubled"})
     assert opened.status_code == 202
     incident = opened.json()["incident_id"]
     assert incident == "unship:chat-test:chat-v2"
@@ -136,16 +146,16 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
     assert waiting["detected_at"] and waiting["gate"]["quorum"] == 1
     assert await stack.share_on_previous() == 0, "users moved before anyone approved"
 
-    intruder = await stack.http.post(f"/v1/incidents/{incident}/decision",
-                                     json={"user": "U_RANDOM", "verdict": "approve", "reason": "why not"})
+    async with stack.person("U_RANDOM") as intruder_http:
+        intruder = await intruder_http.post(f"/v1/incidents/{incident}/decision",
+                                            json={"verdict": "approve", "reason": "why not"})
     assert intruder.status_code == 403 and "U_RANDOM holds none of the roles" in intruder.json()["detail"]
 
-    click = ("approve", incident, "--as", "U_ONCALL", "--reason", "hallucinations doubled",
-             "--idempotency-key", "slack-action-1")
-    approved = await stack.cli(*click)
+    click = ("approve", incident, "--reason", "hallucinations doubled", "--idempotency-key", "slack-action-1")
+    approved = await stack.cli(*click, user="U_ONCALL")
     assert approved.exit_code == 0, approved.output
     assert "approved" in approved.stdout
-    retried = await stack.cli(*click)  # a retried click with the same key counts once, and is not an error
+    retried = await stack.cli(*click, user="U_ONCALL")  # a retried click with the same key counts once
     assert retried.exit_code == 0 and retried.stdout == approved.stdout
 
     done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
@@ -153,16 +163,16 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
     assert [(s["percent"], s["status"]) for s in done["stages"]] == [(10, "verified"), (50, "verified"),
                                                                      (100, "verified")]
     assert await stack.share_on_previous() == 100
-    assert [(d["user"], d["verdict"], d["via"]) for d in done["decisions"]] == [("U_ONCALL", "approve", "cli")]
+    assert [(d["user"], d["verdict"], d["via"]) for d in done["decisions"]] == [("U_ONCALL", "approve", "api")]
     kinds = [e["kind"] for e in done["audit"]]
     assert "decision_refused" in kinds  # the intruder's attempt is on the record
     applied = [e["data"]["percent"] for e in done["audit"] if e["kind"] == "stage_applied"]
     assert applied == [10, 50, 100]
 
-    again = await stack.cli("approve", incident, "--as", "U_SAFETY", "--reason", "late")
+    again = await stack.cli("approve", incident, "--reason", "late", user="U_SAFETY")
     assert again.exit_code == 1 and "refused" in again.stderr, again.stderr
 
-    shown = await stack.cli("status", incident)
+    shown = await stack.cli("status", incident, user="U_SAFETY")
     assert shown.exit_code == 0, shown.output
     assert "reverted" in shown.stdout and "Audit timeline" in shown.stdout and "U_ONCALL" in shown.stdout
     assert f"http://127.0.0.1:8080/incidents/{incident}" in shown.stdout  # the console page (default base URL)
@@ -195,13 +205,15 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
 
 
 async def test_trigger_from_cli_then_emergency_revert_now(stack: Stack) -> None:
-    opened = await stack.cli("trigger", "chat-test", "--release", "chat-v3", "--as", "ops")
+    opened = await stack.cli("trigger", "chat-test", "--release", "chat-v3", user="U_OPS")
     assert opened.exit_code == 0, opened.output
     incident = "unship:chat-test:chat-v3"
     assert incident in opened.stdout
 
     await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
-    sent = await stack.cli("revert-now", incident, "--as", "U_SAFETY", "--reason", "users are complaining")
+    refused = await stack.cli("revert-now", incident, "--reason", "I can", user="U_OPS")
+    assert refused.exit_code == 1 and "U_OPS holds none of the roles that may revert_now" in refused.stderr
+    sent = await stack.cli("revert-now", incident, "--reason", "users are complaining", user="U_SAFETY")
     assert sent.exit_code == 0, sent.output
 
     done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
@@ -215,14 +227,15 @@ async def test_abort_over_http_stops_before_any_user_moves(stack: Stack) -> None
     incident = (await stack.http.post("/v1/incidents", json={"playbook": "chat-test", "release": "chat-v4"})
                 ).json()["incident_id"]
     await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
-    aborted = await stack.http.post(f"/v1/incidents/{incident}/abort", json={"by": "U_ONCALL",
-                                                                             "reason": "false alarm"})
-    assert aborted.status_code == 202 and aborted.json() == {"incident_id": incident, "command": "abort"}
+    async with stack.person("U_ONCALL") as oncall:
+        aborted = await oncall.post(f"/v1/incidents/{incident}/abort", json={"reason": "false alarm"})
+    assert aborted.status_code == 200 and aborted.json()["message"] == "abort accepted"
     done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
     assert done["outcome"] == "aborted"
     assert await stack.share_on_previous() == 0
     await stack.service.client.get_workflow_handle(incident).result()
-    closed = await stack.http.post(f"/v1/incidents/{incident}/pause", json={"reason": "too late"})
+    async with stack.person("U_ONCALL") as oncall:
+        closed = await oncall.post(f"/v1/incidents/{incident}/pause", json={"reason": "too late"})
     assert closed.status_code == 409 and "is closed" in closed.json()["detail"]
 
 
@@ -231,8 +244,9 @@ async def test_re_release_over_http_moves_users_forward_stage_by_stage(stack: St
     await stack.flags.set_previous_percent(target, 100, "an earlier revert")
     healthy = ScriptedSignalSource({"hallucinations": [5.0], "latency_p95": [1.0], "fairness_gap": [0.01]})
     stack.signals.sources["scripted"] = healthy
-    opened = await stack.http.post("/v1/releases", json={"playbook": "chat-test", "release": "chat-v5",
-                                                         "stages": [25, 100]})
+    async with stack.person("U_OPS") as ops:
+        opened = await ops.post("/v1/releases", json={"playbook": "chat-test", "release": "chat-v5",
+                                                      "stages": [25, 100]})
     assert opened.status_code == 202, opened.text
     release = opened.json()["incident_id"]
     done = await stack.until(release, lambda s: s["outcome"] is not None, "an outcome")

@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import importlib.metadata
+import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from activities.contracts import IncidentStore
-from activities.store import open_store
 from playbooks.loader import PlaybookError, load_library
 from playbooks.models import PlaybookSnapshot
+from workers.cli.api import ApiError
 from workers.runtime import logs
-from workers.runtime.client import TemporalUnreachable, connect
+from workers.runtime.client import TemporalUnreachable
 from workers.runtime.service import (
     IncidentNotFound,
     IncidentService,
@@ -126,6 +124,14 @@ def load_settings() -> Settings:
 
 def exit_code_for(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and one-line message for an expected failure (None: unexpected)."""
+    if isinstance(exc, ApiError):
+        if exc.status in (0, 502, 503, 504):
+            return EXIT_UNREACHABLE, exc.detail
+        if exc.status == 404:
+            return EXIT_NOT_FOUND, exc.detail
+        if exc.status in (400, 413, 422):
+            return EXIT_USAGE, exc.detail
+        return EXIT_REFUSED, f"refused: {exc.detail}"
     if isinstance(exc, (TemporalUnreachable, TemporalUnavailable, EmbeddedTemporalError)):
         return EXIT_UNREACHABLE, str(exc)
     if isinstance(exc, IncidentNotFound):
@@ -168,32 +174,6 @@ def load_playbooks(settings: Settings) -> dict[str, PlaybookSnapshot]:
     fail(EXIT_USAGE, f"UNSHIP_PLAYBOOKS_DIR={folder} is not a folder")
 
 
-async def incident_service(settings: Settings,
-                           playbooks: dict[str, PlaybookSnapshot] | None = None) -> IncidentService:
-    client = await connect(settings)
-    return IncidentService(client, settings, playbooks or {}, store=existing_store(settings))
-
-
-def existing_store(settings: Settings) -> IncidentStore | None:
-    """The incident store, when it already exists (the CLI never creates one as a side effect)."""
-    url = settings.resolved_database_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        return None
-    try:
-        return open_store(url)
-    except Exception:  # noqa: BLE001 - the store only enriches the list; Temporal is the source of truth
-        return None
-
-
-def user_or_login(value: str | None) -> str:
-    if value:
-        return value
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name (containers): fall back to a neutral actor
-        return "operator"
-
-
 def configure_logging(settings: Settings | None = None) -> None:
     """Logs as ``UNSHIP_LOG_FORMAT`` says (text on a terminal, json otherwise), every configured secret masked."""
     settings = settings or Settings.model_construct()
@@ -226,6 +206,38 @@ def stop_on_signals(stop: asyncio.Event, on_second: Callable[[], None] | None = 
         for sig in installed:
             loop.remove_signal_handler(sig)
 
+
+
+@contextlib.contextmanager
+def reload_on_sighup(service: IncidentService) -> Iterator[None]:
+    """SIGHUP reloads ``service``'s playbook library (audited; a library with problems is refused and logged)."""
+    loop = asyncio.get_running_loop()
+    log = logging.getLogger("unship")
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            changes = await service.reload_playbooks(by="SIGHUP")
+            log.info("playbooks reloaded on SIGHUP: %s", ", ".join(f"{n} {o or '-'} -> {v or '-'}"
+                                                                  for n, (o, v) in changes.items()) or "no change")
+        except ServiceError as exc:
+            log.error("playbook reload on SIGHUP refused: %s", exc)
+
+    def handle() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, handle)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):
+        installed = False
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGHUP)
 
 
 def playbooks_or_fail(settings: Settings) -> dict[str, PlaybookSnapshot]:

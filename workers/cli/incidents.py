@@ -1,50 +1,54 @@
-"""Incident commands: trigger, status, approve / reject, revert-now, abort, pause, resume, release."""
+"""Incident commands: trigger, status, approve / reject, revert-now, abort, pause, resume, release, whoami, login.
+
+Every one goes through the HTTP API with your own token (``workers.cli.api``): the server knows who you are,
+checks your scopes and the playbook's roles, and runs its own playbook library. There is no ``--as``.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import getpass
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
 from playbooks.models import Severity
 from playbooks.rendering import incident_link
-from workers.cli.common import (
-    EXIT_USAGE,
-    app,
-    fail,
-    incident_service,
-    load_settings,
-    out,
-    playbooks_or_fail,
-    run,
-    user_or_login,
-)
-from workflows.messages import Command, DecisionRequest, Verdict
+from workers.cli.api import Api, ApiError, save_token
+from workers.cli.common import EXIT_REFUSED, EXIT_USAGE, app, exit_code_for, fail, load_settings, out
+from workers.runtime.service import IncidentSummary
+from workflows.messages import IncidentStatus
 
-AsUser = Annotated[str | None, typer.Option("--as", help="Who you are (default: your login name).")]
+T = TypeVar("T")
+
 Reason = Annotated[str, typer.Option("--reason", help="Why (goes on the audit trail).")]
 IncidentArg = Annotated[str, typer.Argument(help="Incident id, e.g. unship:chat-assistant:v2.3.")]
 
 
+def _api_call(fn: Callable[[Api], T]) -> T:
+    """Run ``fn`` against the API and turn a refusal or failure into one line and an exit code."""
+    api = Api(load_settings())
+    try:
+        return fn(api)
+    except ApiError as exc:
+        code, message = exit_code_for(exc) or (EXIT_REFUSED, str(exc))
+        fail(code, message)
+
+
 @app.command()
 def trigger(
-    playbook: Annotated[str, typer.Argument(help="Name of the playbook to run.")],
+    playbook: Annotated[str, typer.Argument(help="Name of a playbook the server loaded (see `unship playbooks`).")],
     release: Annotated[str, typer.Option("--release", "-r", help="The suspect release.")],
     severity: Annotated[Severity | None, typer.Option(help="Severity (critical may break glass).")] = None,
     reason: Reason = "",
-    as_user: AsUser = None,
 ) -> None:
-    """Open an incident for a release (joins the running one if there is one)."""
-    settings = load_settings()
-    playbooks = playbooks_or_fail(settings)
-
-    async def main() -> str:
-        service = await incident_service(settings, playbooks)
-        return await service.trigger(playbook, release, started_by=user_or_login(as_user), severity=severity,
-                                     reason=reason)
-
-    incident = run(main)
+    """Open an incident for a release (joins the running one if there is one). The server runs its own
+    version of the playbook: only the name is sent."""
+    body: dict[str, Any] = {"playbook": playbook, "release": release, "reason": reason}
+    if severity is not None:
+        body["severity"] = severity.value
+    incident = _api_call(lambda api: api.post("/v1/incidents", body))["incident_id"]
     out.print(f"incident [bold]{incident}[/]  (follow it with: unship status {incident})")
 
 
@@ -53,10 +57,8 @@ def release(
     playbook: Annotated[str, typer.Argument(help="Name of the playbook whose signals guard the release.")],
     release_name: Annotated[str, typer.Option("--release", "-r", help="The fixed release to roll forward.")],
     stages: Annotated[str | None, typer.Option(help="Cumulative percents, e.g. 10,50,100.")] = None,
-    as_user: AsUser = None,
 ) -> None:
     """Re-release a fixed candidate stage by stage, guarded by the playbook's signals."""
-    settings = load_settings()
     percents = None
     if stages:
         try:
@@ -65,14 +67,10 @@ def release(
             fail(EXIT_USAGE, f"--stages: {stages!r} is not a list of percents like 10,50,100")
         if not percents or any(not 0 < p <= 100 for p in percents):
             fail(EXIT_USAGE, "--stages: every percent must be above 0 and at most 100")
-
-    playbooks = playbooks_or_fail(settings)
-
-    async def main() -> str:
-        service = await incident_service(settings, playbooks)
-        return await service.release(playbook, release_name, stages=percents, started_by=user_or_login(as_user))
-
-    workflow_id = run(main)
+    body: dict[str, Any] = {"playbook": playbook, "release": release_name}
+    if percents:
+        body["stages"] = percents
+    workflow_id = _api_call(lambda api: api.post("/v1/releases", body))["incident_id"]
     out.print(f"re-release [bold]{workflow_id}[/] started  (follow it with: unship status {workflow_id})")
 
 
@@ -83,25 +81,53 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """List incidents, or show one incident's phase, stages, decisions and audit timeline."""
-    settings = load_settings()
-
-    async def main() -> Any:
-        service = await incident_service(settings)
-        return await (service.get(incident) if incident else service.list(limit))
-
-    result = run(main)
-    if as_json:
-        if isinstance(result, list):
-            out.print_json(data=[r.model_dump(mode="json") for r in result])
+    if incident:
+        one = IncidentStatus.model_validate(_api_call(lambda api: api.get(f"/v1/incidents/{incident}")))
+        if as_json:
+            out.print_json(one.model_dump_json())
         else:
-            out.print_json(result.model_dump_json())
+            _print_incident(one, incident_link(load_settings().console_url, one.incident_id))
         return
-    if isinstance(result, list):
-        _print_list(result)
-        if result:
-            out.print(f"console: {settings.console_url}/")
+    data = _api_call(lambda api: api.get(f"/v1/incidents?limit={limit}"))
+    listing = [IncidentSummary.model_validate(i) for i in data["incidents"]]
+    if as_json:
+        out.print_json(data=[r.model_dump(mode="json") for r in listing])
     else:
-        _print_incident(result, incident_link(settings.console_url, result.incident_id))
+        _print_list(listing)
+        if listing:
+            out.print(f"console: {load_settings().console_url}/")
+
+
+@app.command()
+def whoami() -> None:
+    """Who the server thinks you are: your id, the credential, your scopes and groups."""
+    me = _api_call(lambda api: api.get("/v1/me"))
+    who = me.get("user") or f"({me.get('credential')}: no person)"
+    out.print(f"[bold]{who}[/]" + (f" ({me['name']})" if me.get("name") else ""))
+    out.print(f"credential: {me.get('credential')}; scopes: {', '.join(me.get('scopes') or []) or 'none'}; "
+              f"groups: {', '.join(me.get('groups') or []) or 'none'}")
+
+
+@app.command()
+def login(
+    token: Annotated[str | None, typer.Option("--token", help="The token (default: asked for, not echoed).")] = None,
+) -> None:
+    """Store your personal (or OIDC) token for later commands (0600), after checking it with the server."""
+    presented = token or getpass.getpass("unship token: ")
+    if not presented.strip():
+        fail(EXIT_USAGE, "no token given")
+    settings = load_settings()
+    try:
+        me = Api(settings, token=presented.strip()).get("/v1/me")
+    except ApiError as exc:
+        code, message = exit_code_for(exc) or (EXIT_REFUSED, str(exc))
+        fail(code, f"the server did not accept this token: {message}")
+    if not me.get("user"):
+        fail(EXIT_REFUSED, f"this is a {me.get('credential')} credential, not a person's token; "
+                           "ask an admin for yours (`unship users add YOUR_ID`)")
+    path = save_token(presented)
+    out.print(f"logged in as [bold]{me['user']}[/] (scopes: {', '.join(me.get('scopes') or [])}); token stored in "
+              f"{path} (0600)")
 
 
 def _when(value: Any) -> str:
@@ -166,67 +192,56 @@ def _print_incident(s: Any, link: str) -> None:
     out.print(audit)
 
 
-def _decide(incident: str, verdict: str, user: str, reason: str, gate: str | None, key: str | None) -> None:
-    settings = load_settings()
-    request = DecisionRequest(user=user, verdict=Verdict(verdict), reason=reason, via="cli", gate_id=gate)
-
-    async def main() -> Any:
-        return await (await incident_service(settings)).decide(incident, request, update_id=key)
-
-    result = run(main)
-    out.print(f"{result.message} ({result.gate_id}: {result.approvals}/{result.quorum} approvals)")
+def _decide(incident: str, verdict: str, reason: str, gate: str | None, key: str | None) -> None:
+    body: dict[str, Any] = {"verdict": verdict, "reason": reason}
+    if gate:
+        body["gate_id"] = gate
+    headers = {"Idempotency-Key": key} if key else None
+    result = _api_call(lambda api: api.post(f"/v1/incidents/{incident}/decision", body, headers))
+    out.print(f"{result['message']} ({result['gate_id']}: {result['approvals']}/{result['quorum']} approvals)")
 
 
 Gate = Annotated[str | None, typer.Option("--gate", help="The gate you are deciding on (refused if stale).")]
 Key = Annotated[str | None, typer.Option("--idempotency-key", help="Retries with the same key count once.")]
-Who = Annotated[str, typer.Option("--as", help="Who decides (must hold a deciding role).")]
 WhyRequired = Annotated[str, typer.Option("--reason", help="Why (goes on the audit trail).")]
 
 
 @app.command()
-def approve(incident: IncidentArg, as_user: Who, reason: WhyRequired, gate: Gate = None, key: Key = None) -> None:
-    """Approve the revert (or investigation outcome) at the incident's open decision."""
-    _decide(incident, "approve", as_user, reason, gate, key)
+def approve(incident: IncidentArg, reason: WhyRequired, gate: Gate = None, key: Key = None) -> None:
+    """Approve the revert (or investigation outcome) at the incident's open decision, as yourself."""
+    _decide(incident, "approve", reason, gate, key)
 
 
 @app.command()
-def reject(incident: IncidentArg, as_user: Who, reason: WhyRequired, gate: Gate = None, key: Key = None) -> None:
+def reject(incident: IncidentArg, reason: WhyRequired, gate: Gate = None, key: Key = None) -> None:
     """Reject: no revert happens, and the decision is on the record."""
-    _decide(incident, "reject", as_user, reason, gate, key)
+    _decide(incident, "reject", reason, gate, key)
 
 
-def _command(incident: str, name: str, user: str | None, reason: str) -> None:
-    settings = load_settings()
-    command = Command(by=user_or_login(user), reason=reason)
-
-    async def main() -> None:
-        await (await incident_service(settings)).signal(incident, name, command)
-
-    run(main)
-    out.print(f"{name.replace('_', ' ')} sent to {incident}")
+def _command(incident: str, path: str, reason: str) -> None:
+    result = _api_call(lambda api: api.post(f"/v1/incidents/{incident}/{path}", {"reason": reason}))
+    out.print(f"{result['message']} ({incident})")
 
 
 @app.command("revert-now")
-def revert_now(incident: IncidentArg, as_user: AsUser = None, reason: Reason = "") -> None:
-    """Emergency: move every user back to the previous model at once."""
-    _command(incident, "revert_all_now", as_user, reason)
+def revert_now(incident: IncidentArg, reason: Reason = "") -> None:
+    """Emergency: move every user back to the previous model at once (the playbook must give you the right)."""
+    _command(incident, "revert-now", reason)
 
 
 @app.command()
-def abort(incident: IncidentArg, as_user: AsUser = None, reason: Reason = "") -> None:
+def abort(incident: IncidentArg, reason: Reason = "") -> None:
     """Stop the incident where it is; stages already applied stay applied."""
-    _command(incident, "abort", as_user, reason)
+    _command(incident, "abort", reason)
 
 
 @app.command()
-def pause(incident: IncidentArg, as_user: AsUser = None, reason: Reason = "") -> None:
+def pause(incident: IncidentArg, reason: Reason = "") -> None:
     """Hold before the next stage until resumed."""
-    _command(incident, "pause", as_user, reason)
+    _command(incident, "pause", reason)
 
 
 @app.command()
-def resume(incident: IncidentArg, as_user: AsUser = None, reason: Reason = "") -> None:
+def resume(incident: IncidentArg, reason: Reason = "") -> None:
     """Continue a paused incident."""
-    _command(incident, "resume", as_user, reason)
-
-
+    _command(incident, "resume", reason)

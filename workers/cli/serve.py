@@ -24,9 +24,11 @@ from workers.cli.common import (
     err,
     fail,
     listen,
+    load_playbooks,
     load_settings,
     out,
     playbooks_or_fail,
+    reload_on_sighup,
     run,
     settings_help,
     stop_on_signals,
@@ -104,8 +106,9 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
         created = await ensure_flagd_flags(settings, playbooks)
         if created:
             err.print(f"created flagd flags {', '.join(created)} in {settings.resolved_flagd_path}")
-        service = IncidentService(client, settings, playbooks, store=activities.store)
-        with stop_on_signals(stop, on_second=force.set):
+        service = IncidentService(client, settings, playbooks, store=activities.store,
+                                  library=lambda: load_playbooks(settings))
+        with stop_on_signals(stop, on_second=force.set), reload_on_sighup(service):
             worker_task = asyncio.create_task(run_worker(client, settings, activities, stop, **REHEARSALS))
             try:
                 await serve(create_app(service, settings), settings, sock, stop, alongside=[worker_task],
@@ -122,7 +125,10 @@ def _print_up(settings: Settings, ui_url: str | None, playbooks: dict[str, Playb
     table.add_row("Temporal", settings.temporal_target + ("  (embedded)" if settings.embedded_temporal else ""))
     if ui_url:
         table.add_row("Web UI", ui_url)
-    table.add_row("API", f"{api}/v1/incidents" + ("" if settings.api_token else "  (no token: loopback only)"))
+    users = settings.resolved_users_file
+    secured = settings.api_token or settings.oidc_issuer or users.is_file()
+    table.add_row("API", f"{api}/v1/incidents" + ("" if secured else "  (no credentials: loopback only, read and "
+                                                                      "trigger; `unship users add ID` for people)"))
     table.add_row("Console", f"{settings.console_url}/")
     table.add_row("Task queue", settings.task_queue)
     table.add_row("State", str(settings.state_dir.resolve()))

@@ -6,9 +6,10 @@ are typed exceptions (``ServiceError`` subclasses) that the adapters map to HTTP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
@@ -23,19 +24,23 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.contracts import AuditEvent, IncidentStore, ReviewDocument
+from activities.contracts import AuditBatch, AuditEvent, IncidentRecord, IncidentStore, ReviewDocument
+from playbooks.loader import PlaybookError
 from playbooks.models import PlaybookSnapshot, Severity
 from workers.runtime.settings import Settings
 from workflows.base import IncidentWorkflowBase
 from workflows.messages import (
+    Action,
+    ActionRefusal,
     Alert,
     AlertBatch,
     AlertStatus,
-    Command,
+    CommandResult,
     DecisionRefusal,
     DecisionRequest,
     DecisionResult,
     IncidentStatus,
+    OperatorCommand,
     ReleaseInput,
     RollbackInput,
     incident_id,
@@ -48,13 +53,16 @@ AuditEvents = list[AuditEvent]
 
 log = logging.getLogger(__name__)
 
-COMMAND_SIGNALS = {
-    "abort": IncidentWorkflowBase.abort,
-    "pause": IncidentWorkflowBase.pause,
-    "resume": IncidentWorkflowBase.resume,
-    "revert_all_now": RollbackWorkflow.revert_all_now,
+COMMANDS = {
+    "abort": Action.ABORT,
+    "pause": Action.PAUSE,
+    "resume": Action.RESUME,
+    "revert-now": Action.REVERT_NOW,
 }
-"""The operator commands by the name the API and CLI use; abort/pause/resume reach re-releases too."""
+"""The operator actions by the name the API and CLI use; abort/pause/resume reach re-releases too."""
+
+LIBRARY_AUDIT_ID = "unship:library"
+"""The incident-store id under which playbook library reloads are audited (old and new versions, who)."""
 
 # A release names a model/prompt version; it becomes part of the workflow id, so keep it printable.
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,199}$")
@@ -157,12 +165,49 @@ class IncidentService:
         settings: Settings,
         playbooks: dict[str, PlaybookSnapshot],
         store: IncidentStore | None = None,
+        library: Callable[[], dict[str, PlaybookSnapshot]] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.playbooks = playbooks
         self.store = store
         self._started_with: dict[str, PlaybookSnapshot] = {}
+        self.library = library
+        self._reload_lock = asyncio.Lock()
+
+    # --- the playbook library (the server's, never the client's) ------------------------------------------
+
+    async def reload_playbooks(self, by: str) -> dict[str, tuple[str | None, str | None]]:
+        """Load the library again and use it for new incidents (running ones keep their snapshot).
+
+        Returns ``{name: (old version, new version)}`` for what changed, audited in the incident store under
+        ``LIBRARY_AUDIT_ID``. A library with problems is refused (``InvalidInput``) and the old one stays.
+        """
+        if self.library is None:
+            raise InvalidInput("playbooks", "this process has no playbook library to reload")
+        async with self._reload_lock:
+            try:
+                fresh = await asyncio.to_thread(self.library)
+            except (PlaybookError, ValueError) as exc:  # every problem as file:line: field: message
+                raise InvalidInput("playbooks", f"the library has problems, the loaded one stays:\n{exc}") from exc
+            changes = {name: (old.version if (old := self.playbooks.get(name)) else None,
+                              new.version if (new := fresh.get(name)) else None)
+                       for name in sorted(set(self.playbooks) | set(fresh))}
+            changes = {n: c for n, c in changes.items() if c[0] != c[1]}
+            self.playbooks = fresh
+            listing = "; ".join(f"{n}: {o or '-'} -> {v or '-'}" for n, (o, v) in changes.items()) or "no change"
+            log.info("playbook library reloaded by %s: %s", by, listing)
+            if self.store is not None:
+                now = datetime.now(UTC)
+                previous = await self.store.events(LIBRARY_AUDIT_ID)
+                event = AuditEvent(seq=len(previous) + 1, at=now, kind="playbooks_reloaded", actor=by,
+                                   message=f"playbook library reloaded: {listing}",
+                                   data={"changes": {n: {"old": o, "new": v} for n, (o, v) in changes.items()},
+                                         "versions": {n: s.version for n, s in sorted(fresh.items())}})
+                await self.store.write(AuditBatch(incident=IncidentRecord(
+                    incident_id=LIBRARY_AUDIT_ID, playbook="*", playbook_hash="library", release="-",
+                    phase="library", outcome=None, started_at=now, updated_at=now), events=[event]))
+            return changes
 
     # --- starting -----------------------------------------------------------------------------------------
 
@@ -320,6 +365,29 @@ class IncidentService:
         except RPCError as exc:
             raise await self._rpc_error(incident, exc) from exc
 
+    async def operate(self, incident: str, command: OperatorCommand) -> CommandResult:
+        """Revert-now, abort, pause or resume; refused (and audited) unless the playbook gives the person the right."""
+        handle = self.client.get_workflow_handle(incident)
+        try:
+            return await handle.execute_update(IncidentWorkflowBase.operate, command, rpc_timeout=_RPC_TIMEOUT)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            reason = getattr(cause, "message", None) or str(cause or exc)
+            await self.record_refusal(incident, command.user, command.action.value, reason, via=command.via)
+            raise Refused(reason) from exc
+        except RPCError as exc:
+            raise await self._rpc_error(incident, exc) from exc
+
+    async def record_refusal(self, incident: str, who: str, action: str, reason: str, via: str = "api") -> None:
+        """Put a refused attempt on the incident's audit trail (a refused update leaves no trace in history)."""
+        handle = self.client.get_workflow_handle(incident)
+        try:
+            await handle.signal(IncidentWorkflowBase.refused,
+                                ActionRefusal(user=who, action=action, via=via, refusal=reason),
+                                rpc_timeout=_RPC_TIMEOUT)
+        except RPCError as exc:
+            log.warning("could not record the refused %s on %s: %s", action, incident, exc.message)
+
     @staticmethod
     async def _record_refusal(handle: WorkflowHandle[Any, Any], request: DecisionRequest, reason: str) -> None:
         # A refused update leaves no trace in the history; this signal puts the attempt on the audit trail.
@@ -360,14 +428,6 @@ class IncidentService:
             return await call
         except Exception as exc:  # any store failure means "not available now, retry"
             raise TemporalUnavailable(f"the incident store did not answer: {type(exc).__name__}: {exc}") from exc
-
-    async def signal(self, incident: str, name: str, command: Command) -> None:
-        """Send ``abort``, ``pause``, ``resume`` or ``revert_all_now`` to a running incident."""
-        signal = COMMAND_SIGNALS.get(name)
-        if signal is None:
-            raise InvalidInput("command", f"{name!r} is not a command; use one of {', '.join(COMMAND_SIGNALS)}")
-        handle = self.client.get_workflow_handle(incident)
-        await self._call(incident, handle.signal(signal, command, rpc_timeout=_RPC_TIMEOUT))
 
     async def snapshot_of(self, incident: str, playbook: str, version: str) -> PlaybookSnapshot | None:
         """The playbook snapshot ``incident`` runs with: the loaded one when the version matches, else the one in

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
                                                                 "it never decides or operates)")
     api_token_scopes: str = Field(default="read,trigger", description="what the shared token may do: read, "
                                                                       "trigger, alerts (comma-separated)")
+    api_url: str | None = Field(default=None, description="the unship API the CLI talks to; default "
+                                                          "http://<UNSHIP_HTTP_ADDR>")
+    token: SecretStr | None = Field(default=None, description="the CLI's bearer token (your personal token or an "
+                                                              "OIDC token); default: the file `unship login` wrote")
     users_file: Path | None = Field(default=None, description="personal API tokens (hashed) and scopes; default "
                                                              "<state_dir>/users.yaml (`unship users add`)")
     oidc_issuer: str | None = Field(default=None, description="OIDC issuer whose bearer JWTs the API accepts")
@@ -214,6 +218,14 @@ class Settings(BaseSettings):
     @property
     def resolved_reports_dir(self) -> Path:
         return self.reports_dir or self.state_dir / "reports"
+
+    @property
+    def resolved_api_url(self) -> str:
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host, port = self.http_host_port
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     @property
     def resolved_users_file(self) -> Path:

@@ -19,33 +19,34 @@ error is ``application/problem+json`` (RFC 9457, ``workers.web.problems``).
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from activities import metrics
 from activities.contracts import AuditEvent
 from playbooks.models import Severity
-from workers.runtime.service import IncidentSummary, InvalidInput
+from workers.runtime.service import COMMANDS, IncidentService, IncidentSummary, InvalidInput
 from workers.runtime.settings import Settings
+from workers.web.auth import Authenticator, AuthError, Identity, Scope, authenticator, require
 from workers.web.guards import ServiceGetter
 from workers.web.problems import (
     API_PROBLEMS,
-    ProblemError,
     decode_cursor,
     encode_cursor,
+    problem,
     problem_responses,
 )
 from workflows.messages import (
-    Command,
+    CommandResult,
     DecisionRequest,
     DecisionResult,
     IncidentStatus,
+    OperatorCommand,
     Verdict,
 )
 
@@ -61,39 +62,40 @@ class _Body(BaseModel):
 
 
 class TriggerBody(_Body):
+    """Only a playbook *name*: the server runs the version it loaded, never one the client sends."""
+
     playbook: str = Field(min_length=1, max_length=63)
     release: str = Field(min_length=1, max_length=200)
     severity: Severity | None = None
     reason: str = Field(default="", max_length=2000)
-    started_by: str = Field(default="api", min_length=1, max_length=200)
 
 
 class DecisionBody(_Body):
-    user: str = Field(min_length=1, max_length=200)
     verdict: Verdict
     reason: str = Field(default="", max_length=2000)
     gate_id: str | None = Field(default=None, max_length=200)
+    user: str | None = Field(default=None, max_length=200, description="ignored when it is you; refused (403, "
+                             "audited) when it names someone else: identity comes from your credentials")
 
 
 class CommandBody(_Body):
-    by: str = Field(default="api", min_length=1, max_length=200)
     reason: str = Field(default="", max_length=2000)
+    by: str | None = Field(default=None, max_length=200, description="refused (403, audited) unless it is you")
 
 
 class ReleaseBody(_Body):
     playbook: str = Field(min_length=1, max_length=63)
     release: str = Field(min_length=1, max_length=200)
     stages: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(default=None, min_length=1, max_length=20)
-    started_by: str = Field(default="api", min_length=1, max_length=200)
+
+
+class Reloaded(BaseModel):
+    changes: dict[str, dict[str, str | None]]
+    playbooks: dict[str, str]
 
 
 class Accepted(BaseModel):
     incident_id: str
-
-
-class CommandAccepted(BaseModel):
-    incident_id: str
-    command: str
 
 
 class IncidentList(BaseModel):
@@ -118,19 +120,33 @@ class Review(BaseModel):
 
 def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> None:
     """Add the ``/v1`` operator routes (incidents, decisions, commands, releases, playbooks) to ``app``."""
-    token = settings.api_token.get_secret_value().encode() if settings.api_token else None
 
-    async def require_token(authorization: str | None = Header(default=None)) -> None:
-        if token is None:
-            return
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token):
-            metrics.AUTH_FAILURES.labels(endpoint="api").inc()
-            raise ProblemError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError) -> Response:
+        # Never the credential itself: the method, the path, the client and why.
+        client = request.client.host if request.client else "?"
+        log.warning("refused %s %s from %s (%s): %s", request.method, request.url.path, client, exc.status,
+                    exc.detail)
+        metrics.AUTH_FAILURES.labels(endpoint="api").inc()
+        return problem(exc.status, exc.detail, instance=request.url.path, headers=exc.headers)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=problem_responses(*API_PROBLEMS))
+    v1 = APIRouter(prefix="/v1", responses=problem_responses(*API_PROBLEMS))
 
-    @v1.get("/playbooks", tags=["playbooks"])
+    @v1.get("/me", tags=["identity"])
+    async def me(request: Request) -> dict[str, Any]:
+        """Who the server thinks you are: user id (None for shared credentials), credential kind, scopes, groups."""
+        return (await authenticator(request).identify(request.headers.get("authorization"))).public()
+
+    @v1.post("/playbooks/reload", response_model=Reloaded, tags=["playbooks"])
+    async def reload(identity: Identity = Depends(require(Scope.ADMIN))) -> Reloaded:
+        """Load the server's playbook library again (new incidents use it; running ones keep their snapshot).
+        Audited with the old and new versions."""
+        svc = await get_service()
+        changes = await svc.reload_playbooks(by=identity.label)
+        return Reloaded(changes={n: {"old": o, "new": v} for n, (o, v) in changes.items()},
+                        playbooks={n: s.version for n, s in sorted(svc.playbooks.items())})
+
+    @v1.get("/playbooks", tags=["playbooks"], dependencies=[Depends(require(Scope.READ))])
     async def playbooks() -> dict[str, list[dict[str, str]]]:
         """The playbooks this server can run, with the version (content hash) a new incident would use."""
         svc = await get_service()
@@ -140,14 +156,14 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         ]}
 
     @v1.post("/incidents", status_code=202, response_model=Accepted, tags=["incidents"])
-    async def trigger(body: TriggerBody) -> Accepted:
+    async def trigger(body: TriggerBody, identity: Identity = Depends(require(Scope.TRIGGER))) -> Accepted:
         """Open an incident for a release (or join the running one: one incident per playbook and release)."""
         svc = await get_service()
-        incident = await svc.trigger(body.playbook, body.release, started_by=body.started_by,
+        incident = await svc.trigger(body.playbook, body.release, started_by=identity.label,
                                      severity=body.severity, reason=body.reason)
         return Accepted(incident_id=incident)
 
-    @v1.get("/incidents", response_model=IncidentList, tags=["incidents"])
+    @v1.get("/incidents", response_model=IncidentList, tags=["incidents"], dependencies=[Depends(require(Scope.READ))])
     async def incidents(
         limit: int = Query(default=50, ge=1, le=1000, description="page size"),
         cursor: str | None = Query(default=None, max_length=4096,
@@ -161,23 +177,26 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
     async def decide(
         incident_id: str,
         body: DecisionBody,
+        request: Request,
         idempotency_key: str | None = Header(default=None, max_length=200),
     ) -> DecisionResult:
-        """Approve or reject at the open gate; 403 with the reason when the workflow refuses."""
-        request = DecisionRequest(user=body.user, verdict=body.verdict, reason=body.reason, via="api",
-                                  gate_id=body.gate_id)
-        return await (await get_service()).decide(incident_id, request, update_id=idempotency_key)
+        """Approve or reject at the open gate as yourself; 403 with the reason when refused (and audited)."""
+        svc = await get_service()
+        identity = await _person(request, svc, incident_id, Scope.DECIDE, body.verdict.value, body.user)
+        decision = DecisionRequest(user=identity.user or "", verdict=body.verdict, reason=body.reason, via="api",
+                                   gate_id=body.gate_id, groups=list(identity.groups))
+        return await svc.decide(incident_id, decision, update_id=idempotency_key)
 
-    for path, signal_name in (("abort", "abort"), ("pause", "pause"), ("resume", "resume"),
-                              ("revert-now", "revert_all_now")):
+    for path in COMMANDS:
         v1.add_api_route(
             f"/incidents/{{incident_id:path}}/{path}",
-            _command_route(get_service, signal_name),
-            methods=["POST"], status_code=202, response_model=CommandAccepted, tags=["incidents"],
-            summary=f"Send {signal_name} to a running incident",
+            _command_route(get_service, path),
+            methods=["POST"], status_code=200, response_model=CommandResult, tags=["incidents"],
+            summary=f"{path} a running incident (operate scope; the playbook must give you the right)",
         )
 
-    @v1.get("/incidents/{incident_id:path}/review", tags=["incidents"], response_model=Review, responses={
+    @v1.get("/incidents/{incident_id:path}/review", tags=["incidents"], response_model=Review,
+            dependencies=[Depends(require(Scope.READ))], responses={
         200: {"content": {"text/markdown": {"schema": {"type": "string"}}},
               "description": "the review as JSON, or as Markdown with `Accept: text/markdown`"}})
     async def review(incident_id: str, accept: str | None = Header(default=None, max_length=1000)) -> Response:
@@ -188,7 +207,8 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         return JSONResponse(Review(incident_id=document.incident_id, markdown=document.markdown,
                                    tasks=document.tasks).model_dump(mode="json"))
 
-    @v1.get("/incidents/{incident_id:path}/audit", response_model=AuditPage, tags=["incidents"])
+    @v1.get("/incidents/{incident_id:path}/audit", response_model=AuditPage, tags=["incidents"],
+            dependencies=[Depends(require(Scope.READ))])
     async def audit(
         incident_id: str,
         limit: int = Query(default=100, ge=1, le=1000, description="page size"),
@@ -202,17 +222,18 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         return AuditPage(incident_id=incident_id, events=events,
                          next_cursor=encode_cursor(str(events[-1].seq).encode()) if more and events else None)
 
-    @v1.get("/incidents/{incident_id:path}", response_model=IncidentStatus, tags=["incidents"])
+    @v1.get("/incidents/{incident_id:path}", response_model=IncidentStatus, tags=["incidents"],
+            dependencies=[Depends(require(Scope.READ))])
     async def incident(incident_id: str) -> IncidentStatus:
         """The live status: phase, stages, gate, decisions, evidence and the audit trail."""
         return await (await get_service()).get(incident_id)
 
     @v1.post("/releases", status_code=202, response_model=Accepted, tags=["releases"])
-    async def release(body: ReleaseBody) -> Accepted:
+    async def release(body: ReleaseBody, identity: Identity = Depends(require(Scope.OPERATE))) -> Accepted:
         """Start the guarded re-release of a fixed release."""
         svc = await get_service()
         workflow_id = await svc.release(body.playbook, body.release, stages=body.stages,
-                                        started_by=body.started_by)
+                                        started_by=identity.label)
         return Accepted(incident_id=workflow_id)
 
     app.include_router(v1)
@@ -240,13 +261,32 @@ def _seq_cursor(cursor: str | None) -> int:
                                      "unchanged") from None
 
 
-def _command_route(
-    get_service: ServiceGetter, signal_name: str
-) -> Callable[..., Awaitable[CommandAccepted]]:
-    async def command(incident_id: str, body: CommandBody | None = None) -> CommandAccepted:
-        cmd = Command(by=body.by, reason=body.reason) if body else Command(by="api")
-        await (await get_service()).signal(incident_id, signal_name, cmd)
-        return CommandAccepted(incident_id=incident_id, command=signal_name)
+async def _person(request: Request, svc: IncidentService, incident_id: str, scope: Scope, action: str,
+                  claimed: str | None) -> Identity:
+    """The verified person acting on ``incident_id`` with ``scope``; a refusal of a known caller (shared or
+    alert credential, missing scope, a body naming someone else) is audited on the incident, then raised."""
+    auth: Authenticator = authenticator(request)
+    identity = await auth.identify(request.headers.get("authorization"))
+    try:
+        auth.check(identity, scope)
+        if claimed is not None and claimed != identity.user:
+            raise AuthError(403, f"you are authenticated as {identity.user}; you cannot {action} as {claimed} "
+                                 "(identity comes from your credentials, not the request body)")
+    except AuthError as refused:
+        await svc.record_refusal(incident_id, identity.label, action, refused.detail, via="api")
+        raise
+    return identity
 
-    command.__name__ = f"command_{signal_name}"
+
+def _command_route(get_service: ServiceGetter, path: str) -> Callable[..., Awaitable[CommandResult]]:
+    action = COMMANDS[path]
+
+    async def command(incident_id: str, request: Request, body: CommandBody | None = None) -> CommandResult:
+        svc = await get_service()
+        identity = await _person(request, svc, incident_id, Scope.OPERATE, action.value, body.by if body else None)
+        return await svc.operate(incident_id, OperatorCommand(
+            action=action, user=identity.user or "", groups=list(identity.groups),
+            reason=body.reason if body else "", via="api"))
+
+    command.__name__ = f"command_{action.value}"
     return command

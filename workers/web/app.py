@@ -20,6 +20,7 @@ from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
 from workers.runtime.telemetry import tracing
 from workers.web.api import mount_api
+from workers.web.auth import Authenticator
 from workers.web.console.routes import mount_console
 from workers.web.gateway import Gateway, mount_gateway
 from workers.web.guards import MAX_BODY_BYTES, BodyLimit, ServiceFactory, lazy_service
@@ -44,6 +45,7 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings, *,
     traced = tracing()
     if traced is not None:
         traced.instrument_app(app)
+    app.state.authenticator = Authenticator(settings)
     get_service = lazy_service(service)
     mount_health(app, get_service)
     if api:

@@ -44,6 +44,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from workers.runtime.settings import Settings
+from workers.web.problems import ProblemError
 
 
 class Scope(StrEnum):
@@ -89,12 +90,11 @@ class Identity:
                 "personal": self.personal}
 
 
-class AuthError(Exception):
-    """The request is refused: ``status`` 401 (who are you?) or 403 (you may not)."""
+class AuthError(ProblemError):
+    """The request is refused: ``status`` 401 (who are you?) or 403 (you may not); answered as problem+json."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
+        super().__init__(status, detail, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
 def parse_scopes(values: Iterable[str] | str, *, where: str) -> frozenset[Scope]:

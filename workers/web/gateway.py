@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from activities import metrics
@@ -40,6 +39,8 @@ from workers.web.alert_sources import (
     verify_grafana,
     verify_pagerduty,
 )
+from workers.web.auth import Authenticator, Scope, require
+from workers.web.auth import AuthError as WebAuthError
 from workers.web.guards import ServiceGetter
 from workers.web.problems import problem, problem_responses
 from workers.web.slack_actions import GroupResolver, SlackActions
@@ -68,8 +69,10 @@ class Gateway:
     """Authentication, parsing and routing of alert webhooks, and the Slack actions, over one settings."""
 
     def __init__(self, settings: Settings, get_service: ServiceGetter, *, router: AlertRouter | None = None,
-                 slack: SlackActions | None = None, clock: Callable[[], float] = time.time) -> None:
+                 slack: SlackActions | None = None, clock: Callable[[], float] = time.time,
+                 auth: Authenticator | None = None) -> None:
         self.settings = settings
+        self.auth = auth or Authenticator(settings)
         self.get_service = get_service
         self.clock = clock
         self.unmatched = router.unmatched if router else UnmatchedLog()
@@ -98,8 +101,13 @@ class Gateway:
 
     # --- authentication -----------------------------------------------------------------------------------
 
-    def authenticate(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
-        """Raise ``AuthError`` unless the request carries this source's configured credentials."""
+    async def authenticate(self, source: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Raise ``AuthError`` unless the request carries this source's configured credentials.
+
+        Without alert credentials (bearer, basic, Grafana HMAC, PagerDuty signature), a bearer token of an
+        identity holding the ``alerts`` scope is accepted (a users-file service account, or the shared API token
+        when ``UNSHIP_API_TOKEN_SCOPES`` includes ``alerts``); operator credentials never double as alert ones.
+        """
         s = self.settings
         if source == "grafana" and s.grafana_hmac_secret is not None:
             verify_grafana(_secret(s.grafana_hmac_secret) or "", body, headers, self.clock(), s.alert_signature_window)
@@ -111,10 +119,18 @@ class Gateway:
         password = _secret(s.alert_basic_password)
         basic = (s.alert_basic_user, password) if s.alert_basic_user and password else None
         if bearer is None and basic is None:
-            # No alert credentials: fall back to the API token (and without one, the server is loopback-only).
-            bearer = _secret(s.api_token)
-            if bearer is None:
-                return
+            # No alert credentials: an identity with the alerts scope (anonymous only when nothing is configured,
+            # and then the server is loopback-only).
+            authorization = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
+            try:
+                identity = await self.auth.identify(authorization)
+            except WebAuthError as exc:
+                raise AuthError(exc.detail) from None
+            if Scope.ALERTS not in identity.scopes:
+                raise AuthError(f"{identity.label} may not send alerts (no 'alerts' scope): configure "
+                                "UNSHIP_ALERT_BEARER_TOKEN for alert senders, or give them their own token with "
+                                "`unship users add ID --scope alerts`")
+            return
         if bearer is not None and check_bearer(headers, bearer):
             return
         if basic is not None and check_basic(headers, *basic):
@@ -127,7 +143,7 @@ class Gateway:
     async def receive(self, source: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         """The HTTP status and JSON answer for one alert webhook request."""
         try:
-            self.authenticate(source, body, headers)
+            await self.authenticate(source, body, headers)
         except AuthError as exc:
             return 401, {"detail": str(exc)}
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
@@ -155,10 +171,11 @@ class Gateway:
 def mount_gateway(app: FastAPI, get_service: ServiceGetter, settings: Settings,
                   gateway: Gateway | None = None) -> Gateway:
     """Add the alert and Slack routes to ``app``; the gateway is also kept in ``app.state.gateway``."""
-    gw = gateway or Gateway(settings, get_service)
+    gw = gateway or Gateway(settings, get_service, auth=getattr(app.state, "authenticator", None))
     app.state.gateway = gw
     metrics.initialise(tuple(SOURCES))
-    api_token = _secret(settings.api_token)
+    if not hasattr(app.state, "authenticator"):
+        app.state.authenticator = gw.auth
 
     for source in SOURCES:
         app.add_api_route(
@@ -168,16 +185,15 @@ def mount_gateway(app: FastAPI, get_service: ServiceGetter, settings: Settings,
             openapi_extra={"requestBody": {"required": True, "content": _content_types(source)}},
         )
 
-    @app.get("/v1/alerts/unmatched", tags=["alerts"], responses=problem_responses(401, 422))
-    async def unmatched(limit: int = Query(default=100, ge=0, le=500),
-                        authorization: str | None = Header(default=None)) -> JSONResponse:
+    @app.get("/v1/alerts/unmatched", tags=["alerts"], responses=problem_responses(401, 403, 422))
+    async def unmatched(request: Request, limit: int = Query(default=100, ge=0, le=500)) -> JSONResponse:
         """Alerts that matched no playbook (or named no usable release), counted by reason, newest first."""
-        if api_token is not None:
-            scheme, _, presented = (authorization or "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), api_token.encode()):
-                metrics.AUTH_FAILURES.labels(endpoint="alerts").inc()
-                return problem(401, "missing or wrong bearer token", instance="/v1/alerts/unmatched",
-                               headers={"WWW-Authenticate": "Bearer"})
+        try:
+            await require(Scope.READ)(request)
+        except WebAuthError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            metrics.AUTH_FAILURES.labels(endpoint="alerts").inc()
+            return problem(exc.status, exc.detail, instance="/v1/alerts/unmatched", headers=headers)
         return JSONResponse(gw.unmatched.summary(limit))
 
     @app.post("/v1/slack/interactivity", tags=["slack"], responses=problem_responses(400, 401, 413, 503),

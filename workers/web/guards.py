@@ -60,10 +60,13 @@ def is_loopback(host: str) -> bool:
 def check_bind_allowed(settings: Settings) -> None:
     """Refuse to serve an unauthenticated API beyond this machine; raises ``ValueError`` saying what to do."""
     host, _ = settings.http_host_port
-    if settings.api_token is None and not is_loopback(host):
+    users = settings.resolved_users_file
+    credentials = settings.api_token or settings.oidc_issuer or (users.is_file() and users.stat().st_size > 0)
+    if not credentials and not is_loopback(host):
         raise ValueError(
-            f"UNSHIP_HTTP_ADDR={settings.http_addr} is not a loopback address and UNSHIP_API_TOKEN is not set; "
-            "set a token (clients then send 'Authorization: Bearer <token>') or bind to 127.0.0.1"
+            f"UNSHIP_HTTP_ADDR={settings.http_addr} is not a loopback address and no API credential is set "
+            "(UNSHIP_API_TOKEN, personal tokens from `unship users add`, or UNSHIP_OIDC_ISSUER); set one "
+            "(clients then send 'Authorization: Bearer <token>') or bind to 127.0.0.1"
         )
 
 

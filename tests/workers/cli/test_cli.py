@@ -9,20 +9,24 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from playbooks.loader import library_folder
-from tests.support.stack import cli_env, make_settings
+from playbooks.loader import library_folder, load_library
+from tests.support.stack import cli_env, make_settings, person, serve
 from workers.cli import app
+from workers.runtime.client import connect
+from workers.runtime.service import IncidentService
 from workers.runtime.temporal_server import free_port
+from workers.web.app import create_app
 
 COMMANDS = ["up", "worker", "validate", "trigger", "release", "status", "approve", "reject", "revert-now",
-            "abort", "pause", "resume", "demo"]
+            "abort", "pause", "resume", "demo", "whoami", "login", "users", "users add", "audit", "audit verify",
+            "audit export", "playbooks reload"]
 
 
 def nothing_running(tmp_path: Path) -> dict[str, str]:
     return cli_env(make_settings(tmp_path, temporal_port=free_port()))
 
 
-@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+@pytest.mark.parametrize("command", [[]] + [c.split() for c in COMMANDS])
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -30,11 +34,11 @@ def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
 
 
 @pytest.mark.parametrize("args", [["status"], ["status", "unship:x:y"], ["abort", "unship:x:y"],
-                                  ["approve", "unship:x:y", "--as", "U1", "--reason", "bad"]])
+                                  ["approve", "unship:x:y", "--reason", "bad"], ["whoami"]])
 def test_nothing_running_is_exit_3_with_a_hint(runner: CliRunner, tmp_path: Path, args: list[str]) -> None:
     result = runner.invoke(app, args, env=nothing_running(tmp_path))
     assert result.exit_code == 3, result.output
-    assert "cannot reach Temporal" in result.stderr and "is `unship up` running?" in result.stderr
+    assert "cannot reach the unship API" in result.stderr and "is `unship up` running?" in result.stderr
     assert "Traceback" not in result.output
 
 
@@ -60,7 +64,9 @@ def test_validate_without_playbooks_is_a_usage_error(runner: CliRunner, tmp_path
 
 def test_bad_arguments_are_usage_errors(runner: CliRunner, tmp_path: Path) -> None:
     env = nothing_running(tmp_path)
-    assert runner.invoke(app, ["approve", "unship:x:y", "--reason", "r"], env=env).exit_code == 2  # no --as
+    assert runner.invoke(app, ["approve", "unship:x:y"], env=env).exit_code == 2  # no --reason
+    # there is no --as: who you are comes from your token
+    assert runner.invoke(app, ["approve", "unship:x:y", "--as", "U1", "--reason", "r"], env=env).exit_code == 2
     assert runner.invoke(app, ["trigger", "chat-assistant"], env=env).exit_code == 2  # no --release
     bad_stages = runner.invoke(app, ["release", "chat-assistant", "--release", "v3", "--stages", "10,x"], env=env)
     assert bad_stages.exit_code == 2 and "--stages" in bad_stages.stderr
@@ -71,21 +77,41 @@ def test_bad_arguments_are_usage_errors(runner: CliRunner, tmp_path: Path) -> No
 async def test_against_a_running_server(
     runner: CliRunner, tmp_path: Path, local_env: WorkflowEnvironment
 ) -> None:
-    env = cli_env(make_settings(tmp_path, local_env))
+    settings = make_settings(tmp_path, local_env)
+    token = person(settings, "U04SAFETY01", groups=("ml-oncall",))
+    service = IncidentService(await connect(settings), settings, load_library(library_folder()))
 
-    def invoke(*args: str):  # in a thread: the CLI runs its own event loop
-        return asyncio.to_thread(runner.invoke, app, list(args), env=env)
+    def invoke(*args: str, environment: dict | None = None):  # in a thread: the CLI runs its own event loop
+        return asyncio.to_thread(runner.invoke, app, list(args), env=environment or env)
 
-    unknown = await invoke("status", "unship:chat-assistant:never")
-    assert unknown.exit_code == 4 and "no incident 'unship:chat-assistant:never'" in unknown.stderr
-    refused = await invoke("approve", "unship:chat-assistant:never", "--as", "U1", "--reason", "r")
-    assert refused.exit_code == 4
-    no_playbook = await invoke("trigger", "no-such-playbook", "--release", "v1")
-    assert no_playbook.exit_code == 2 and "known playbooks: chat-assistant" in no_playbook.stderr
-    bad_release = await invoke("trigger", "chat-assistant", "--release", "two words")
-    assert bad_release.exit_code == 2 and "release:" in bad_release.stderr
-    listing = await invoke("status")
-    assert listing.exit_code == 0, listing.output
+    async with serve(create_app(service, settings)) as url:
+        env = cli_env(settings, token, UNSHIP_API_URL=url)
+        me = await invoke("whoami")
+        assert me.exit_code == 0 and "U04SAFETY01" in me.stdout and "decide" in me.stdout
+        unknown = await invoke("status", "unship:chat-assistant:never")
+        assert unknown.exit_code == 4 and "no incident 'unship:chat-assistant:never'" in unknown.stderr
+        refused = await invoke("approve", "unship:chat-assistant:never", "--reason", "r")
+        assert refused.exit_code == 4
+        no_playbook = await invoke("trigger", "no-such-playbook", "--release", "v1")
+        assert no_playbook.exit_code == 2 and "known playbooks: chat-assistant" in no_playbook.stderr
+        bad_release = await invoke("trigger", "chat-assistant", "--release", "two words")
+        assert bad_release.exit_code == 2 and "release:" in bad_release.stderr
+        listing = await invoke("status")
+        assert listing.exit_code == 0, listing.output
+        # without a token the server does not know you (a users file exists, so anonymous callers get 401)
+        anonymous = await invoke("status", environment=cli_env(settings, UNSHIP_API_URL=url))
+        assert anonymous.exit_code == 1 and "no credentials" in anonymous.stderr
+        # login checks the token with the server and stores it 0600
+        login_env = cli_env(settings, UNSHIP_API_URL=url)
+        logged = await invoke("login", "--token", token, environment=login_env)
+        assert logged.exit_code == 0 and "logged in as U04SAFETY01" in logged.stdout
+        assert stored_privately(Path(login_env["UNSHIP_TOKEN_FILE"])) == token
+        assert (await invoke("whoami", environment=login_env)).exit_code == 0
+
+
+def stored_privately(path: Path) -> str:
+    assert path.stat().st_mode & 0o777 == 0o600
+    return path.read_text().strip()
 
 
 def test_up_refuses_an_unauthenticated_public_bind(runner: CliRunner, tmp_path: Path) -> None:

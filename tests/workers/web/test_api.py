@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.stack import TOKEN, api_client, make_settings, serve
+from tests.support.stack import TOKEN, api_client, make_settings, person, serve
 from workers.runtime.client import connect
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
@@ -114,10 +114,11 @@ async def test_unknown_playbook_lists_the_known_ones(service: IncidentService, s
 
 
 async def test_unknown_incident_is_404(service: IncidentService, settings: Settings) -> None:
-    async with serve(create_app(service, settings)) as url, api_client(url) as client:
+    token = person(settings, "U_ONCALL")
+    async with serve(create_app(service, settings)) as url, api_client(url, token) as client:
         status = await client.get("/v1/incidents/unship:chat-test:never")
         decision = await client.post("/v1/incidents/unship:chat-test:never/decision",
-                                     json={"user": "U_ONCALL", "verdict": "approve", "reason": "r"})
+                                     json={"verdict": "approve", "reason": "r"})
         abort = await client.post("/v1/incidents/unship:chat-test:never/abort", json={"reason": "r"})
         unknown_action = await client.post("/v1/incidents/unship:chat-test:never/explode")
     assert status.status_code == decision.status_code == abort.status_code == 404

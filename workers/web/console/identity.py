@@ -1,10 +1,11 @@
 """Who is signed in to the console, and the console's session and CSRF tokens.
 
 The console acts with the API's rules: ``sign_in`` is the one place that turns what a person presents into a
-``Person``; every page and action asks ``Session.person`` and ``Person.may``. Today the API knows one shared
-bearer token (``UNSHIP_API_TOKEN``) and takes the acting user from the request, so signing in means presenting
-that token (when one is set) and naming yourself, exactly what an API client does. The workflow still decides
-who may approve (the playbook's roles); the console only carries the name.
+``Person``; every page and action asks ``Session.person`` and ``Person.may``. Signing in means presenting a
+credential the API accepts (a personal token from ``unship users add``, or an OIDC token): the API's
+``Authenticator`` (``workers.web.auth``) says who it belongs to, with its scopes and groups. Nobody types a
+name: a shared token signs in no person (it may read, never decide or operate). The workflow still decides
+who may approve (the playbook's roles).
 
 The session is a signed cookie (HMAC-SHA256 with ``UNSHIP_CONSOLE_SECRET``, or a random key per process): it
 holds the person, a random session id and an expiry, never the token. Every form carries a CSRF token derived
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from fastapi import Request, Response
 
 from workers.runtime.settings import Settings
+from workers.web.auth import Authenticator, AuthError
 
 SESSION_COOKIE = "unship_console"
 FLASH_COOKIE = "unship_flash"
@@ -45,29 +47,34 @@ class Person:
 
     user: str
     scopes: frozenset[str] = field(default=SCOPES)
+    groups: tuple[str, ...] = ()
 
     def may(self, scope: str) -> bool:
         return scope in self.scopes
 
 
-def reading_needs_sign_in(settings: Settings) -> bool:
-    """The API wants a token for every read when one is set; so does the console."""
-    return settings.api_token is not None
+def reading_needs_sign_in(auth: Authenticator) -> bool:
+    """The API wants a credential for every read when any is configured; so does the console."""
+    return auth.configured()
 
 
-def sign_in(settings: Settings, token: str, user: str) -> Person:
-    """The person ``token`` and ``user`` sign in, with the API's rules, or ``SignInRefused``.
+async def sign_in(auth: Authenticator, token: str) -> Person:
+    """The person ``token`` belongs to, with the API's rules, or ``SignInRefused`` saying why.
 
-    With ``UNSHIP_API_TOKEN`` set the token must match it (as ``Authorization: Bearer`` must); without one the
-    API is open on loopback, and so is the console.
+    Decide and operate scopes are kept only for a person (a shared token signs in to read).
     """
-    user = user.strip()
-    if not user or len(user) > 200 or any(c.isspace() for c in user):
-        raise SignInRefused("user: give the id you decide as (e.g. your Slack member id), without spaces")
-    expected = settings.api_token.get_secret_value().encode() if settings.api_token else None
-    if expected is not None and not hmac.compare_digest(token.strip().encode(), expected):
-        raise SignInRefused("token: that is not the API token of this server")
-    return Person(user=user)
+    token = token.strip()
+    if not token or len(token) > 8192 or any(c.isspace() for c in token):
+        raise SignInRefused("token: give your personal token (`unship users add YOUR_ID` prints it) or an OIDC "
+                            "token")
+    try:
+        identity = await auth.identify(f"Bearer {token}")
+    except AuthError as exc:
+        raise SignInRefused(f"token: {exc.detail}") from None
+    scopes = {s.value for s in identity.scopes} & SCOPES
+    if not identity.personal:
+        scopes -= {"decide", "operate"}
+    return Person(user=identity.label, scopes=frozenset(scopes), groups=identity.groups)
 
 
 class Sessions:
@@ -109,14 +116,16 @@ class Sessions:
         person = None
         if isinstance(payload.get("user"), str):
             scopes = payload.get("scopes")
+            groups = payload.get("groups")
             person = Person(user=str(payload["user"]),
-                            scopes=frozenset(str(s) for s in scopes) if isinstance(scopes, list) else frozenset())
+                            scopes=frozenset(str(s) for s in scopes) if isinstance(scopes, list) else frozenset(),
+                            groups=tuple(str(g) for g in groups) if isinstance(groups, list) else ())
         return Session(self, sid=str(payload["sid"]), person=person, fresh=False)
 
     def write(self, response: Response, sid: str, person: Person | None) -> None:
         payload: dict[str, object] = {"sid": sid, "exp": int(time.time()) + self._lifetime}
         if person is not None:
-            payload.update(user=person.user, scopes=sorted(person.scopes))
+            payload.update(user=person.user, scopes=sorted(person.scopes), groups=list(person.groups))
         response.set_cookie(SESSION_COOKIE, self._sign(payload), max_age=self._lifetime, httponly=True,
                             samesite="lax", secure=self._secure, path="/")
 

@@ -39,6 +39,7 @@ from playbooks.models import PlaybookSnapshot
 from playbooks.rendering import incident_link
 from tabletop.schedule import list_schedules
 from workers.runtime.service import (
+    COMMANDS,
     IncidentClosed,
     IncidentNotFound,
     IncidentService,
@@ -46,6 +47,7 @@ from workers.runtime.service import (
     ServiceError,
 )
 from workers.runtime.settings import Settings
+from workers.web.auth import Authenticator
 from workers.web.console import views
 from workers.web.console.identity import (
     ACTION_SCOPES,
@@ -60,7 +62,7 @@ from workers.web.console.identity import (
 from workers.web.console.live import sse, watch
 from workers.web.console.rehearsals import RehearsalRun, Report, find_reports, read_report, rehearsal_runs
 from workers.web.guards import ServiceGetter
-from workflows.messages import Command, DecisionRequest, IncidentStatus, Phase, Verdict
+from workflows.messages import DecisionRequest, IncidentStatus, OperatorCommand, Phase, Verdict
 from workflows.review import REVIEW_SEQ_BASE
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +72,7 @@ STATUS_TTL = 1.0
 without an audit event at most this late on screen."""
 PHASE_FILTERS = ["open", *(p.value for p in Phase)]
 ACTIONS = list(ACTION_SCOPES)
-_COMMAND_SIGNALS = {"revert-now": "revert_all_now", "pause": "pause", "resume": "resume", "abort": "abort"}
+
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -119,9 +121,11 @@ class _Incident:
 
 
 class Console:
-    def __init__(self, get_service: ServiceGetter, settings: Settings, stopping: asyncio.Event) -> None:
+    def __init__(self, get_service: ServiceGetter, settings: Settings, stopping: asyncio.Event,
+                 auth: Authenticator | None = None) -> None:
         self.get_service = get_service
         self.settings = settings
+        self.auth = auth or Authenticator(settings)
         self.stopping = stopping
         self.sessions = Sessions(settings)
         self.templates = _environment()
@@ -138,7 +142,7 @@ class Console:
         response = HTMLResponse(status_code=status_code, headers=_SECURITY_HEADERS)
         flash = self.sessions.pop_flash(request, response)
         values: dict[str, Any] = {"request_path": request.url.path, "person": session.person, "csrf": session.csrf,
-                                  "needs_sign_in": reading_needs_sign_in(self.settings),
+                                  "needs_sign_in": reading_needs_sign_in(self.auth),
                                   "console_url": self.settings.console_url}
         body = self.render(name, **(values | context), flash=flash)
         response.body = response.render(body)
@@ -149,7 +153,7 @@ class Console:
     def reader(self, request: Request) -> Session:
         """The session of a request that reads; sign-in first when the API wants a token to read."""
         session = self.sessions.read(request)
-        if session.person is None and reading_needs_sign_in(self.settings):
+        if session.person is None and reading_needs_sign_in(self.auth):
             raise _SignInNeeded()
         return session
 
@@ -245,12 +249,14 @@ class Console:
         svc = await self.service()
         if action in ("approve", "reject"):
             request = DecisionRequest(user=person.user, verdict=Verdict(action), reason=reason, via="console",
-                                      gate_id=gate_id or None)
+                                      gate_id=gate_id or None, groups=list(person.groups))
             key = f"console:{nonce}:{person.user}:{action}:{gate_id}" if nonce else None
             result = await svc.decide(incident_id, request, update_id=key)
             return f"{result.message} ({result.approvals}/{result.quorum} approvals on {result.gate_id})"
-        await svc.signal(incident_id, _COMMAND_SIGNALS[action], Command(by=person.user, reason=reason))
-        return f"{action} sent"
+        done = await svc.operate(incident_id, OperatorCommand(action=COMMANDS[action], user=person.user,
+                                                              groups=list(person.groups), reason=reason,
+                                                              via="console"))
+        return done.message
 
     # --- the routes ------------------------------------------------------------------------------------------
 
@@ -424,7 +430,7 @@ class Console:
         async def signin_form(request: Request, next: str = "/") -> Response:
             session = self.sessions.read(request)
             return self.page(request, session, "signin.html", next=_local(next), error=None, user="",
-                             token_needed=self.settings.api_token is not None)
+                             token_needed=True)
 
         @r.post("/signin", response_class=HTMLResponse)
         async def signin(request: Request) -> Response:
@@ -434,13 +440,13 @@ class Console:
             if not same_origin(request) or not session.csrf_ok(form.get("csrf")):
                 return self.page(request, session, "signin.html", status_code=403, next=target, user="",
                                  error="the form is stale or came from another site; try again",
-                                 token_needed=self.settings.api_token is not None)
+                                 token_needed=True)
             try:
-                person = sign_in(self.settings, form.get("token", ""), form.get("user", ""))
+                person = await sign_in(self.auth, form.get("token", ""))
             except SignInRefused as exc:
                 return self.page(request, session, "signin.html", status_code=401, next=target,
                                  user=form.get("user", "")[:200], error=str(exc),
-                                 token_needed=self.settings.api_token is not None)
+                                 token_needed=True)
             response = RedirectResponse(target, status_code=303)
             self.sessions.write(response, uuid.uuid4().hex, person)  # a new session id on every sign-in
             return response
@@ -529,7 +535,7 @@ def _playbook_text(snapshot: PlaybookSnapshot) -> tuple[str, str]:
 def mount_console(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> None:
     """Serve the console at ``/`` (and its assets at ``/static``) on ``app``."""
     stopping: asyncio.Event = app.state.stopping
-    console = Console(get_service, settings, stopping)
+    console = Console(get_service, settings, stopping, getattr(app.state, "authenticator", None))
     app.state.console = console
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(console.router())
