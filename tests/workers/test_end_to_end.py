@@ -175,7 +175,7 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
     shown = await stack.cli("status", incident, user="U_SAFETY")
     assert shown.exit_code == 0, shown.output
     assert "reverted" in shown.stdout and "Audit timeline" in shown.stdout and "U_ONCALL" in shown.stdout
-    assert f"http://127.0.0.1:8080/incidents/{incident}" in shown.stdout  # the console page (default base URL)
+    assert f"{stack.settings.console_url}/incidents/{incident}" in shown.stdout  # the console page (default base URL)
 
     listed = (await stack.http.get("/v1/incidents")).json()["incidents"]
     mine = next(i for i in listed if i["incident_id"] == incident)

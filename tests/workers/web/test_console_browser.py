@@ -29,11 +29,13 @@ from tests.support.browser import chromium, screenshot_path
 from tests.support.processes import ctrl_c
 from tests.workers.cli.test_up import wait_ready
 from workers.runtime.temporal_server import free_port
+from workers.web.auth import add_user
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "console-browser-test-token"
+PEOPLE: dict[str, str] = {}
 WAIT_MS = 60_000  # guards against a hang only; the incident takes ~15 s end to end
 
 
@@ -81,7 +83,8 @@ def playbook(metrics_url: str) -> dict[str, object]:
                      "threshold": {"value": 30, "unit": "per 10k outputs"}}],
         "confirmation": {"window": "8s", "interval": "1s", "breaches": 3, "out_of": 4,
                          "rule": {"any_of": ["hallucinations"]}},
-        "decision": {"mode": "approval", "roles": ["on_call"], "quorum": 1, "timeout": "30m"},
+        "decision": {"mode": "approval", "roles": ["on_call"], "quorum": 1, "timeout": "30m",
+                     "actions": {"pause": ["on_call", "safety_lead"], "abort": ["on_call", "safety_lead"]}},
         "rollback": {"targets": [{"kind": "flag", "provider": "flagd", "key": "chat-model"}],
                      "stages": [{"percent": 10, "bake": "2s"}, {"percent": 50, "bake": "2s"},
                                 {"percent": 100, "bake": "1s"}]},
@@ -110,6 +113,8 @@ def up(tmp_path_factory: pytest.TempPathFactory, metrics: Metrics) -> Iterator[U
     (tmp / "playbooks").mkdir()
     (tmp / "playbooks" / "chat-console.yaml").write_text(json.dumps(playbook(metrics.url), indent=2))
     http_port = free_port()
+    for user in ("U0ONCALL1", "U0SAFETY1", "U9INTERN1"):  # personal tokens: the console signs in who they name
+        PEOPLE[user] = add_user(tmp / "state" / "users.yaml", user, ["read", "trigger", "decide", "operate"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNSHIP_") and k != "TEMPORAL_ADDRESS"}
     env.update({"UNSHIP_STATE_DIR": str(tmp / "state"), "UNSHIP_HTTP_ADDR": f"127.0.0.1:{http_port}",
                 "UNSHIP_TEMPORAL_PORT": str(free_port()), "UNSHIP_TEMPORAL_UI_PORT": str(free_port()),
@@ -124,7 +129,7 @@ def up(tmp_path_factory: pytest.TempPathFactory, metrics: Metrics) -> Iterator[U
     finally:
         output = ctrl_c(process, "unship up (with console streams open)")
     assert process.returncode == 0, output
-    assert TOKEN not in output
+    assert TOKEN not in output and not any(token in output for token in PEOPLE.values())
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +142,7 @@ def signed_in(browser: Browser, up: Up, user: str, **context: object) -> Page:
     page = browser.new_context(viewport={"width": 1280, "height": 900}, **context).new_page()  # type: ignore[arg-type]
     page.goto(f"{up.url}/")
     expect(page).to_have_url(f"{up.url}/signin?next=%2F")  # reading needs sign-in when the API has a token
-    page.fill("#user", user)
-    page.fill("#token", TOKEN)
+    page.fill("#token", PEOPLE[user])
     page.click("button[type=submit]")
     expect(page.locator(".person")).to_have_text(user)
     return page
@@ -147,10 +151,9 @@ def signed_in(browser: Browser, up: Up, user: str, **context: object) -> Page:
 def test_sign_in_refuses_a_wrong_token_and_names_the_field(browser: Browser, up: Up) -> None:
     page = browser.new_page()
     page.goto(f"{up.url}/incidents/unship:chat-console:whatever")
-    page.fill("#user", "U0ONCALL1")
     page.fill("#token", "not-the-token")
     page.click("button[type=submit]")
-    expect(page.locator("[role=alert]")).to_contain_text("token: that is not the API token")
+    expect(page.locator("[role=alert]")).to_contain_text("token: unknown or revoked bearer token")
     assert "not-the-token" not in page.content()
     page.context.close()
 
@@ -259,9 +262,9 @@ def test_the_incident_page_reads_without_javascript(browser: Browser, up: Up, me
     expect(page.locator("#stagebar li")).to_have_count(3)
     # A form post without JavaScript still works: the answer comes back on the page after a redirect.
     page.click("button[value=pause]")
-    expect(page.locator("#flash")).to_contain_text("pause sent")
+    expect(page.locator("#flash")).to_contain_text("pause accepted")
     page.goto(f"{up.url}/incidents/{incident}")
     expect(page.locator('#timeline li[data-kind="paused"]')).to_have_count(1)
     page.click("button[value=abort]")
-    expect(page.locator("#flash")).to_contain_text("abort sent")
+    expect(page.locator("#flash")).to_contain_text("abort accepted")
     page.context.close()

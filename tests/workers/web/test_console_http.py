@@ -12,7 +12,7 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.stack import TOKEN, make_settings, serve
+from tests.support.stack import TOKEN, make_settings, person, serve
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
 from workers.web.app import create_app
@@ -21,7 +21,9 @@ from workers.web.console.identity import SESSION_COOKIE
 
 @pytest.fixture
 def guarded(tmp_path: Path, local_env: WorkflowEnvironment) -> Settings:
-    return make_settings(tmp_path, local_env, api_token=TOKEN, console_secret="console-secret-for-tests")
+    settings = make_settings(tmp_path, local_env, api_token=TOKEN, console_secret="console-secret-for-tests")
+    TOKENS["U0ONCALL1"] = person(settings, "U0ONCALL1")
+    return settings
 
 
 @pytest.fixture
@@ -36,10 +38,12 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
+TOKENS: dict[str, str] = {}
+
+
 async def sign_in(http: httpx.AsyncClient, user: str = "U0ONCALL1") -> str:
     form = await http.get("/signin")
-    answer = await http.post("/signin", data={"csrf": csrf_of(form.text), "user": user, "token": TOKEN,
-                                              "next": "/"})
+    answer = await http.post("/signin", data={"csrf": csrf_of(form.text), "token": TOKENS[user], "next": "/"})
     assert answer.status_code == 303 and answer.headers["location"] == "/"
     page = await http.get("/")
     assert page.status_code == 200 and user in page.text
@@ -66,16 +70,26 @@ async def test_sign_in_checks_the_token_and_the_cookie_never_carries_it(console:
     form = await console.get("/signin")
     assert form.status_code == 200 and form.headers["content-security-policy"].startswith("default-src 'self'")
     assert form.headers["x-frame-options"] == "DENY"
-    wrong = await console.post("/signin", data={"csrf": csrf_of(form.text), "user": "U0ONCALL1",
-                                                "token": "guess", "next": "/"})
-    assert wrong.status_code == 401 and "token: that is not the API token" in wrong.text
-    no_user = await console.post("/signin", data={"csrf": csrf_of(form.text), "user": "two words", "token": TOKEN})
-    assert no_user.status_code == 401 and "user: give the id you decide as" in no_user.text
+    wrong = await console.post("/signin", data={"csrf": csrf_of(form.text), "token": "guess", "next": "/"})
+    assert wrong.status_code == 401 and "token: unknown or revoked bearer token" in wrong.text
+    # a name typed next to a token is not who you are: only the token says (the form has no user field)
+    named = await console.post("/signin", data={"csrf": csrf_of(form.text), "user": "U04SAFETY01",
+                                                "token": TOKENS["U0ONCALL1"], "next": "/"})
+    assert named.status_code == 303
+    assert "U0ONCALL1" in (await console.get("/")).text and "U04SAFETY01" not in (await console.get("/")).text
+    # the shared token signs in nobody who may decide
+    again = await console.get("/signin")
+    as_shared = await console.post("/signin", data={"csrf": csrf_of(again.text), "token": TOKEN, "next": "/"})
+    assert as_shared.status_code == 303
+    shared = await console.post("/incidents/unship:chat-test:v1/act",
+                                data={"action": "approve", "csrf": csrf_of((await console.get("/")).text)},
+                                headers={"HX-Request": "true"})
+    assert shared.headers["x-unship-status"] == "403" and "shared-token may not decide" in shared.text
     await sign_in(console)
     cookie = console.cookies[SESSION_COOKIE]
-    assert TOKEN not in cookie and "console-secret" not in cookie
+    assert TOKEN not in cookie and TOKENS["U0ONCALL1"] not in cookie and "console-secret" not in cookie
     everything = (await console.get("/")).text + (await console.get("/signin")).text
-    assert TOKEN not in everything
+    assert TOKEN not in everything and TOKENS["U0ONCALL1"] not in everything
 
 
 async def test_a_forged_or_cross_site_form_is_refused_before_anything_happens(console: httpx.AsyncClient) -> None:
@@ -120,7 +134,7 @@ async def test_bad_input_gets_a_page_saying_what_is_wrong(console: httpx.AsyncCl
     assert (await console.get("/playbooks/nope")).status_code == 404
     assert (await console.get("/rehearsals/reports/..%2F..%2Fetc")).status_code == 404
     redirect = await console.post("/signin", data={"csrf": csrf_of((await console.get("/signin")).text),
-                                                   "user": "U1", "token": TOKEN, "next": "//evil.example/x"})
+                                                   "token": TOKENS["U0ONCALL1"], "next": "//evil.example/x"})
     assert redirect.headers["location"] == "/"
 
 
