@@ -90,6 +90,29 @@ class ReadbackRequest(_Model):
     targets: list[Target]
 
 
+class TargetHold(_Model):
+    """Hold (or let go of) the incident's flag and serving targets: one active incident per target."""
+
+    incident_id: str
+    targets: list[Target] = Field(default_factory=list)
+
+
+class HoldResult(_Model):
+    held: bool = Field(description="True when this incident now holds every target")
+    holder: str | None = Field(default=None, description="the active incident holding a target, when not held")
+    target: str | None = Field(default=None, description="the target it holds")
+
+
+class ServedState(_Model):
+    target: str
+    release: str | None = Field(description="the candidate release the target serves (None: cannot tell)")
+    evidence: str = ""
+
+
+class ServedResult(_Model):
+    states: list[ServedState]
+
+
 # --- integrity -------------------------------------------------------------------------------------------
 
 
@@ -241,6 +264,21 @@ class IncidentActivities:
         """Run the playbook's integrity checks."""
         raise NotImplementedError
 
+    @activity.defn(name="hold_targets")
+    async def hold_targets(self, req: TargetHold) -> HoldResult:
+        """Hold every target for the incident unless another active incident holds one."""
+        raise NotImplementedError
+
+    @activity.defn(name="release_targets")
+    async def release_targets(self, req: TargetHold) -> None:
+        """Let go of the incident's targets."""
+        raise NotImplementedError
+
+    @activity.defn(name="served_release")
+    async def served_release(self, req: ReadbackRequest) -> ServedResult:
+        """Which candidate release each target serves now (as far as the target says)."""
+        raise NotImplementedError
+
     @activity.defn(name="notify")
     async def notify(self, req: Notification) -> MessageRef:
         """Render and send a chat message (or update the incident's message in place)."""
@@ -272,6 +310,15 @@ class FlagProvider(Protocol):
 
 
 @runtime_checkable
+class ServedReleaseReader(Protocol):
+    """A flag/serving provider that can say which release its candidate variant serves."""
+
+    async def served_release(self, target: Target) -> tuple[str | None, str]:
+        """(the candidate release, or None when the target does not say; the evidence)."""
+        ...
+
+
+@runtime_checkable
 class SignalSource(Protocol):
     async def observe(self, signal: Signal, request: PollRequest) -> SignalObservation: ...
 
@@ -299,3 +346,7 @@ class IncidentStore(Protocol):
     async def review(self, incident_id: str) -> ReviewDocument | None: ...
 
     async def chained_events(self, incident_id: str) -> list[ChainedEvent]: ...
+
+    async def hold_targets(self, incident_id: str, refs: list[str]) -> tuple[str, str] | None: ...
+
+    async def release_targets(self, incident_id: str) -> None: ...

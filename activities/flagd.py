@@ -102,6 +102,23 @@ class FlagdFileProvider:
 
     # --- setup ---------------------------------------------------------------------------------------------
 
+    async def served_release(self, target: Target) -> tuple[str | None, str]:
+        """The release the flag's candidate variant serves: the variant's value when it is a release name (a
+        string other than the variant's own name, or an object with ``release``/``version``/``model``), or the
+        flag's ``metadata.candidate_release``. None when the flag does not say."""
+        doc = await asyncio.to_thread(self._read, target)
+        flag = self._flag(doc, target)
+        value = (flag.get("variants") or {}).get(target.candidate_variant)
+        if isinstance(value, dict):
+            value = next((value[k] for k in ("release", "version", "model") if isinstance(value.get(k), str)), None)
+        if isinstance(value, str) and value and value != target.candidate_variant:
+            return value, f"flagd {target.key}: variant {target.candidate_variant!r} serves {value!r}"
+        metadata = flag.get("metadata") or {}
+        stated = metadata.get("candidate_release") if isinstance(metadata, dict) else None
+        if isinstance(stated, str) and stated:
+            return stated, f"flagd {target.key}: metadata.candidate_release is {stated!r}"
+        return None, f"flagd {target.key}: the candidate variant names no release"
+
     async def ensure_flag(self, target: Target, variants: dict[str, object] | None = None) -> bool:
         """Create the flag (everyone on the candidate) if the file or the flag is missing; True if created."""
         values = variants or {target.previous_variant: target.previous_variant,

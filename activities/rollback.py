@@ -27,6 +27,7 @@ from activities.contracts import (
     CohortChange,
     CohortResult,
     FlagProvider,
+    HoldResult,
     IncidentActivities,
     IncidentStore,
     IntegrityRequest,
@@ -39,11 +40,16 @@ from activities.contracts import (
     ReadbackRequest,
     ReviewDocument,
     ReviewRequest,
+    ServedReleaseReader,
+    ServedResult,
+    ServedState,
     SignalObservation,
     SignalSource,
+    TargetHold,
     TargetState,
 )
 from activities.integrity import READBACK_TOLERANCE, IntegrityChecker
+from activities.routing import FlagRouter, hold_key
 from playbooks.models import Signal
 from playbooks.rendering import render_message, render_review
 
@@ -75,7 +81,7 @@ class RollbackActivities(IncidentActivities):
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """The bound activity methods, for ``Worker(activities=...)``."""
         return [self.poll_signals, self.apply_cohort, self.read_cohort, self.check_integrity, self.notify,
-                self.record_audit, self.write_review]
+                self.record_audit, self.write_review, self.hold_targets, self.release_targets, self.served_release]
 
     @activity.defn(name="poll_signals")
     async def poll_signals(self, req: PollRequest) -> PollResult:
@@ -135,6 +141,32 @@ class RollbackActivities(IncidentActivities):
             states.append(TargetState(target=target.ref, previous_percent=value,
                                       detail="" if value is not None else "the split cannot be read as one share"))
         return CohortResult(states=states, applied=False)
+
+    @activity.defn(name="hold_targets")
+    async def hold_targets(self, req: TargetHold) -> HoldResult:
+        """Hold every target for the incident unless another active incident holds one (then: who)."""
+        found = await self.store.hold_targets(req.incident_id, [hold_key(t) for t in req.targets])
+        if found is None:
+            return HoldResult(held=True)
+        return HoldResult(held=False, holder=found[0], target=found[1])
+
+    @activity.defn(name="release_targets")
+    async def release_targets(self, req: TargetHold) -> None:
+        """Let go of the incident's targets (idempotent)."""
+        await self.store.release_targets(req.incident_id)
+
+    @activity.defn(name="served_release")
+    async def served_release(self, req: ReadbackRequest) -> ServedResult:
+        """Which candidate release each target serves, from the provider when it can tell."""
+        states = []
+        for target in req.targets:
+            provider = self.flags.provider_for(target) if isinstance(self.flags, FlagRouter) else self.flags
+            if isinstance(provider, ServedReleaseReader):
+                release, evidence = await provider.served_release(target)
+            else:
+                release, evidence = None, f"the {target.provider} provider cannot say which release it serves"
+            states.append(ServedState(target=target.ref, release=release, evidence=evidence))
+        return ServedResult(states=states)
 
     @activity.defn(name="check_integrity")
     async def check_integrity(self, req: IntegrityRequest) -> IntegrityResult:

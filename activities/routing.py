@@ -65,11 +65,21 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def hold_key(target: Target) -> str:
+    """What one incident holds at a time: the flag or serving object, wherever it lives."""
+    where = "/".join(p for p in (target.project, target.environment, target.namespace) if p)
+    return f"{target.kind.value}:{target.provider}:{where + '/' if where else ''}{target.key}"
+
+
 class FlagRouter:
     """A ``FlagProvider`` that hands each target to the provider named by ``target.provider``."""
 
     def __init__(self, providers: dict[str, FlagProvider]) -> None:
         self.providers = dict(providers)
+
+    def provider_for(self, target: Target) -> FlagProvider:
+        """The provider that serves ``target`` (a configuration error when none is configured)."""
+        return self._provider(target)
 
     def _provider(self, target: Target) -> FlagProvider:
         provider = self.providers.get(target.provider)

@@ -72,9 +72,16 @@ class ScriptedFlagProvider:
     state: dict[str, float] = field(default_factory=dict)
     writes: list[FlagWrite] = field(default_factory=list)
     readback_overrides: dict[str, float | None] = field(default_factory=dict)
+    served: dict[str, str] = field(default_factory=dict, metadata={"doc": "target.ref -> candidate release"})
     _write_faults: _Faults = field(default_factory=_Faults)
     _read_faults: _Faults = field(default_factory=_Faults)
     _applied: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    async def served_release(self, target: Target) -> tuple[str | None, str]:
+        """The candidate release ``served`` names for the target (None: the script does not say)."""
+        release = self.served.get(target.ref)
+        return release, (f"{target.ref} serves {release!r} as the candidate" if release
+                         else f"{target.ref}: the script names no candidate release")
 
     def fail_next_writes(self, count: int, retryable: bool = True, message: str = "") -> None:
         """Make the next ``count`` writes fail (retryable like an outage, or not, like a 403)."""

@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS reviews (
     saved_at    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_update ON incidents (updated_at DESC);
+CREATE TABLE IF NOT EXISTS target_holds (
+    target      TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    held_at     TEXT NOT NULL
+);
 """
 # Columns added after the first release, with their SQLite and PostgreSQL types: added to older databases on
 # first use (ALTER TABLE ... ADD COLUMN keeps every row).
@@ -120,6 +125,18 @@ INSERT INTO audit_events (incident_id, seq, at, kind, actor, message, data, chai
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (incident_id, seq) DO NOTHING
 """
+_HOLDER = ("SELECT h.incident_id, i.phase FROM target_holds h LEFT JOIN incidents i ON i.incident_id = h.incident_id "
+           "WHERE h.target = {p}")
+_HOLD = ("INSERT INTO target_holds (target, incident_id, held_at) VALUES ({p}, {p}, {p}) "
+         "ON CONFLICT (target) DO UPDATE SET incident_id = excluded.incident_id, held_at = excluded.held_at")
+_LET_GO = "DELETE FROM target_holds WHERE incident_id = {p}"
+
+
+def _active(holder: str | None, phase: str | None, me: str) -> bool:
+    """Another incident holds the target and is not closed (one that never reached the store counts as active)."""
+    return holder is not None and holder != me and phase != "closed"
+
+
 _CHAIN_COLUMNS = (("chain", "INTEGER"), ("prev_hash", "TEXT"), ("hash", "TEXT"))
 """Added to stores created before the hash chain (their older events stay unchained and are reported so)."""
 _CHAIN_HEAD = "SELECT chain, hash FROM audit_events WHERE incident_id = {p} AND chain IS NOT NULL ORDER BY chain DESC LIMIT 1"
@@ -367,6 +384,30 @@ class SqliteIncidentStore:
         return [AuditEvent(seq=r["seq"], at=r["at"], kind=r["kind"], actor=r["actor"], message=r["message"],
                            data=json.loads(r["data"])) for r in rows]
 
+    async def hold_targets(self, incident_id: str, refs: list[str]) -> tuple[str, str] | None:
+        """Hold every target in ``refs`` for ``incident_id`` (all or none); ``(holder, target)`` when another
+        active incident holds one of them."""
+
+        def hold(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                for ref in refs:
+                    row = conn.execute(_HOLDER.format(p="?"), (ref,)).fetchone()
+                    if row is not None and _active(row[0], row[1], incident_id):
+                        return str(row[0]), ref
+                now = _ts(datetime.now(UTC))
+                conn.executemany(_HOLD.format(p="?"), [(ref, incident_id, now) for ref in refs])
+                return None
+
+        return await self._run(hold)
+
+    async def release_targets(self, incident_id: str) -> None:
+        def let_go(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute(_LET_GO.format(p="?"), (incident_id,))
+
+        await self._run(let_go)
+
     async def chained_events(self, incident_id: str) -> list[ChainedEvent]:
         """The incident's audit events in chain order, with their hashes (for ``verify_chain``)."""
         rows = await self._run(lambda c: c.execute(_CHAINED.format(p="?"), (incident_id,)).fetchall())
@@ -431,6 +472,11 @@ CREATE TABLE IF NOT EXISTS reviews (
     saved_at    TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_update ON incidents (updated_at DESC);
+CREATE TABLE IF NOT EXISTS target_holds (
+    target      TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    held_at     TIMESTAMPTZ NOT NULL
+);
 """
 _PG_UPSERT_INCIDENT = _UPSERT_INCIDENT.replace("?", "%s").replace("%s, %s)\nON", "%s::jsonb, %s)\nON")
 _PG_ADD_COLUMNS = "".join(f"ALTER TABLE incidents ADD COLUMN IF NOT EXISTS {name} {pg_type};\n"
@@ -567,6 +613,26 @@ class PostgresIncidentStore:
             "SELECT seq, at, kind, actor, message, data FROM audit_events WHERE incident_id = %s AND seq > %s "
             "ORDER BY seq", (incident_id, -(2**62) if after is None else after))
         return [AuditEvent(**r) for r in rows]
+
+    async def hold_targets(self, incident_id: str, refs: list[str]) -> tuple[str, str] | None:
+        """Hold every target in ``refs`` for ``incident_id`` (all or none); ``(holder, target)`` when another
+        active incident holds one of them."""
+        conn = await self._connect()
+        async with conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK + 1,))
+            for ref in refs:
+                row = await (await conn.execute(_HOLDER.format(p="%s"), (ref,))).fetchone()
+                if row is not None and _active(row["incident_id"], row["phase"], incident_id):
+                    return str(row["incident_id"]), ref
+            async with conn.cursor() as cursor:
+                now = datetime.now(UTC)
+                await cursor.executemany(_HOLD.format(p="%s"), [(ref, incident_id, now) for ref in refs])
+        return None
+
+    async def release_targets(self, incident_id: str) -> None:
+        conn = await self._connect()
+        async with conn, conn.transaction():
+            await conn.execute(_LET_GO.format(p="%s"), (incident_id,))
 
     async def chained_events(self, incident_id: str) -> list[ChainedEvent]:
         """The incident's audit events in chain order, with their hashes (for ``verify_chain``)."""

@@ -597,10 +597,19 @@ class StageFailure(StrEnum):
     REVERT_ALL = "revert_all"
 
 
+class TargetHeld(StrEnum):
+    WAIT = "wait"  # wait at a gate naming the incident that holds the target; never write it meanwhile
+    JOIN = "join"  # end this incident as part of the one that holds the target
+
+
 class Rollback(_Model):
     targets: list[Target] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
     on_stage_failure: StageFailure = StageFailure.HALT
+    on_target_held: TargetHeld = Field(default=TargetHeld.WAIT, description="when another active incident holds "
+                                       "a target: wait for it, or join it")
+    check_served_release: bool = Field(default=True, description="before the first write, check that the "
+                                       "alerted release is the candidate each target serves")
 
     @model_validator(mode="after")
     def _stages_increase(self) -> Rollback:

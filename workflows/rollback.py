@@ -17,11 +17,14 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
         CohortResult,
+        HoldResult,
         IncidentActivities,
         IntegrityRequest,
         IntegrityResult,
         MessageKind,
         ReadbackRequest,
+        ServedResult,
+        TargetHold,
     )
     from playbooks.models import (
         DecisionMode,
@@ -29,9 +32,10 @@ with workflow.unsafe.imports_passed_through():
         ReadbackCheck,
         Severity,
         StageFailure,
+        TargetHeld,
         format_duration,
     )
-    from workflows.base import ACTION_RETRY, EVIDENCE_RETRY, IncidentWorkflowBase, _cause
+    from workflows.base import ACTION_DEADLINE, ACTION_RETRY, EVIDENCE_RETRY, IncidentWorkflowBase, _cause
     from workflows.confirmation import assess_poll, fairness_rule, quality_rule, trackers
     from workflows.messages import (
         Action,
@@ -84,6 +88,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._revert_all: Command | None = None
         self._gate_seq = 0
         self._rejected: DecisionRecord | None = None
+        self._holding = False
 
     # --- signals, update, query ---------------------------------------------------------------------------
 
@@ -202,6 +207,8 @@ class RollbackWorkflow(IncidentWorkflowBase):
             kind = {Outcome.DISMISSED: MessageKind.DISMISSED, Outcome.HALTED: MessageKind.HALTED,
                     Outcome.PAUSED: MessageKind.PAUSED}.get(stop.outcome, MessageKind.COMPLETED)
             self._notify(kind, reason=stop.reason)
+        if self._holding:
+            await self._let_go()
         if self._status.previous_percent > 0 or self._status.outcome in (Outcome.HALTED, Outcome.ABORTED):
             await self._start_review()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -399,6 +406,10 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._status.phase = Phase.REVERTING
         self._status.stages = [StageProgress(index=i, percent=s.percent, status="pending")
                                for i, s in enumerate(rollback.stages)]
+        if workflow.patched("hold-targets-check-served-release"):
+            await self._hold_targets()
+            await self._check_served_release()
+            self._status.phase = Phase.REVERTING
         already = 0.0
         if workflow.patched("read-split-before-revert"):
             already = await self._current_previous_percent()
@@ -454,6 +465,83 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 if progress.status == "pending":
                     progress.status = "skipped"
         self._status.full_revert_at = self._status.full_revert_at or workflow.now()
+
+    async def _hold_targets(self) -> None:
+        """Hold every target before the first write: one active incident per flag or serving object. When
+        another incident holds one, wait at a gate naming it (nothing is written meanwhile), or join it."""
+        request = TargetHold(incident_id=self._id, targets=self._playbook.rollback.targets)
+        told: str | None = None
+        while True:
+            self._check_abort()
+            try:
+                result: HoldResult = await workflow.execute_activity_method(
+                    IncidentActivities.hold_targets, request, start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=ACTION_RETRY, schedule_to_close_timeout=ACTION_DEADLINE)
+            except ActivityError as err:
+                self._audit("hold_failed", f"could not hold the targets: {_cause(err)}")
+                raise _Stop(Outcome.HALTED, f"the targets could not be held ({_cause(err)}); nothing was written; "
+                            "a person must act") from None
+            if result.held:
+                self._holding = True
+                if told is not None:
+                    self._status.gate = None
+                self._audit("targets_held", "holding " + ", ".join(t.ref for t in request.targets)
+                            + " for this incident", targets=[t.ref for t in request.targets])
+                return
+            holder = result.holder or "another incident"
+            if self._playbook.rollback.on_target_held is TargetHeld.JOIN:
+                self._audit("joined", f"{result.target} is held by incident {holder}: this incident joins it and "
+                            "writes nothing", holder=holder, target=result.target)
+                raise _Stop(Outcome.DISMISSED, f"joined incident {holder}, which holds {result.target}")
+            if told != holder:
+                told = holder
+                now = workflow.now()
+                self._status.phase = Phase.AWAITING_DECISION
+                self._status.gate = Gate(gate_id=f"held-by:{holder}", purpose=f"target held by {holder}",
+                                         roles=[], users=[], groups=[], quorum=1, opened_at=now)
+                self._audit("target_held", f"{result.target} is held by incident {holder}: waiting until it lets "
+                            "go; nothing is written meanwhile", holder=holder, target=result.target)
+            await self._wait(lambda: self._aborted is not None, timedelta(seconds=30))
+
+    async def _let_go(self) -> None:
+        try:
+            await workflow.execute_activity_method(
+                IncidentActivities.release_targets, TargetHold(incident_id=self._id),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
+                schedule_to_close_timeout=ACTION_DEADLINE)
+            self._holding = False
+            self._audit("targets_released", "let go of " + ", ".join(t.ref for t in self._playbook.rollback.targets))
+        except ActivityError as err:
+            self._audit("release_failed", f"could not let go of the targets: {_cause(err)}")
+
+    async def _check_served_release(self) -> None:
+        """Before the first write: is the alerted release the candidate the targets serve? A mismatch stops at a
+        gate with the evidence; a target that cannot tell is noted and does not stop the revert."""
+        if not self._playbook.rollback.check_served_release:
+            return
+        try:
+            result: ServedResult = await workflow.execute_activity_method(
+                IncidentActivities.served_release, ReadbackRequest(targets=self._playbook.rollback.targets),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY)
+        except ActivityError as err:
+            self._audit("served_release_unknown", f"could not read which release the targets serve: {_cause(err)}")
+            return
+        release = self._status.release
+        wrong = [s for s in result.states if s.release is not None and s.release != release]
+        unknown = [s for s in result.states if s.release is None]
+        if unknown:
+            self._audit("served_release_unknown", "; ".join(s.evidence for s in unknown),
+                        targets=[s.target for s in unknown])
+        if not wrong:
+            if len(unknown) < len(result.states):
+                self._audit("served_release_checked", f"the targets serve release {release} as the candidate")
+            return
+        evidence = "; ".join(s.evidence for s in wrong)
+        self._audit("release_mismatch", f"the alert names release {release}, but {evidence}: users are not moved "
+                    "until a person decides", evidence=[s.model_dump() for s in wrong])
+        decision = self._playbook.decision
+        self._status.phase = Phase.AWAITING_DECISION
+        await self._gate("release_mismatch", decision.roles or sorted(self._playbook.roles), 1, allow_default=False)
 
     async def _current_previous_percent(self) -> float:
         """The smallest share already on the previous model across the targets (0 when it cannot be read)."""

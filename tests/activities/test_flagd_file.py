@@ -232,3 +232,16 @@ async def test_concurrent_writers_in_threads_and_another_process_lose_nothing(tm
 
     reader = FlagdFileProvider(path)
     assert [await reader.get_previous_percent(target(k)) for k in keys] == list(range(24))
+
+
+async def test_the_flag_says_which_release_its_candidate_serves(tmp_path: Path) -> None:
+    provider = FlagdFileProvider(tmp_path / "flags.json")
+    await provider.ensure_flag(target(), {"previous": "chat-v2.4.0", "candidate": "chat-v3.0.0"})
+    assert (await provider.served_release(target()))[0] == "chat-v3.0.0"
+    objects = FlagdFileProvider(tmp_path / "objects.json")
+    await objects.ensure_flag(target(), {"previous": {"model": "a"}, "candidate": {"model": "llm-7b", "release": "r9"}})
+    assert (await objects.served_release(target()))[0] == "r9"
+    plain = FlagdFileProvider(tmp_path / "plain.json")
+    await plain.ensure_flag(target())  # variants named after themselves: the flag does not say
+    release, evidence = await plain.served_release(target())
+    assert release is None and "names no release" in evidence

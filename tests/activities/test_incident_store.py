@@ -16,7 +16,7 @@ from activities.contracts import (
     IncidentStore,
     ReviewDocument,
 )
-from activities.store import SqliteIncidentStore, StoreConfigurationError, open_store
+from activities.store import SqliteIncidentStore, StoreConfigurationError, open_store, verify_chain
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -145,3 +145,40 @@ async def test_a_database_from_before_the_console_gains_the_new_columns_and_keep
     await store.write(AuditBatch(incident=record(minutes=1).model_copy(update={"previous_percent": 10}),
                                  events=[event(1)]))
     assert (await store.incident("unship:chat:r42")).previous_percent == 10  # type: ignore[union-attr]
+
+
+async def test_the_audit_chain_detects_an_edited_deleted_or_reordered_row(tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    await store.write(AuditBatch(incident=record(), events=[event(1, "opened"), event(2, "decision by U1")]))
+    await store.write(AuditBatch(incident=record(minutes=1), events=[event(2, "replayed"), event(3, "closed")]))
+    rows = await store.chained_events("unship:chat:r42")
+    assert [r.chain for r in rows] == [1, 2, 3]
+    assert verify_chain("unship:chat:r42", "abc123", rows).ok
+    assert not verify_chain("unship:chat:r42", "another-playbook-version", rows).ok  # rooted in the version
+
+    def tamper(sql: str) -> None:
+        with sqlite3.connect(tmp_path / "unship.db") as db:
+            db.execute(sql)
+
+    tamper("UPDATE audit_events SET actor = 'U_SOMEONE_ELSE' WHERE seq = 2")
+    report = verify_chain("unship:chat:r42", "abc123", await store.chained_events("unship:chat:r42"))
+    assert not report.ok and report.first_bad_seq == 2 and "the row was edited" in report.problem
+    tamper("UPDATE audit_events SET actor = 'unship' WHERE seq = 2")  # put back: the chain holds again
+    assert verify_chain("unship:chat:r42", "abc123", await store.chained_events("unship:chat:r42")).ok
+    tamper("DELETE FROM audit_events WHERE seq = 2")
+    report = verify_chain("unship:chat:r42", "abc123", await store.chained_events("unship:chat:r42"))
+    assert not report.ok and report.first_bad_seq == 3 and "deleted or inserted" in report.problem
+
+
+async def test_a_target_is_held_by_one_active_incident_at_a_time(tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    await store.write(AuditBatch(incident=record("unship:a:1"), events=[event(1)]))
+    assert await store.hold_targets("unship:a:1", ["flag:flagd:chat-model", "serving:kserve:ns/chat"]) is None
+    assert await store.hold_targets("unship:a:1", ["flag:flagd:chat-model"]) is None  # holding again is fine
+    assert await store.hold_targets("unship:b:2", ["flag:flagd:other", "flag:flagd:chat-model"]) == (
+        "unship:a:1", "flag:flagd:chat-model")
+    assert await store.hold_targets("unship:c:3", ["flag:flagd:other"]) is None  # all or none: b holds nothing
+    await store.write(AuditBatch(incident=record("unship:a:1", phase="closed", minutes=5), events=[event(2)]))
+    assert await store.hold_targets("unship:b:2", ["flag:flagd:chat-model"]) is None  # a closed holder lets go
+    await store.release_targets("unship:b:2")
+    assert await store.hold_targets("unship:d:4", ["flag:flagd:chat-model"]) is None

@@ -486,3 +486,57 @@ async def test_actions_outside_the_gate_need_a_role(world: World) -> None:
     assert status.outcome is Outcome.REVERTED and world.writes() == [100]
     flagged = next(e for e in status.audit if e.kind == "break_glass")
     assert flagged.actor == "U_MANAGER" and "legal asked" in flagged.message
+
+
+# --- one incident per target; the alerted release must be the one served ---------------------------------------
+
+
+async def test_a_second_incident_on_a_held_flag_waits_and_never_writes_it(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    automatic = snapshot(decision={"mode": "automatic"})
+    first = await world.start(automatic, release="chat-v3.0.0")
+    await world.until(first, lambda s: s.previous_percent == 10)
+    second = await world.start(automatic, release="chat-v9.9.9")
+    waiting = await world.until(second, lambda s: any(e.kind == "target_held" for e in s.audit))
+    assert waiting.gate is not None and waiting.gate.purpose == f"target held by {first.id}"
+    held = next(e for e in waiting.audit if e.kind == "target_held")
+    assert held.data["holder"] == first.id and "nothing is written meanwhile" in held.message
+    # nobody can approve their way past a hold
+    with pytest.raises(WorkflowUpdateFailedError):
+        await second.execute_update(RollbackWorkflow.decide, approve("U_SAFETY"))
+    assert all(w.idempotency_key.startswith(first.id) for w in world.flags.writes)
+    assert (await first.result()).outcome is Outcome.REVERTED
+    status = await second.result()  # the first let go: the second goes on, and finds everyone already back
+    assert all(w.idempotency_key.startswith(first.id) for w in world.flags.writes)
+    assert [s.status for s in status.stages] == ["skipped", "skipped", "skipped"]
+    assert [e.kind for e in (await first.result()).audit].count("targets_released") == 1
+
+
+async def test_a_playbook_may_join_the_incident_that_holds_the_flag(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    first = await world.start(snapshot(decision={"mode": "automatic"}), release="chat-v3.0.0")
+    await world.until(first, lambda s: s.previous_percent == 10)
+    joining = await world.start(snapshot(decision={"mode": "automatic"}, rollback={"on_target_held": "join"}),
+                                release="chat-v3.0.1")
+    status = await joining.result()
+    assert status.outcome is Outcome.DISMISSED and f"joined incident {first.id}" in closing(status)
+    await first.result()
+
+
+async def test_a_release_that_is_not_the_served_candidate_stops_at_a_gate(world: World) -> None:
+    world.signals.timeline = SUSTAINED
+    world.flags.served["flag:flagd:chat-model"] = "chat-v3.0.0"
+    handle = await world.start(snapshot(decision={"mode": "automatic"}), release="chat-v9.9.9")
+    status = await world.until(handle, lambda s: s.gate is not None and s.gate.purpose == "release_mismatch")
+    mismatch = next(e for e in status.audit if e.kind == "release_mismatch")
+    assert "the alert names release chat-v9.9.9, but flag:flagd:chat-model serves 'chat-v3.0.0'" in mismatch.message
+    assert world.flags.writes == []
+    await handle.execute_update(RollbackWorkflow.decide, DecisionRequest(
+        user="U_SAFETY", verdict=Verdict.REJECT, reason="chat-v9.9.9 was never released"))
+    status = await handle.result()
+    assert status.outcome is Outcome.REJECTED and world.flags.writes == []
+
+    served = await world.start(snapshot(decision={"mode": "automatic"}), release="chat-v3.0.0")
+    done = await served.result()
+    assert done.outcome is Outcome.REVERTED
+    assert any(e.kind == "served_release_checked" for e in done.audit)
