@@ -123,6 +123,8 @@ _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "signal": {"compare_to": "threshold"},
     "source": {"control": None},
     "target": {"component": None, "override_pending_changes": False},
+    "decision": {"require": {}, "actions": {"revert_now": None, "abort": None, "pause": None, "break_glass": []}},
+    "rollback": {"on_target_held": "wait", "check_served_release": True},
 }
 
 
@@ -140,6 +142,8 @@ def _without_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
     rollback = data.get("rollback")
     for target in (rollback.get("targets") if isinstance(rollback, dict) else None) or []:
         prune(target, _LATER_DEFAULTS["target"])
+    prune(data.get("decision"), _LATER_DEFAULTS["decision"])
+    prune(rollback, _LATER_DEFAULTS["rollback"])
     return data
 
 

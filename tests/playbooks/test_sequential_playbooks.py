@@ -41,7 +41,11 @@ def test_the_library_has_a_control_comparison_example() -> None:
 
 def test_new_fields_at_their_defaults_leave_the_version_unchanged() -> None:
     snap = load_playbook(library_folder() / "conversational-agent.yaml")
-    assert snap.version == "835452bdb2b1"  # the version before method/sequential/compare_to existed
+    before = snap.playbook.model_dump(mode="json")
+    before["decision"]["require"] = {}  # the shipped playbook now asks for one on-call AND one safety lead
+    before["decision"]["actions"] = {"revert_now": None, "abort": None, "pause": None, "break_glass": []}
+    # the version before method/sequential/compare_to and decision.require/actions existed
+    assert content_hash(Playbook.model_validate(before))[:12] == "835452bdb2b1"
     data = snap.playbook.model_dump(mode="json")
     data["confirmation"]["method"] = "sequential"
     for signal in data["signals"]:
