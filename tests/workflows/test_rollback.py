@@ -437,7 +437,7 @@ async def test_per_role_quorum_needs_each_role_and_distinct_people(world: World)
     # someone holding both roles fills the on-call seat (and counts once)
     second = await handle.execute_update(RollbackWorkflow.decide, approve("U_BOTH"))
     assert second.message == "approved"
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED
     assert "approved by U_SAFETY, U_BOTH" in next(e.message for e in status.audit if e.kind == "decided")
 
@@ -455,7 +455,7 @@ async def test_one_person_holding_two_roles_is_not_a_quorum(world: World) -> Non
     assert "already decided" in str(repeated.value.cause)
     assert (await world.status(handle)).phase is Phase.AWAITING_DECISION
     await handle.execute_update(RollbackWorkflow.operate, act("abort", "U_ONCALL", "test over"))
-    assert (await handle.result()).outcome is Outcome.ABORTED
+    assert (await world.result(handle)).outcome is Outcome.ABORTED
 
 
 async def test_actions_outside_the_gate_need_a_role(world: World) -> None:
@@ -482,7 +482,7 @@ async def test_actions_outside_the_gate_need_a_role(world: World) -> None:
     glass = await handle.execute_update(RollbackWorkflow.operate,
                                         act("revert_now", "U_MANAGER", "legal asked to stop exposure now"))
     assert glass.break_glass and "break-glass" in glass.message
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REVERTED and world.writes() == [100]
     flagged = next(e for e in status.audit if e.kind == "break_glass")
     assert flagged.actor == "U_MANAGER" and "legal asked" in flagged.message
@@ -505,11 +505,11 @@ async def test_a_second_incident_on_a_held_flag_waits_and_never_writes_it(world:
     with pytest.raises(WorkflowUpdateFailedError):
         await second.execute_update(RollbackWorkflow.decide, approve("U_SAFETY"))
     assert all(w.idempotency_key.startswith(first.id) for w in world.flags.writes)
-    assert (await first.result()).outcome is Outcome.REVERTED
-    status = await second.result()  # the first let go: the second goes on, and finds everyone already back
+    assert (await world.result(first)).outcome is Outcome.REVERTED
+    status = await world.result(second)  # the first let go: the second goes on, and finds everyone already back
     assert all(w.idempotency_key.startswith(first.id) for w in world.flags.writes)
     assert [s.status for s in status.stages] == ["skipped", "skipped", "skipped"]
-    assert [e.kind for e in (await first.result()).audit].count("targets_released") == 1
+    assert [e.kind for e in (await world.result(first)).audit].count("targets_released") == 1
 
 
 async def test_a_playbook_may_join_the_incident_that_holds_the_flag(world: World) -> None:
@@ -518,9 +518,9 @@ async def test_a_playbook_may_join_the_incident_that_holds_the_flag(world: World
     await world.until(first, lambda s: s.previous_percent == 10)
     joining = await world.start(snapshot(decision={"mode": "automatic"}, rollback={"on_target_held": "join"}),
                                 release="chat-v3.0.1")
-    status = await joining.result()
+    status = await world.result(joining)
     assert status.outcome is Outcome.DISMISSED and f"joined incident {first.id}" in closing(status)
-    await first.result()
+    await world.result(first)
 
 
 async def test_a_release_that_is_not_the_served_candidate_stops_at_a_gate(world: World) -> None:
@@ -533,10 +533,10 @@ async def test_a_release_that_is_not_the_served_candidate_stops_at_a_gate(world:
     assert world.flags.writes == []
     await handle.execute_update(RollbackWorkflow.decide, DecisionRequest(
         user="U_SAFETY", verdict=Verdict.REJECT, reason="chat-v9.9.9 was never released"))
-    status = await handle.result()
+    status = await world.result(handle)
     assert status.outcome is Outcome.REJECTED and world.flags.writes == []
 
     served = await world.start(snapshot(decision={"mode": "automatic"}), release="chat-v3.0.0")
-    done = await served.result()
+    done = await world.result(served)
     assert done.outcome is Outcome.REVERTED
     assert any(e.kind == "served_release_checked" for e in done.audit)
