@@ -24,6 +24,12 @@ def incident_id(playbook: str, release: str) -> str:
     return f"unship:{playbook}:{release}"
 
 
+def refire_id(incident: str, generation: int) -> str:
+    """The id of the ``generation``-th incident of one (playbook, release): an alert that fires again after the
+    previous one closed opens the next (``#`` never occurs in a release name)."""
+    return incident if generation <= 1 else f"{incident}#{generation}"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +67,8 @@ class RollbackInput(_Model):
     previous_release: str | None = None
     started_by: str = Field(default="alert", description="who or what opened the incident")
     severity: Severity | None = Field(default=None, description="manual triggers: severity for break-glass")
+    follows: str | None = Field(default=None, description="the closed incident of the same playbook and release "
+                                                          "this one follows (an alert that fired again)")
 
 
 class Phase(StrEnum):

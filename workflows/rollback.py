@@ -167,9 +167,12 @@ class RollbackWorkflow(IncidentWorkflowBase):
     async def run(self, input: RollbackInput) -> IncidentStatus:
         pb = self._playbook
         self._start_background()
+        follows = {"follows": input.follows} if input.follows else {}
         self._audit("opened", f"incident opened for release {input.release} by playbook {pb.name} "
-                    f"(version {self._snapshot.version})", actor=input.started_by,
-                    playbook_hash=self._snapshot.content_hash, source=self._snapshot.source)
+                    f"(version {self._snapshot.version})"
+                    + (f"; the alert fired again after incident {input.follows} closed" if input.follows else ""),
+                    actor=input.started_by, playbook_hash=self._snapshot.content_hash, source=self._snapshot.source,
+                    **follows)
         self._notify(MessageKind.OPENED)
         try:
             fairness = await self._confirm()
