@@ -580,10 +580,19 @@ class StageFailure(StrEnum):
     REVERT_ALL = "revert_all"
 
 
+class DriftAction(StrEnum):
+    GATE = "gate"
+    REAPPLY = "reapply"
+
+
 class Rollback(_Model):
     targets: list[Target] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
     on_stage_failure: StageFailure = StageFailure.HALT
+    on_drift: DriftAction = Field(
+        default=DriftAction.GATE,
+        description="a target found changed behind unship's back (during a bake, or before a write): `gate` asks a "
+                    "person with the evidence (expected vs found), `reapply` writes the stage again and bakes anew")
 
     @model_validator(mode="after")
     def _stages_increase(self) -> Rollback:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.contracts import AuditEvent, CheckResult, IncidentRecord, SignalObservation
+from activities.contracts import AuditEvent, CheckResult, IncidentRecord, SignalObservation, TargetState
 from playbooks.models import PlaybookSnapshot, Severity
 from workflows.sequential import SignalEvidence
 
@@ -148,6 +148,8 @@ class Gate(_Model):
     opened_at: datetime
     deadline: datetime | None = None
     escalated: bool = False
+    evidence: str = Field(default="", description="what the decision is about, e.g. a flag found changed: "
+                                                  "expected vs found")
 
 
 class DecisionRecord(_Model):
@@ -183,7 +185,10 @@ class IncidentStatus(_Model):
     first_revert_at: datetime | None = None
     full_revert_at: datetime | None = None
     closed_at: datetime | None = None
-    previous_percent: float = 0
+    previous_percent: float = Field(default=0, description="the share this incident intends on the previous model")
+    flag_read: list[TargetState] = Field(default_factory=list,
+                                         description="what the targets served when last read (or written)")
+    flag_read_at: datetime | None = None
     stages: list[StageProgress] = Field(default_factory=list)
     gate: Gate | None = None
     evidence: list[SignalObservation] = Field(default_factory=list)
