@@ -284,6 +284,14 @@ class FlagProvider(Protocol):
 
 
 @runtime_checkable
+class WriteLog(Protocol):
+    """A FlagProvider that remembers when a write with a given idempotency key happened (flagd keeps it in the
+    flag's metadata), so a retried write can be audited with the time it really happened."""
+
+    async def written_at(self, target: Target, idempotency_key: str) -> datetime | None: ...
+
+
+@runtime_checkable
 class SignalSource(Protocol):
     async def observe(self, signal: Signal, request: PollRequest) -> SignalObservation: ...
 

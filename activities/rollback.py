@@ -42,6 +42,7 @@ from activities.contracts import (
     SignalObservation,
     SignalSource,
     TargetState,
+    WriteLog,
 )
 from activities.integrity import READBACK_TOLERANCE, IntegrityChecker
 from playbooks.models import Signal
@@ -153,6 +154,10 @@ class RollbackActivities(IncidentActivities):
                     non_retryable=False,
                 )
             when, by = written.get(target.ref, [None, None])
+            if when is None and not wrote and isinstance(self.flags, WriteLog):
+                # an earlier attempt wrote it and died before reporting: the flag system remembers when
+                stamped = await self.flags.written_at(target, req.idempotency_key)
+                when = stamped.isoformat() if stamped else None
             detail = ("written" if wrote else
                       f"written by attempt {by}" if by is not None else
                       "found applied by an earlier attempt of this step" if info.attempt > 1 else "already applied")
