@@ -139,7 +139,16 @@ class RollbackActivities(IncidentActivities):
                                + ("an unreadable split" if found is None else f"{found:g}%")
                                + f" on the previous model; {req.previous_percent:g}% not written"))
                     return CohortResult(states=states, applied=applied, attempt=info.attempt)
-            wrote = await self.flags.set_previous_percent(target, req.previous_percent, req.idempotency_key)
+            sent_at = datetime.now(UTC).isoformat()
+            try:
+                wrote = await self.flags.set_previous_percent(target, req.previous_percent, req.idempotency_key)
+            except Exception:
+                # The write may have landed before its answer was lost: the next attempt that finds it applied
+                # credits this attempt, at the time it was sent.
+                if target.ref not in written:
+                    written[target.ref] = [sent_at, info.attempt]
+                    activity.heartbeat(progress)
+                raise
             if wrote:
                 written[target.ref] = [datetime.now(UTC).isoformat(), info.attempt]
                 activity.heartbeat(progress)

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -142,6 +143,7 @@ class ChaosStack:
     worker: subprocess.Popen[bytes] | None = None
     worker_starts: int = 0
     playbooks: dict[str, PlaybookSnapshot] = field(default_factory=dict)
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def flag_path(self) -> Path:
@@ -172,8 +174,9 @@ class ChaosStack:
         """Load ``playbook`` and create its flag (everyone on the candidate) in the flag file."""
         self.playbooks[playbook.playbook.name] = playbook
         for target in playbook.playbook.rollback.targets:
-            await self.flags.ensure_flag(target)
-            await self.watcher.until(target.key, 0.0)
+            if target.provider == "flagd":
+                await self.flags.ensure_flag(target)
+                await self.watcher.until(target.key, 0.0)
 
     async def trigger(self, playbook: str, release: str = "r1") -> str:
         return await self.service.trigger(playbook, release, started_by="chaos")
@@ -192,7 +195,7 @@ class ChaosStack:
 
     def start_worker(self) -> None:
         env = {k: v for k, v in cli_env(self.settings).items() if v is not None}
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNSHIP_")}, **env}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNSHIP_")}, **env, **self.worker_env}
         log = open(self.state / f"worker-{self.worker_starts}.log", "wb")  # noqa: SIM115 - the worker's log
         self.worker = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], cwd=ROOT, env=env,
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -236,24 +239,41 @@ class ChaosStack:
                 (aside / path.name).rename(path)
 
 
+class FlagHistory(Protocol):
+    """Where a check reads what users were served: ``history[key]`` shares in order, ``seen_at[key]`` when."""
+
+    history: dict[str, list[float | None]]
+    seen_at: dict[str, list[datetime]]
+
+
 def check_incident(stack: ChaosStack, status: IncidentStatus, key: str, *,
-                   outcome: Outcome = Outcome.REVERTED, history: list[float] | None = None) -> None:
+                   outcome: Outcome = Outcome.REVERTED, history: list[float] | None = None,
+                   flags: FlagHistory | None = None) -> None:
     """Synchronous part of the checks: outcome and the flag's history as the watcher saw it."""
     assert status.outcome is outcome, (f"{status.incident_id}: {status.outcome} != {outcome}: "
                                        + "; ".join(e.message for e in status.audit[-4:]))
     want = INTENDED if history is None else history
-    assert stack.watcher.history.get(key) == want, (
-        f"{key}: users were moved {stack.watcher.history.get(key)}, intended {want}")
+    seen = (flags or stack.watcher).history.get(key)
+    assert seen == want, f"{key}: users were moved {seen}, intended {want}"
 
 
-async def check_record(stack: ChaosStack, status: IncidentStatus, key: str, timeout: float = 60) -> None:
+async def check_record(stack: ChaosStack, status: IncidentStatus, key: str, timeout: float = 60,
+                       flags: FlagHistory | None = None) -> None:
     """The store holds exactly the incident's audit trail (none lost, duplicated or altered), every claim
     about a write matches the flag file, and the review is stored and on disk."""
     deadline = time.monotonic() + timeout
+    stored: list[Any] = []
+    review = None
     while True:  # the review child and the last audit batch may land after the run returned
-        stored = await stack.store.events(status.incident_id)
-        review = await stack.store.review(status.incident_id)
-        if (review is not None and any(e.kind == "review_written" for e in stored)) or time.monotonic() > deadline:
+        try:
+            stored = await stack.store.events(status.incident_id)
+            review = await stack.store.review(status.incident_id)
+        except sqlite3.OperationalError:  # a fault is making the store unavailable right now
+            pass
+        else:
+            if review is not None and any(e.kind == "review_written" for e in stored):
+                break
+        if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
     run = [(e.seq, e.kind, e.message, e.at) for e in stored if e.seq < REVIEW_SEQ_BASE]
@@ -266,7 +286,8 @@ async def check_record(stack: ChaosStack, status: IncidentStatus, key: str, time
     assert review is not None and review.markdown, f"{status.incident_id}: no review stored"
     path = stack.state / "reviews" / f"{status.incident_id.replace(':', '_')}.md"
     assert path.read_text() == review.markdown, f"{status.incident_id}: the review file differs from the store"
-    seen = dict(zip(stack.watcher.history.get(key, []), stack.watcher.seen_at.get(key, []), strict=False))
+    source = flags or stack.watcher
+    seen = dict(zip(source.history.get(key, []), source.seen_at.get(key, []), strict=False))
     for event in status.audit:
         if event.kind != "stage_applied":
             continue
