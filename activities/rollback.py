@@ -118,13 +118,14 @@ class RollbackActivities(IncidentActivities):
         """
         _count_retry("flags")
         written = _earlier_writes(activity.info().heartbeat_details)
-        progress = {"written": written}
+        progress = {"written": written, "sending": {}}
         async with _heartbeating(progress):
             return await self._apply_cohort(req, written, progress)
 
     async def _apply_cohort(self, req: CohortChange, written: dict[str, list[Any]],
                             progress: dict[str, Any]) -> CohortResult:
         info = activity.info()
+        sending: dict[str, list[Any]] = progress["sending"]
         states: list[TargetState] = []
         applied = False
         for target in req.targets:
@@ -139,16 +140,12 @@ class RollbackActivities(IncidentActivities):
                                + ("an unreadable split" if found is None else f"{found:g}%")
                                + f" on the previous model; {req.previous_percent:g}% not written"))
                     return CohortResult(states=states, applied=applied, attempt=info.attempt)
-            sent_at = datetime.now(UTC).isoformat()
-            try:
-                wrote = await self.flags.set_previous_percent(target, req.previous_percent, req.idempotency_key)
-            except Exception:
-                # The write may have landed before its answer was lost: the next attempt that finds it applied
-                # credits this attempt, at the time it was sent.
-                if target.ref not in written:
-                    written[target.ref] = [sent_at, info.attempt]
-                    activity.heartbeat(progress)
-                raise
+            if target.ref not in written and not (found is not None and _same(found, req.previous_percent)):
+                # Said before the write (the first beat of an attempt goes out at once): if this worker dies or
+                # the answer is lost, the attempt that finds the split applied credits this one, at this time.
+                sending[target.ref] = [datetime.now(UTC).isoformat(), info.attempt]
+                activity.heartbeat(progress)
+            wrote = await self.flags.set_previous_percent(target, req.previous_percent, req.idempotency_key)
             if wrote:
                 written[target.ref] = [datetime.now(UTC).isoformat(), info.attempt]
                 activity.heartbeat(progress)
@@ -243,10 +240,16 @@ def _same(share: float | None, percent: float) -> bool:
 
 
 def _earlier_writes(details: Any) -> dict[str, list[Any]]:
-    """What earlier attempts of this activity reported writing: target ref -> [ISO time, attempt]."""
+    """What earlier attempts of this activity reported writing (or sending, answer unknown):
+    target ref -> [ISO time, attempt]. A write reported done wins over one only sent."""
     for detail in reversed(list(details or [])):
         if isinstance(detail, dict) and isinstance(detail.get("written"), dict):
-            return {str(k): list(v) for k, v in detail["written"].items() if isinstance(v, list) and len(v) == 2}
+            found: dict[str, list[Any]] = {}
+            for part in ("sending", "written"):
+                entries = detail.get(part)
+                if isinstance(entries, dict):
+                    found.update({str(k): list(v) for k, v in entries.items() if isinstance(v, list) and len(v) == 2})
+            return found
     return {}
 
 

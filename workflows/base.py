@@ -41,9 +41,10 @@ EVIDENCE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_inte
 ACTION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30))
 ACTION_DEADLINE = timedelta(minutes=15)
-# Every activity heartbeats each second while it runs (activities/rollback.py), so a worker that dies mid-action
-# is noticed within this and the action retried at once (ACTION_RETRY's first interval is 1 s): ~4 s in all,
-# instead of waiting out a start-to-close timeout of minutes.
+# The flag actions (apply_cohort, read_cohort) heartbeat each second while they run (activities/rollback.py), so a
+# worker that dies mid-action is noticed within this and the action retried at once (ACTION_RETRY's first
+# interval is 1 s): ~4 s in all, instead of waiting out a 2-minute start-to-close timeout. Evidence, chat and
+# store activities keep their start-to-close timeouts (a crash delays them, loses nothing).
 HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 MAX_EVIDENCE = 500  # observations kept in the status (the store keeps everything through the audit)
 
@@ -122,7 +123,7 @@ class IncidentWorkflowBase:
                 await workflow.execute_activity_method(
                     IncidentActivities.record_audit, AuditBatch(incident=self._record(), events=batch),
                     start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
-                    schedule_to_close_timeout=ACTION_DEADLINE, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    schedule_to_close_timeout=ACTION_DEADLINE
                 )
             except ActivityError as err:
                 # The history still holds every event; the store projection is behind and a person should know.
@@ -165,7 +166,7 @@ class IncidentWorkflowBase:
             try:
                 ref: MessageRef = await workflow.execute_activity_method(
                     IncidentActivities.notify, note, start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=EVIDENCE_RETRY, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=EVIDENCE_RETRY
                 )
                 if note.channel == self._playbook.communications.channel and ref.ref:
                     # the message later news edits: the first one, or the one posted when it could not be
@@ -200,7 +201,7 @@ class IncidentWorkflowBase:
                 PollRequest(incident_id=self._id, release=self._status.release, signals=signals, poll=poll,
                             phase=phase),
                 start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=EVIDENCE_RETRY, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=EVIDENCE_RETRY,
             )
             observations = result.observations
         except ActivityError as err:

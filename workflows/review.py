@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewRequest,
     )
     from playbooks.models import format_duration
-    from workflows.base import ACTION_DEADLINE, ACTION_RETRY, EVIDENCE_RETRY, HEARTBEAT_TIMEOUT
+    from workflows.base import ACTION_DEADLINE, ACTION_RETRY, EVIDENCE_RETRY
     from workflows.messages import ReviewInput, ReviewStatus, incident_record
 
 
@@ -61,7 +61,7 @@ class ReviewWorkflow:
             IncidentActivities.write_review, ReviewRequest(incident_id=input.incident_id, status=status,
                                           template=playbook.review.template),
             start_to_close_timeout=timedelta(minutes=1), retry_policy=ACTION_RETRY,
-            schedule_to_close_timeout=ACTION_DEADLINE, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            schedule_to_close_timeout=ACTION_DEADLINE,
         )
         self._status.document_written = bool(doc.markdown)
         await self._record(input, "review_written",
@@ -99,7 +99,6 @@ class ReviewWorkflow:
                                       "playbook": input.status.playbook, "reason": message, "what": what},
                              template_overrides=comms.templates),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
             )
         except ActivityError:
             workflow.logger.warning("reminder %s for %s could not be sent", what, input.incident_id)
@@ -116,7 +115,7 @@ class ReviewWorkflow:
             await workflow.execute_activity_method(
                 IncidentActivities.record_audit, AuditBatch(incident=record, events=list(self._pending)),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
-                schedule_to_close_timeout=ACTION_DEADLINE, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                schedule_to_close_timeout=ACTION_DEADLINE,
             )
         except ActivityError as err:
             # The store is down past the deadline: keep the reminders going (they are the point of the

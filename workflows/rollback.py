@@ -620,7 +620,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
                                  targets=self._playbook.rollback.targets,
                                  expected_previous_percent=self._status.previous_percent),
                 start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=ACTION_RETRY,
+                heartbeat_timeout=timedelta(seconds=60), retry_policy=ACTION_RETRY,
                 schedule_to_close_timeout=timedelta(minutes=15),
             )
             self._status.integrity = result.results

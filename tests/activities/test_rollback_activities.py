@@ -119,9 +119,13 @@ async def test_apply_cohort_writes_reads_back_and_applies_once(tmp_path: Path, f
     assert first.applied and first.matches
     assert [(s.target, s.previous_percent, s.detail) for s in first.states] == [
         ("flag:flagd:chat-model", 25, "written"), ("flag:flagd:chat-router", 25, "written")]
-    # each write is reported at once (when, which attempt), so a retry after a crash knows who wrote what
-    assert [sorted(b[0]["written"]) for b in beats] == [["flag:flagd:chat-model"],
-                                                         ["flag:flagd:chat-model", "flag:flagd:chat-router"]]
+    # each write is announced before it is sent and reported once done (when, which attempt), so a retry
+    # after a crash or a lost answer knows who wrote what
+    assert [(sorted(b[0]["sending"]), sorted(b[0]["written"])) for b in beats] == [
+        (["flag:flagd:chat-model"], []),
+        (["flag:flagd:chat-model"], ["flag:flagd:chat-model"]),
+        (["flag:flagd:chat-model", "flag:flagd:chat-router"], ["flag:flagd:chat-model"]),
+        (["flag:flagd:chat-model", "flag:flagd:chat-router"], ["flag:flagd:chat-model", "flag:flagd:chat-router"])]
     assert all(s.written_by_attempt == 1 and s.written_at is not None for s in first.states)
 
     # The activity retried after a worker crash: nothing is written again.
