@@ -63,27 +63,49 @@ class PollResult(_Model):
 
 
 class CohortChange(_Model):
-    """Absolute desired state: ``previous_percent`` of users on the previous model, the rest on the candidate."""
+    """Absolute desired state: ``previous_percent`` of users on the previous model, the rest on the candidate.
+
+    Compare-and-set: a target named in ``expected`` is written only if it still shows the share the incident
+    last wrote or read there (or already shows the desired one); otherwise nothing more is written and the
+    result reports the conflict (expected vs found) for a person to decide.
+    """
 
     incident_id: str
     idempotency_key: str = Field(description="{workflow_id}:{step}:{stage}")
     targets: list[Target]
     previous_percent: float = Field(ge=0, le=100)
+    expected: dict[str, float] = Field(default_factory=dict,
+                                       description="target ref -> share the incident last wrote or read there")
 
 
 class TargetState(_Model):
     target: str
     previous_percent: float | None
     detail: str = ""
+    expected: float | None = Field(default=None, description="compare-and-set: the share the incident expected")
+    found: float | None = Field(default=None, description="compare-and-set: the share found before writing")
+    conflict: bool = Field(default=False, description="found differs from expected: nothing was written here")
+    written_at: datetime | None = Field(default=None, description="when the split was written (activity clock)")
+    written_by_attempt: int | None = Field(default=None, description="which attempt of the activity wrote it")
 
 
 class CohortResult(_Model):
     states: list[TargetState]
     applied: bool = Field(description="False when the store already had this idempotency key applied")
+    attempt: int = Field(default=1, description="the activity attempt that returned this result")
 
     @property
     def matches(self) -> bool:
         return all(s.previous_percent is not None for s in self.states)
+
+    @property
+    def conflicts(self) -> list[TargetState]:
+        return [s for s in self.states if s.conflict]
+
+    @property
+    def written_at(self) -> datetime | None:
+        """When the first target was written (by this or an earlier attempt), if known."""
+        return min((s.written_at for s in self.states if s.written_at is not None), default=None)
 
 
 class ReadbackRequest(_Model):
@@ -316,6 +338,14 @@ class ServedReleaseReader(Protocol):
     async def served_release(self, target: Target) -> tuple[str | None, str]:
         """(the candidate release, or None when the target does not say; the evidence)."""
         ...
+
+
+@runtime_checkable
+class WriteLog(Protocol):
+    """A FlagProvider that remembers when a write with a given idempotency key happened (flagd keeps it in the
+    flag's metadata), so a retried write can be audited with the time it really happened."""
+
+    async def written_at(self, target: Target, idempotency_key: str) -> datetime | None: ...
 
 
 @runtime_checkable

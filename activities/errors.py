@@ -69,3 +69,13 @@ def transport_failure(system: str, obj: str, exc: Exception) -> ApplicationError
 def configuration_error(system: str, obj: str, message: str) -> ApplicationError:
     """A problem only a person can fix (missing credentials, unknown provider): never retried."""
     return ApplicationError(f"{system}: {obj}: {message}", type=f"{system}.configuration", non_retryable=True)
+
+
+class AuditConflict(ApplicationError):
+    """An audit event whose sequence number is already stored with other content: never retried, never dropped.
+
+    Two writers disagree about what happened; silently keeping either would make the audit trail false.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type="unship.audit_conflict", non_retryable=True)

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 BUCKETING = {"cat": [{"var": "$flagd.flagKey"}, {"var": "targetingKey"}]}
 KEY_FIELD = "unship_idempotency_key"
 PERCENT_FIELD = "unship_previous_percent"
+WRITTEN_AT_FIELD = "unship_written_at"
 
 
 def split_weights(percent: float) -> tuple[int, int]:
@@ -100,6 +102,17 @@ class FlagdFileProvider:
         doc = await asyncio.to_thread(self._read, target)
         return previous_share(self._flag(doc, target), target.previous_variant)
 
+    async def written_at(self, target: Target, idempotency_key: str) -> datetime | None:
+        """When the split now in the file was written with ``idempotency_key`` (None: another key wrote it)."""
+        doc = await asyncio.to_thread(self._read, target)
+        metadata = self._flag(doc, target).get("metadata") or {}
+        if metadata.get(KEY_FIELD) != idempotency_key or not isinstance(metadata.get(WRITTEN_AT_FIELD), str):
+            return None
+        try:
+            return datetime.fromisoformat(metadata[WRITTEN_AT_FIELD])
+        except ValueError:
+            return None
+
     # --- setup ---------------------------------------------------------------------------------------------
 
     async def served_release(self, target: Target) -> tuple[str | None, str]:
@@ -159,6 +172,7 @@ class FlagdFileProvider:
                 flag["defaultVariant"] = target.candidate_variant
             metadata[KEY_FIELD] = key
             metadata[PERCENT_FIELD] = percent
+            metadata[WRITTEN_AT_FIELD] = datetime.now(UTC).isoformat()
             self._write(doc)
             return True
 

@@ -67,8 +67,10 @@ async def send(
     failure: FailureMapper = http_failure,
     **kwargs: Any,
 ) -> httpx.Response:
-    """One request; any failure becomes a classified ``ApplicationError`` naming ``system`` and ``obj``."""
-    heartbeat()
+    """One request; any failure becomes a classified ``ApplicationError`` naming ``system`` and ``obj``.
+
+    No heartbeat here: the activities beat in the background while they run, with the details a retry needs
+    (a beat without details would erase them)."""
     try:
         response = await client.request(method, url, **kwargs)
     except httpx.UnsupportedProtocol as exc:

@@ -42,10 +42,13 @@ from playbooks.models import (
     Signal,
     SignalCategory,
     SqlCheck,
+    Target,
 )
 from playbooks.models import SignalSource as SourceSpec
 
 READBACK_TOLERANCE = 0.01
+READ_RETRY_DELAYS = (0.5, 1.0, 2.0)
+"""Seconds between the read-back check's retries of a retryable read failure (then the failure is evidence)."""
 
 
 class IntegrityChecker:
@@ -86,7 +89,7 @@ class IntegrityChecker:
         passed = True
         for target in request.targets:
             try:
-                actual = await self.flags.get_previous_percent(target)
+                actual = await self._read(target)
             except Exception as exc:  # noqa: BLE001
                 passed = False
                 lines.append(f"{target.ref}: read failed: {_describe(exc)}")
@@ -99,6 +102,18 @@ class IntegrityChecker:
             passed = False
             lines.append("no targets to read back")
         return CheckResult(name=check.name, kind=check.kind, passed=passed, evidence="; ".join(lines))
+
+    async def _read(self, target: Target) -> float | None:
+        """Read a target's split, retrying what may heal (a 503, a timeout) a few times within the check: a
+        passing blip must not turn a completed revert into ``reverted_unverified``."""
+        for delay in READ_RETRY_DELAYS:
+            try:
+                return await self.flags.get_previous_percent(target)
+            except ApplicationError as exc:
+                if exc.non_retryable:
+                    raise
+            await asyncio.sleep(delay)
+        return await self.flags.get_previous_percent(target)
 
     async def http(self, check: HttpCheck) -> CheckResult:
         """GET the URL: the status must match, and the JSON answer must contain ``expect_json``."""

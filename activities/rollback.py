@@ -47,6 +47,7 @@ from activities.contracts import (
     SignalSource,
     TargetHold,
     TargetState,
+    WriteLog,
 )
 from activities.integrity import READBACK_TOLERANCE, IntegrityChecker
 from activities.routing import FlagRouter, hold_key
@@ -55,7 +56,10 @@ from playbooks.rendering import render_message, render_review
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_EVERY = 5.0
+HEARTBEAT_EVERY = 1.0
+"""Seconds between heartbeats of a running activity; the workflows' heartbeat timeout (3 s) is a few of these,
+so an activity whose worker died is retried within seconds. The first beat comes after one interval, so an
+activity that finishes sooner costs no heartbeat at all."""
 
 
 class RollbackActivities(IncidentActivities):
@@ -91,7 +95,8 @@ class RollbackActivities(IncidentActivities):
         a non-retryable (configuration) error propagates, because only a person can fix it.
         """
         _count_retry("signals")
-        observations = await asyncio.gather(*(self._observe(signal, req) for signal in req.signals))
+        async with _heartbeating():
+            observations = await asyncio.gather(*(self._observe(signal, req) for signal in req.signals))
         return PollResult(observations=list(observations))
 
     async def _observe(self, signal: Signal, req: PollRequest) -> SignalObservation:
@@ -110,13 +115,46 @@ class RollbackActivities(IncidentActivities):
 
     @activity.defn(name="apply_cohort")
     async def apply_cohort(self, req: CohortChange) -> CohortResult:
-        """Write the absolute split to each target in order, reading each back before the next."""
+        """Compare-and-set the absolute split on each target in order, reading each back before the next.
+
+        A target named in ``req.expected`` that shows neither the expected nor the desired share was changed
+        behind the incident's back: it is not written, nor is any later target, and the result says what was
+        expected and what was found. Each write is reported with when it happened and which attempt made it
+        (a heartbeat carries that to the next attempt if this worker dies before answering).
+        """
         _count_retry("flags")
+        written = _earlier_writes(activity.info().heartbeat_details)
+        progress = {"written": written, "sending": {}}
+        async with _heartbeating(progress):
+            return await self._apply_cohort(req, written, progress)
+
+    async def _apply_cohort(self, req: CohortChange, written: dict[str, list[Any]],
+                            progress: dict[str, Any]) -> CohortResult:
+        info = activity.info()
+        sending: dict[str, list[Any]] = progress["sending"]
         states: list[TargetState] = []
         applied = False
-        for index, target in enumerate(req.targets):
-            activity.heartbeat(index)
+        for target in req.targets:
+            expected = req.expected.get(target.ref)
+            found: float | None = None
+            if expected is not None:
+                found = await self.flags.get_previous_percent(target)
+                if not _same(found, req.previous_percent) and not _same(found, expected):
+                    states.append(TargetState(
+                        target=target.ref, previous_percent=found, expected=expected, found=found, conflict=True,
+                        detail=f"changed behind this incident's back: expected {expected:g}%, found "
+                               + ("an unreadable split" if found is None else f"{found:g}%")
+                               + f" on the previous model; {req.previous_percent:g}% not written"))
+                    return CohortResult(states=states, applied=applied, attempt=info.attempt)
+            if target.ref not in written and not (found is not None and _same(found, req.previous_percent)):
+                # Said before the write (the first beat of an attempt goes out at once): if this worker dies or
+                # the answer is lost, the attempt that finds the split applied credits this one, at this time.
+                sending[target.ref] = [datetime.now(UTC).isoformat(), info.attempt]
+                activity.heartbeat(progress)
             wrote = await self.flags.set_previous_percent(target, req.previous_percent, req.idempotency_key)
+            if wrote:
+                written[target.ref] = [datetime.now(UTC).isoformat(), info.attempt]
+                activity.heartbeat(progress)
             applied = applied or wrote
             actual = await self.flags.get_previous_percent(target)
             if actual is None or abs(actual - req.previous_percent) > READBACK_TOLERANCE:
@@ -127,19 +165,29 @@ class RollbackActivities(IncidentActivities):
                     type="unship.readback_mismatch",
                     non_retryable=False,
                 )
-            states.append(TargetState(target=target.ref, previous_percent=actual,
-                                      detail="written" if wrote else "already applied"))
-        activity.heartbeat(len(req.targets))
-        return CohortResult(states=states, applied=applied)
+            when, by = written.get(target.ref, [None, None])
+            if when is None and not wrote and isinstance(self.flags, WriteLog):
+                # an earlier attempt wrote it and died before reporting: the flag system remembers when
+                stamped = await self.flags.written_at(target, req.idempotency_key)
+                when = stamped.isoformat() if stamped else None
+            detail = ("written" if wrote else
+                      f"written by attempt {by}" if by is not None else
+                      "found applied by an earlier attempt of this step" if info.attempt > 1 else "already applied")
+            states.append(TargetState(target=target.ref, previous_percent=actual, detail=detail, expected=expected,
+                                      found=found, written_at=datetime.fromisoformat(when) if when else None,
+                                      written_by_attempt=by))
+        return CohortResult(states=states, applied=applied, attempt=info.attempt)
 
     @activity.defn(name="read_cohort")
     async def read_cohort(self, req: ReadbackRequest) -> CohortResult:
         """Read every target's current split; an unreadable split is None with the reason."""
         states = []
-        for target in req.targets:
-            value = await self.flags.get_previous_percent(target)
-            states.append(TargetState(target=target.ref, previous_percent=value,
-                                      detail="" if value is not None else "the split cannot be read as one share"))
+        async with _heartbeating():
+            for target in req.targets:
+                value = await self.flags.get_previous_percent(target)
+                states.append(TargetState(target=target.ref, previous_percent=value,
+                                          detail="" if value is not None else
+                                          "the split cannot be read as one share"))
         return CohortResult(states=states, applied=False)
 
     @activity.defn(name="hold_targets")
@@ -179,7 +227,8 @@ class RollbackActivities(IncidentActivities):
     async def notify(self, req: Notification) -> MessageRef:
         """Render the message for ``req.kind`` with the playbook's templates and send it."""
         _count_retry("chat")
-        return await self.chat.send(req, _render_message(req))
+        async with _heartbeating():
+            return await self.chat.send(req, _render_message(req))
 
     @activity.defn(name="record_audit")
     async def record_audit(self, req: AuditBatch) -> None:
@@ -187,7 +236,8 @@ class RollbackActivities(IncidentActivities):
         metrics are derived from the same events."""
         _count_retry("store")
         try:
-            await self.store.write(req)
+            async with _heartbeating():
+                await self.store.write(req)
         except Exception:
             metrics.STORE_WRITE_ERRORS.inc()
             raise
@@ -204,16 +254,35 @@ class RollbackActivities(IncidentActivities):
         tasks = req.status.get("review_tasks")
         doc = ReviewDocument(incident_id=req.incident_id, markdown=markdown,
                              tasks=list(tasks) if isinstance(tasks, list) else [])
-        await self.store.save_review(doc)
-        if self.review_dir is not None:
-            path = self.review_dir / f"{req.incident_id.replace(':', '_')}.md"
-            await asyncio.to_thread(_write_atomically, path, markdown)
+        async with _heartbeating():
+            await self.store.save_review(doc)
+            if self.review_dir is not None:
+                path = self.review_dir / f"{req.incident_id.replace(':', '_')}.md"
+                await asyncio.to_thread(_write_atomically, path, markdown)
         return doc
 
 
 def _count_retry(system: str) -> None:
     if activity.in_activity() and activity.info().attempt > 1:
         metrics.ACTIVITY_RETRIES.labels(system=system).inc()
+
+
+def _same(share: float | None, percent: float) -> bool:
+    return share is not None and abs(share - percent) <= READBACK_TOLERANCE
+
+
+def _earlier_writes(details: Any) -> dict[str, list[Any]]:
+    """What earlier attempts of this activity reported writing (or sending, answer unknown):
+    target ref -> [ISO time, attempt]. A write reported done wins over one only sent."""
+    for detail in reversed(list(details or [])):
+        if isinstance(detail, dict) and isinstance(detail.get("written"), dict):
+            found: dict[str, list[Any]] = {}
+            for part in ("sending", "written"):
+                entries = detail.get(part)
+                if isinstance(entries, dict):
+                    found.update({str(k): list(v) for k, v in entries.items() if isinstance(v, list) and len(v) == 2})
+            return found
+    return {}
 
 
 def _render_message(req: Notification) -> str:
@@ -232,12 +301,16 @@ def _plain_message(req: Notification, why: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _heartbeating(every: float = HEARTBEAT_EVERY) -> AsyncIterator[None]:
-    """Heartbeat in the background while a long activity body runs."""
+async def _heartbeating(details: dict[str, Any] | None = None, every: float = HEARTBEAT_EVERY) -> AsyncIterator[None]:
+    """Heartbeat in the background while an activity body runs (with ``details`` as they are at each beat,
+    because a beat without details would erase what the next attempt should learn)."""
     async def beat() -> None:
         while activity.in_activity():
-            activity.heartbeat()
             await asyncio.sleep(every)
+            if details is None:
+                activity.heartbeat()
+            else:
+                activity.heartbeat(details)
 
     task = asyncio.create_task(beat())
     try:

@@ -16,6 +16,7 @@ from activities.contracts import (
     PollRequest,
     SignalObservation,
     SignalSource,
+    WriteLog,
 )
 from activities.errors import configuration_error
 from playbooks.models import NoDataPolicy, Signal, Target
@@ -99,6 +100,11 @@ class FlagRouter:
     async def get_previous_percent(self, target: Target) -> float | None:
         """Read the split back through the target's provider."""
         return await self._provider(target).get_previous_percent(target)
+
+    async def written_at(self, target: Target, idempotency_key: str) -> datetime | None:
+        """When the target's provider wrote ``idempotency_key`` (None when it does not keep a ``WriteLog``)."""
+        provider = self._provider(target)
+        return await provider.written_at(target, idempotency_key) if isinstance(provider, WriteLog) else None
 
 
 class SignalRouter:

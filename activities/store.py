@@ -2,7 +2,9 @@
 
 Writes are idempotent so an activity retried or replayed never duplicates anything: the incident row is an
 upsert that never moves back in time, audit events are unique by ``(incident_id, seq)``, reviews are keyed by
-incident. ``open_store(url)`` picks the implementation from the URL scheme: SQLite is the embedded default,
+incident. An event whose ``(incident_id, seq)`` is already stored with different content is an
+``AuditConflict`` (nothing of its batch is written): a conflict is never silently dropped. The SQLite store
+recreates its tables when its file vanished. ``open_store(url)`` picks the implementation from the URL scheme: SQLite is the embedded default,
 ``postgresql://`` (psycopg 3) the production store.
 
 The audit trail is tamper-evident: each event is stored with its place in the incident's chain (insertion
@@ -34,6 +36,9 @@ from activities.contracts import (
     IncidentStore,
     ReviewDocument,
 )
+from activities.errors import AuditConflict
+
+__all__ = ["AuditConflict", "PostgresIncidentStore", "SqliteIncidentStore", "StoreConfigurationError", "open_store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -248,6 +253,21 @@ def _list_sql(phase: str | None, playbook: str | None, open_first: bool, mark: s
     return f"SELECT * FROM incidents{where} {order}", params
 
 
+def _check_conflicts(incident_id: str, stored: dict[int, tuple[Any, ...]], new: list[tuple[Any, ...]]) -> None:
+    """Raise ``AuditConflict`` when an event of the batch is stored under its seq with other content.
+
+    ``stored`` maps seq to (at, kind, actor, message, data); ``new`` holds event rows as written.
+    """
+    for row in new:
+        seq, content = row[1], tuple(row[2:])
+        have = stored.get(seq)
+        if have is not None and tuple(have) != content:
+            raise AuditConflict(
+                f"incident store: {incident_id}: audit event seq {seq} is already stored as "
+                f"{have[1]!r} ({have[3]!r}) and now arrives as {content[1]!r} ({content[3]!r}); two writers "
+                "disagree about what happened, so neither is dropped silently: nothing of this batch was written")
+
+
 def _ts(value: datetime) -> str:
     """UTC, fixed width, so text order is time order."""
     if value.tzinfo is None:
@@ -264,6 +284,8 @@ class SqliteIncidentStore:
         self._initialised = False
 
     def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():  # first use, or the file vanished: its tables must be created (again)
+            self._initialised = False
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
@@ -324,6 +346,14 @@ class SqliteIncidentStore:
             conn = self._connect()
             try:
                 return fn(conn)
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                # The file was replaced under us (e.g. deleted and recreated empty): create the tables, once.
+                self._initialised = False
+                conn.close()
+                conn = self._connect()
+                return fn(conn)
             finally:
                 conn.close()
 
@@ -336,13 +366,22 @@ class SqliteIncidentStore:
                         _ts(inc.started_at), _ts(inc.updated_at), inc.previous_percent, json.dumps(inc.awaiting),
                         _ts(inc.decide_by) if inc.decide_by else None)
 
+        event_rows = [(inc.incident_id, e.seq, _ts(e.at), e.kind, e.actor, e.message,
+                       json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events]
+        seqs = [e.seq for e in batch.events]
+
         def write(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                if seqs:
+                    stored = {r[0]: tuple(r[1:]) for r in conn.execute(
+                        "SELECT seq, at, kind, actor, message, data FROM audit_events "
+                        "WHERE incident_id = ? AND seq BETWEEN ? AND ?", (inc.incident_id, min(seqs), max(seqs)))}
+                    _check_conflicts(inc.incident_id, stored, event_rows)
                 conn.execute(_UPSERT_INCIDENT, incident_row)
                 head = conn.execute(_CHAIN_HEAD.format(p="?"), (inc.incident_id,)).fetchone()
-                stored = {r[0] for r in conn.execute(_SEQS.format(p="?"), (inc.incident_id,))}
-                rows = _chain(inc.incident_id, inc.playbook_hash, (head[0], head[1]) if head else None, stored,
+                present = {r[0] for r in conn.execute(_SEQS.format(p="?"), (inc.incident_id,))}
+                rows = _chain(inc.incident_id, inc.playbook_hash, (head[0], head[1]) if head else None, present,
                               batch.events)
                 conn.executemany(_INSERT_EVENT, [
                     (inc.incident_id, e.seq, _ts(e.at), e.kind, e.actor, e.message,
@@ -567,8 +606,20 @@ class PostgresIncidentStore:
     async def write(self, batch: AuditBatch) -> None:
         """Upsert the incident and add the events not stored yet, in one transaction."""
         inc = batch.incident
+        rows = [(inc.incident_id, e.seq, _aware(e.at), e.kind, e.actor, e.message,
+                 json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events]
         conn = await self._connect()
         async with conn, conn.transaction():
+            if rows:
+                # FOR UPDATE is not needed: a concurrent insert of the same seq is caught by ON CONFLICT and the
+                # compare below runs on what this transaction sees; the writer of one incident is one workflow.
+                cursor = await conn.execute(
+                    "SELECT seq, at, kind, actor, message, data FROM audit_events "
+                    "WHERE incident_id = %s AND seq = ANY(%s)", (inc.incident_id, [r[1] for r in rows]))
+                stored = {r["seq"]: (r["at"], r["kind"], r["actor"], r["message"],
+                                     json.dumps(r["data"], default=str, sort_keys=True))
+                          for r in await cursor.fetchall()}
+                _check_conflicts(inc.incident_id, stored, [(*r[:6], _pg_json(r[6])) for r in rows])
             await conn.execute(_PG_UPSERT_INCIDENT, (
                 inc.incident_id, inc.playbook, inc.playbook_hash, inc.release, inc.phase, inc.outcome,
                 _aware(inc.started_at), _aware(inc.updated_at), inc.previous_percent, json.dumps(inc.awaiting),
@@ -576,16 +627,16 @@ class PostgresIncidentStore:
             if batch.events:
                 # The incident row just upserted is locked until commit: writers of one incident chain in turn.
                 head = await (await conn.execute(_CHAIN_HEAD.format(p="%s"), (inc.incident_id,))).fetchone()
-                stored = {r["seq"] for r in await (await conn.execute(_SEQS.format(p="%s"),
-                                                                       (inc.incident_id,))).fetchall()}
-                rows = _chain(inc.incident_id, inc.playbook_hash, (head["chain"], head["hash"]) if head else None,
-                              stored, batch.events)
-                if rows:
+                present = {r["seq"] for r in await (await conn.execute(_SEQS.format(p="%s"),
+                                                                        (inc.incident_id,))).fetchall()}
+                chained = _chain(inc.incident_id, inc.playbook_hash,
+                                 (head["chain"], head["hash"]) if head else None, present, batch.events)
+                if chained:
                     async with conn.cursor() as cursor:
                         await cursor.executemany(_PG_INSERT_EVENT, [
                             (inc.incident_id, e.seq, _aware(e.at), e.kind, e.actor, e.message,
                              json.dumps(e.data, default=str, sort_keys=True), position, prev, digest)
-                            for e, position, prev, digest in rows])
+                            for e, position, prev, digest in chained])
 
     async def incidents(self, limit: int = 100, *, phase: str | None = None, playbook: str | None = None,
                         open_first: bool = False) -> list[IncidentRecord]:
@@ -688,6 +739,11 @@ async def schema_status(store: IncidentStore) -> SchemaStatus:
     reader = getattr(store, "schema_version", None)
     current = await reader() if reader is not None else SCHEMA_VERSION
     return SchemaStatus(current=int(current), expected=SCHEMA_VERSION)
+
+
+def _pg_json(text: str) -> str:
+    """``text`` as it reads back from a JSONB column, re-serialised the way ``write`` compares it."""
+    return json.dumps(json.loads(text), default=str, sort_keys=True)
 
 
 def _aware(value: datetime) -> datetime:

@@ -602,6 +602,11 @@ class TargetHeld(StrEnum):
     JOIN = "join"  # end this incident as part of the one that holds the target
 
 
+class DriftAction(StrEnum):
+    GATE = "gate"
+    REAPPLY = "reapply"
+
+
 class Rollback(_Model):
     targets: list[Target] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
@@ -610,6 +615,10 @@ class Rollback(_Model):
                                        "a target: wait for it, or join it")
     check_served_release: bool = Field(default=True, description="before the first write, check that the "
                                        "alerted release is the candidate each target serves")
+    on_drift: DriftAction = Field(
+        default=DriftAction.GATE,
+        description="a target found changed behind unship's back (during a bake, or before a write): `gate` asks a "
+                    "person with the evidence (expected vs found), `reapply` writes the stage again and bakes anew")
 
     @model_validator(mode="after")
     def _stages_increase(self) -> Rollback:

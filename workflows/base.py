@@ -8,7 +8,7 @@ or store never delays moving users back; the workflow waits for both to drain be
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -52,6 +52,11 @@ EVIDENCE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_inte
 ACTION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30))
 ACTION_DEADLINE = timedelta(minutes=15)
+# The flag actions (apply_cohort, read_cohort) heartbeat each second while they run (activities/rollback.py), so a
+# worker that dies mid-action is noticed within this and the action retried at once (ACTION_RETRY's first
+# interval is 1 s): ~4 s in all, instead of waiting out a 2-minute start-to-close timeout. Evidence, chat and
+# store activities keep their start-to-close timeouts (a crash delays them, loses nothing).
+HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 MAX_EVIDENCE = 500  # observations kept in the status (the store keeps everything through the audit)
 
 
@@ -163,8 +168,10 @@ class IncidentWorkflowBase:
 
     # --- audit -------------------------------------------------------------------------------------------
 
-    def _audit(self, kind: str, message: str, actor: str = "unship", **data: Any) -> AuditEvent:
-        event = AuditEvent(seq=len(self._status.audit) + 1, at=workflow.now(), kind=kind, actor=actor,
+    def _audit(self, kind: str, message: str, actor: str = "unship", at: datetime | None = None,
+               **data: Any) -> AuditEvent:
+        """Record an event; ``at`` is when it happened if an activity reported it (default: workflow time)."""
+        event = AuditEvent(seq=len(self._status.audit) + 1, at=at or workflow.now(), kind=kind, actor=actor,
                            message=message, data=data)
         self._status.audit.append(event)
         self._unflushed.append(event)
@@ -183,7 +190,7 @@ class IncidentWorkflowBase:
                 await workflow.execute_activity_method(
                     IncidentActivities.record_audit, AuditBatch(incident=self._record(), events=batch),
                     start_to_close_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
-                    schedule_to_close_timeout=ACTION_DEADLINE,
+                    schedule_to_close_timeout=ACTION_DEADLINE
                 )
             except ActivityError as err:
                 # The history still holds every event; the store projection is behind and a person should know.
@@ -226,7 +233,7 @@ class IncidentWorkflowBase:
             try:
                 ref: MessageRef = await workflow.execute_activity_method(
                     IncidentActivities.notify, note, start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=EVIDENCE_RETRY,
+                    retry_policy=EVIDENCE_RETRY
                 )
                 if note.channel == self._playbook.communications.channel and ref.ref:
                     # the message later news edits: the first one, or the one posted when it could not be
@@ -275,19 +282,31 @@ class IncidentWorkflowBase:
         del self._status.evidence[:-MAX_EVIDENCE]
         return observations
 
-    async def _apply(self, targets: list[Target], previous_percent: float, step: str) -> CohortResult:
-        """Write the absolute split to every target in order, with a business idempotency key."""
+    async def _apply(self, targets: list[Target], previous_percent: float, step: str,
+                     expected: dict[str, float] | None = None) -> CohortResult:
+        """Write the absolute split to every target in order, with a business idempotency key.
+
+        With ``expected`` (target ref -> share last written or read), each write is a compare-and-set: a
+        target changed behind the incident's back is not written and comes back in ``result.conflicts``.
+        """
         key = f"{self._id}:{step}"
         result: CohortResult = await workflow.execute_activity_method(
             IncidentActivities.apply_cohort,
             CohortChange(incident_id=self._id, idempotency_key=key, targets=targets,
-                         previous_percent=previous_percent),
+                         previous_percent=previous_percent, expected=dict(expected or {})),
             start_to_close_timeout=timedelta(minutes=2),
-            heartbeat_timeout=timedelta(seconds=30), retry_policy=ACTION_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=ACTION_RETRY,
             schedule_to_close_timeout=ACTION_DEADLINE,
         )
-        self._status.previous_percent = previous_percent
+        self._read(result)
+        if not result.conflicts:
+            self._status.previous_percent = previous_percent
         return result
+
+    def _read(self, result: CohortResult) -> None:
+        """Keep what the targets were last seen to serve: the status shows the flag as read, not as intended."""
+        self._status.flag_read = list(result.states)
+        self._status.flag_read_at = workflow.now()
 
     def _close(self, outcome: Outcome, reason: str, actor: str = "unship") -> None:
         self._status.outcome = outcome

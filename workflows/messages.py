@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.contracts import AuditEvent, CheckResult, IncidentRecord, SignalObservation
+from activities.contracts import AuditEvent, CheckResult, IncidentRecord, SignalObservation, TargetState
 from playbooks.models import PlaybookSnapshot, Severity
 from workflows.sequential import SignalEvidence
 
@@ -22,6 +22,12 @@ TASK_QUEUE = "unship"
 def incident_id(playbook: str, release: str) -> str:
     """One workflow per (playbook, release) incident; further alerts become signals to it."""
     return f"unship:{playbook}:{release}"
+
+
+def refire_id(incident: str, generation: int) -> str:
+    """The id of the ``generation``-th incident of one (playbook, release): an alert that fires again after the
+    previous one closed opens the next (``#`` never occurs in a release name)."""
+    return incident if generation <= 1 else f"{incident}#{generation}"
 
 
 class _Model(BaseModel):
@@ -61,6 +67,8 @@ class RollbackInput(_Model):
     previous_release: str | None = None
     started_by: str = Field(default="alert", description="who or what opened the incident")
     severity: Severity | None = Field(default=None, description="manual triggers: severity for break-glass")
+    follows: str | None = Field(default=None, description="the closed incident of the same playbook and release "
+                                                          "this one follows (an alert that fired again)")
 
 
 class Phase(StrEnum):
@@ -180,6 +188,8 @@ class Gate(_Model):
     opened_at: datetime
     deadline: datetime | None = None
     escalated: bool = False
+    evidence: str = Field(default="", description="what the decision is about, e.g. a flag found changed: "
+                                                  "expected vs found")
 
 
 class DecisionRecord(_Model):
@@ -215,7 +225,10 @@ class IncidentStatus(_Model):
     first_revert_at: datetime | None = None
     full_revert_at: datetime | None = None
     closed_at: datetime | None = None
-    previous_percent: float = 0
+    previous_percent: float = Field(default=0, description="the share this incident intends on the previous model")
+    flag_read: list[TargetState] = Field(default_factory=list,
+                                         description="what the targets served when last read (or written)")
+    flag_read_at: datetime | None = None
     stages: list[StageProgress] = Field(default_factory=list)
     gate: Gate | None = None
     evidence: list[SignalObservation] = Field(default_factory=list)

@@ -7,6 +7,7 @@ unauthorized, stale and repeated decisions before anything is written to history
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -25,17 +26,26 @@ with workflow.unsafe.imports_passed_through():
         ReadbackRequest,
         ServedResult,
         TargetHold,
+        TargetState,
     )
     from playbooks.models import (
         DecisionMode,
         DefaultAction,
+        DriftAction,
         ReadbackCheck,
         Severity,
         StageFailure,
         TargetHeld,
         format_duration,
     )
-    from workflows.base import ACTION_DEADLINE, ACTION_RETRY, EVIDENCE_RETRY, IncidentWorkflowBase, _cause
+    from workflows.base import (
+        ACTION_DEADLINE,
+        ACTION_RETRY,
+        EVIDENCE_RETRY,
+        HEARTBEAT_TIMEOUT,
+        IncidentWorkflowBase,
+        _cause,
+    )
     from workflows.confirmation import assess_poll, fairness_rule, quality_rule, trackers
     from workflows.messages import (
         Action,
@@ -68,6 +78,14 @@ class _Stop(Exception):
         self.outcome, self.reason, self.actor = outcome, reason, actor
 
 
+COMPARE_AND_SET = "compare-and-set-drift-checks"
+"""Patch: writes compare-and-set against what the incident last wrote or read, bakes read the flag back."""
+DRIFT_CHECK_EVERY = timedelta(seconds=60)
+"""Longest time between two read-backs of the targets during a bake (there is always one mid-bake and one at
+its end)."""
+MAX_REAPPLY = 3
+"""``on_drift: reapply`` re-writes a stage at most this often per incident; then a person decides."""
+
 ALERTS_SIGNAL = "alerts"
 """The signal that carries alerts; named once because signal-with-start takes the name, not the method."""
 NO_OPEN_GATE = "NoOpenGate"
@@ -89,6 +107,9 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._gate_seq = 0
         self._rejected: DecisionRecord | None = None
         self._holding = False
+        self._cas = False
+        self._expected: dict[str, float] = {}
+        self._reapplied = 0
 
     # --- signals, update, query ---------------------------------------------------------------------------
 
@@ -190,9 +211,12 @@ class RollbackWorkflow(IncidentWorkflowBase):
     async def run(self, input: RollbackInput) -> IncidentStatus:
         pb = self._playbook
         self._start_background()
+        follows: dict[str, Any] = {"follows": input.follows} if input.follows else {}
         self._audit("opened", f"incident opened for release {input.release} by playbook {pb.name} "
-                    f"(version {self._snapshot.version})", actor=input.started_by,
-                    playbook_hash=self._snapshot.content_hash, source=self._snapshot.source)
+                    f"(version {self._snapshot.version})"
+                    + (f"; the alert fired again after incident {input.follows} closed" if input.follows else ""),
+                    actor=input.started_by, playbook_hash=self._snapshot.content_hash, source=self._snapshot.source,
+                    **follows)
         self._notify(MessageKind.OPENED)
         try:
             fairness = await self._confirm()
@@ -302,7 +326,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         await self._gate("revert", decision.roles, decision.quorum, allow_default=True, require=decision.require)
 
     async def _gate(self, purpose: str, roles: list[str], quorum: int, allow_default: bool,
-                    require: dict[str, int] | None = None) -> None:
+                    require: dict[str, int] | None = None, evidence: str = "") -> None:
         """Open a decision gate and wait for quorum, a rejection, an abort, escalation and the default."""
         decision = self._playbook.decision
         self._gate_seq += 1
@@ -313,14 +337,16 @@ class RollbackWorkflow(IncidentWorkflowBase):
         now = workflow.now()
         gate = Gate(gate_id=f"gate-{self._gate_seq}", purpose=purpose, roles=list(roles), users=sorted(users),
                     groups=sorted(groups), quorum=quorum, require=require, opened_at=now,
-                    deadline=now + decision.timeout)
+                    deadline=now + decision.timeout, evidence=evidence)
         self._status.gate = gate
         self._rejected = None
         per_role = (" including " + ", ".join(f"{n} {r}" for r, n in sorted(require.items()))) if require else ""
         self._audit("gate_opened", f"decision needed ({purpose}): {quorum} approval(s) from "
-                    f"{', '.join(roles)}{per_role} within {format_duration(decision.timeout)}", gate_id=gate.gate_id,
-                    roles=roles, quorum=quorum, require=require)
-        self._notify(MessageKind.DECISION_REQUEST if purpose == "revert" else MessageKind.INVESTIGATION)
+                    f"{', '.join(roles)}{per_role} within {format_duration(decision.timeout)}"
+                    + (f"; {evidence}" if evidence else ""), gate_id=gate.gate_id, roles=roles, quorum=quorum,
+                    require=require)
+        self._notify(MessageKind.DECISION_REQUEST if purpose in ("revert", "drift") else MessageKind.INVESTIGATION,
+                     **({"reason": evidence} if evidence else {}))
 
         def settled() -> bool:
             return (quorum_met(gate) or self._rejected is not None
@@ -360,8 +386,20 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._check_abort()
         if self._rejected is not None:
             r = self._rejected
+            if purpose == "drift":
+                shares = ", ".join(f"{s.target} at {_share(s.previous_percent)}" for s in self._status.flag_read)
+                raise _Stop(Outcome.HALTED, f"{r.user} chose not to continue after a target changed behind "
+                            f"unship's back" + (f": {r.reason}" if r.reason else "") + f"; left as found ({shares})",
+                            r.user)
             outcome = Outcome.PAUSED if purpose == "investigation" else Outcome.REJECTED
             raise _Stop(outcome, f"{r.user} rejected" + (f": {r.reason}" if r.reason else ""), r.user)
+        if purpose == "drift":
+            self._status.gate = None
+            self._audit("drift_decided", "continue from what the targets show"
+                        + (f": approved by {', '.join(gate.approvals)}" if gate.approvals else
+                           f": emergency revert requested by {self._revert_all.by}" if self._revert_all else ""),
+                        actor=gate.approvals[-1] if gate.approvals else "unship", gate_id=gate.gate_id)
+            return
         if self._revert_all is not None and not quorum_met(gate):
             self._decided(f"emergency revert requested by {self._revert_all.by}", self._revert_all.by)
             return
@@ -413,16 +451,18 @@ class RollbackWorkflow(IncidentWorkflowBase):
         already = 0.0
         if workflow.patched("read-split-before-revert"):
             already = await self._current_previous_percent()
+        self._cas = workflow.patched(COMPARE_AND_SET)
         for i, stage in enumerate(rollback.stages):
             self._check_abort()
             if self._revert_all is not None:
                 break
-            if stage.percent <= already:
+            if stage.percent <= already or (self._cas and stage.percent <= self._status.previous_percent):
                 # A revert never moves users back toward the release under suspicion (e.g. a new incident for
                 # a release an earlier incident already reverted).
                 self._status.stages[i].status = "skipped"
-                self._audit("stage_skipped", f"stage {i + 1} ({stage.percent:g}%) skipped: {already:g}% of users "
-                            "are already on the previous model", stage=i)
+                self._audit("stage_skipped", f"stage {i + 1} ({stage.percent:g}%) skipped: "
+                            f"{max(already, self._status.previous_percent):g}% of users are already on the previous "
+                            "model", stage=i)
                 continue
             if self._paused:
                 self._status.phase = Phase.PAUSED
@@ -432,10 +472,14 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 self._check_abort()
                 if self._revert_all is not None:
                     break
-            await self._apply_stage(i, stage.percent, f"revert:{i}")
+            if not await self._apply_stage(i, stage.percent, f"revert:{i}"):
+                continue
             progress = self._status.stages[i]
             progress.status = "baking"
-            await self._wait(lambda: self._aborted is not None or self._revert_all is not None, stage.bake)
+            if self._cas:
+                await self._bake(i, stage.percent, stage.bake)
+            else:
+                await self._wait(lambda: self._aborted is not None or self._revert_all is not None, stage.bake)
             if self._revert_all is not None:
                 progress.status = "verified" if stage.percent >= 100 else "superseded"
                 break
@@ -546,13 +590,11 @@ class RollbackWorkflow(IncidentWorkflowBase):
     async def _current_previous_percent(self) -> float:
         """The smallest share already on the previous model across the targets (0 when it cannot be read)."""
         try:
-            result: CohortResult = await workflow.execute_activity_method(
-                IncidentActivities.read_cohort, ReadbackRequest(targets=self._playbook.rollback.targets),
-                start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY,
-            )
+            result = await self._read_targets()
         except ActivityError as err:
             self._audit("readback_failed", f"could not read the current split before reverting: {_cause(err)}")
             return 0.0
+        self._expected = {s.target: s.previous_percent for s in result.states if s.previous_percent is not None}
         shares = [s.previous_percent for s in result.states]
         known = [s for s in shares if s is not None]
         if not known or len(known) != len(shares):
@@ -560,15 +602,41 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._status.previous_percent = min(known)
         return min(known)
 
-    async def _apply_stage(self, index: int | None, percent: float, step: str) -> None:
+    async def _read_targets(self) -> CohortResult:
+        result: CohortResult = await workflow.execute_activity_method(
+            IncidentActivities.read_cohort, ReadbackRequest(targets=self._playbook.rollback.targets),
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        )
+        self._read(result)
+        return result
+
+    async def _apply_stage(self, index: int | None, percent: float, step: str) -> bool:
+        """Apply one stage (compare-and-set); False when it was skipped because the targets, found changed and
+        kept by decision, already have at least ``percent`` of users on the previous model."""
         label = f"stage {index + 1} ({percent:g}%)" if index is not None else f"all users ({percent:g}%)"
         if index is not None:
             self._status.stages[index].status = "applying"
-        try:
-            result = await self._apply(self._playbook.rollback.targets, percent, step)
-        except ActivityError as err:
-            self._audit("apply_failed", f"{label}: could not move users back: {_cause(err)}", step=step)
-            raise _Stop(Outcome.HALTED, f"{label} could not be applied: {_cause(err)}; a person must act") from None
+        while True:
+            try:
+                result = await self._apply(self._playbook.rollback.targets, percent, step,
+                                           self._expected if self._cas else None)
+            except ActivityError as err:
+                self._audit("apply_failed", f"{label}: could not move users back: {_cause(err)}", step=step)
+                raise _Stop(Outcome.HALTED, f"{label} could not be applied: {_cause(err)}; a person must act") from None
+            if not result.conflicts:
+                break
+            self._remember(result.states)
+            await self._drifted(label, result.conflicts, "before writing")
+            found = min((s.found or 0.0) for s in result.conflicts)
+            if percent <= found:  # never move users toward the release under suspicion
+                if index is not None:
+                    self._status.stages[index].status = "skipped"
+                self._status.previous_percent = found
+                self._audit("stage_skipped", f"{label} skipped: the targets already have {found:g}% of users on "
+                            "the previous model", stage=index, step=step)
+                return False
+        self._remember(result.states)
         now = workflow.now()
         if index is not None:
             self._status.stages[index].applied_at = now
@@ -576,10 +644,86 @@ class RollbackWorkflow(IncidentWorkflowBase):
         if percent >= 100:
             self._status.full_revert_at = now
         states = {s.target: s.previous_percent for s in result.states}
-        self._audit("stage_applied", f"{label}: {percent:g}% of users on the previous model"
-                    + ("" if result.applied else " (already applied: nothing written)"),
-                    step=step, percent=percent, read_back=states, idempotency_key=f"{self._id}:{step}")
+        written = [s for s in result.states if s.written_by_attempt is not None]
+        if not written:
+            note = "" if result.applied else " (already applied: nothing written)"
+        elif all(s.written_by_attempt == result.attempt for s in written) and result.attempt == 1:
+            note = ""
+        else:
+            by = sorted({s.written_by_attempt for s in written if s.written_by_attempt is not None})
+            note = (f" (written by attempt {', '.join(map(str, by))} of this step"
+                    + (f"; attempt {result.attempt} found it applied)" if result.attempt not in by else ")"))
+        if not written and result.attempt > 1 and not result.applied:
+            note = f" (written by an earlier attempt of this step; attempt {result.attempt} found it applied)"
+        self._audit("stage_applied", f"{label}: {percent:g}% of users on the previous model" + note,
+                    at=result.written_at, step=step, percent=percent, read_back=states,
+                    idempotency_key=f"{self._id}:{step}", attempt=result.attempt)
         self._notify(MessageKind.STAGE, stage=label)
+        return True
+
+    def _remember(self, states: list[TargetState]) -> None:
+        """What the incident last wrote or read on each target: the next write's compare-and-set expectation."""
+        for state in states:
+            if state.previous_percent is not None:
+                self._expected[state.target] = state.previous_percent
+            else:
+                self._expected.pop(state.target, None)
+
+    async def _bake(self, index: int, percent: float, bake: timedelta) -> None:
+        """Wait out the bake, reading the targets back at least once mid-bake and at its end (and every
+        ``DRIFT_CHECK_EVERY``); a target found changed is handled by ``_drifted`` and the stage bakes anew."""
+        label = f"stage {index + 1} ({percent:g}%)"
+        reads = max(1, math.ceil(bake / min(bake / 2, DRIFT_CHECK_EVERY))) if bake > timedelta(0) else 1
+        step = bake / reads
+        done = 0
+        while done < reads:
+            if step > timedelta(0) and await self._wait(
+                    lambda: self._aborted is not None or self._revert_all is not None, step):
+                return
+            done += 1
+            try:
+                result = await self._read_targets()
+            except ActivityError as err:
+                self._audit("readback_failed", f"{label}: could not read the targets back during the bake: "
+                            f"{_cause(err)}", stage=index)
+                continue
+            drifted = [s.model_copy(update={"expected": self._expected.get(s.target), "found": s.previous_percent})
+                       for s in result.states
+                       if s.target in self._expected and (s.previous_percent is None
+                                                          or abs(s.previous_percent - self._expected[s.target]) > 0.01)]
+            if not drifted:
+                continue
+            await self._drifted(label, drifted, "during the bake")
+            found = min((s.found or 0.0) for s in drifted)
+            self._remember(result.states)
+            if percent > found:
+                await self._apply_stage(index, percent, f"revert:{index}:drift-{self._reapplied + self._gate_seq}")
+                self._status.stages[index].status = "baking"
+            else:
+                self._status.previous_percent = found
+            done = 0  # the stage bakes anew from here
+
+    async def _drifted(self, label: str, states: list[TargetState], when: str) -> None:
+        """Targets changed behind the incident's back: record the evidence, then re-apply (``on_drift: reapply``,
+        at most ``MAX_REAPPLY`` times) or ask a person, who may stop here (the incident halts as found)."""
+        evidence = "; ".join(f"{s.target}: expected {_share(s.expected)}, found {_share(s.found)} on the previous "
+                             "model" for s in states)
+        self._audit("drift_detected", f"{label}: changed behind unship's back ({when}): {evidence}",
+                    targets=[s.model_dump(mode="json") for s in states])
+        rollback = self._playbook.rollback
+        if rollback.on_drift is DriftAction.REAPPLY and self._reapplied < MAX_REAPPLY:
+            self._reapplied += 1
+            self._audit("drift_reapply", f"{label}: on_drift is reapply: continuing from what was found "
+                        f"({self._reapplied}/{MAX_REAPPLY}), never moving users toward the release")
+            return
+        decision = self._playbook.decision
+        roles = decision.roles or list(self._playbook.roles)
+        phase = self._status.phase
+        self._status.phase = Phase.AWAITING_DECISION
+        await self._gate("drift", roles, decision.quorum, allow_default=False,
+                         evidence=f"{label}: {evidence}; approve to continue from what was found (users are never "
+                                  "moved toward the release), reject to stop here")
+        self._status.phase = phase
 
     # 4. verify -------------------------------------------------------------------------------------------
 
@@ -608,6 +752,11 @@ class RollbackWorkflow(IncidentWorkflowBase):
                         f" - {check.evidence}", check=check.name, passed=check.passed)
         if not result.passed:
             failed = ", ".join(c.name for c in result.results if not c.passed)
+            if self._cas and any(c.kind == "readback" and not c.passed for c in result.results):
+                try:  # the status then shows the flag as read, not as intended
+                    await self._read_targets()
+                except ActivityError as err:
+                    self._audit("readback_failed", f"could not read the targets after verification: {_cause(err)}")
             raise _Stop(Outcome.REVERTED_UNVERIFIED, f"users reverted, but integrity checks failed: {failed}")
         raise _Stop(Outcome.REVERTED, f"{self._status.previous_percent:g}% of users on the previous model; "
                     f"{len(result.results)} integrity check(s) passed")
@@ -630,6 +779,10 @@ class RollbackWorkflow(IncidentWorkflowBase):
             self._audit("review_started", f"post-incident review {review_id} started")
         except Exception as err:  # noqa: BLE001 - e.g. a review of a previous run with this id still running
             self._audit("review_failed", f"could not start the review workflow: {err}")
+
+
+def _share(value: float | None) -> str:
+    return "an unreadable split" if value is None else f"{value:g}%"
 
 
 __all__ = ["RollbackWorkflow"]

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,12 @@ async def test_split_is_written_as_fractional_targeting_and_read_back(tmp_path: 
     flag = doc["flags"]["chat-model"]
     assert flag["targeting"] == {"fractional": [
         {"cat": [{"var": "$flagd.flagKey"}, {"var": "targetingKey"}]}, ["previous", 30], ["candidate", 70]]}
+    written_at = flag["metadata"].pop("unship_written_at")
     assert flag["metadata"] == {"owner": "ml-platform", "unship_idempotency_key": "wf:stage:0",
                                 "unship_previous_percent": 30}
+    # when the split was written, for the audit of a retried write (issue 13, defect 6)
+    assert await flags.written_at(target(), "wf:stage:0") == datetime.fromisoformat(written_at)
+    assert await flags.written_at(target(), "another-key") is None
     assert await flags.get_previous_percent(target()) == 30
     # Everything unship does not own is byte-for-byte what it was.
     assert doc["flags"]["new-ranker"] == before["flags"]["new-ranker"]

@@ -16,6 +16,7 @@ from activities.contracts import (
     IncidentStore,
     ReviewDocument,
 )
+from activities.errors import AuditConflict
 from activities.store import SqliteIncidentStore, StoreConfigurationError, open_store, verify_chain
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -150,7 +151,7 @@ async def test_a_database_from_before_the_console_gains_the_new_columns_and_keep
 async def test_the_audit_chain_detects_an_edited_deleted_or_reordered_row(tmp_path: Path) -> None:
     store = SqliteIncidentStore(tmp_path / "unship.db")
     await store.write(AuditBatch(incident=record(), events=[event(1, "opened"), event(2, "decision by U1")]))
-    await store.write(AuditBatch(incident=record(minutes=1), events=[event(2, "replayed"), event(3, "closed")]))
+    await store.write(AuditBatch(incident=record(minutes=1), events=[event(2, "decision by U1"), event(3, "closed")]))
     rows = await store.chained_events("unship:chat:r42")
     assert [r.chain for r in rows] == [1, 2, 3]
     assert verify_chain("unship:chat:r42", "abc123", rows).ok
@@ -182,3 +183,29 @@ async def test_a_target_is_held_by_one_active_incident_at_a_time(tmp_path: Path)
     assert await store.hold_targets("unship:b:2", ["flag:flagd:chat-model"]) is None  # a closed holder lets go
     await store.release_targets("unship:b:2")
     assert await store.hold_targets("unship:d:4", ["flag:flagd:chat-model"]) is None
+
+
+async def test_a_conflicting_event_is_an_error_never_silently_dropped(tmp_path: Path) -> None:
+    """Issue 13, defect 3: a second run reusing (incident, seq) with other content used to vanish."""
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    await store.write(AuditBatch(incident=record(), events=[event(1), event(2)]))
+    await store.write(AuditBatch(incident=record(), events=[event(2), event(3, "stage 1 skipped")]))
+    with pytest.raises(AuditConflict) as raised:
+        await store.write(AuditBatch(incident=record(), events=[event(3, "a different event 3")]))
+    assert "seq 3" in str(raised.value) and "a different event 3" in str(raised.value)
+    # nothing of the conflicting batch was written; what was stored stays as it was
+    assert [e.message for e in await store.events("unship:chat:r42")] == ["event 1", "event 2", "stage 1 skipped"]
+
+
+async def test_the_store_recreates_its_tables_after_its_file_vanished(tmp_path: Path) -> None:
+    """Issue 13, defect 5: the schema used to be remembered per process, so every write failed afterwards."""
+    path = tmp_path / "unship.db"
+    store = SqliteIncidentStore(path)
+    await store.write(AuditBatch(incident=record(), events=[event(1)]))
+    for suffix in ("", "-wal", "-shm"):
+        tmp_path.joinpath("unship.db" + suffix).unlink(missing_ok=True)
+    await store.write(AuditBatch(incident=record(minutes=1), events=[event(2)]))
+    assert [e.seq for e in await store.events("unship:chat:r42")] == [2]
+    path.unlink()
+    assert await store.events("unship:chat:r42") == []
+    assert await store.incidents() == []

@@ -17,6 +17,7 @@ from activities.contracts import IntegrityRequest
 from activities.flagd import FlagdFileProvider
 from activities.integrity import IntegrityChecker
 from activities.prometheus import PrometheusSignalSource
+from activities.scripted import ScriptedFlagProvider
 from playbooks.models import IntegrityCheck, Target
 from tests.support.prometheus import free_port
 
@@ -82,6 +83,17 @@ async def test_readback_fails_on_a_target_left_behind(flags: FlagdFileProvider) 
         {"kind": "readback", "name": "readback"})], targets=[Target(key="gone")], expected_previous_percent=100)
     [check] = (await IntegrityChecker(flags).run(missing)).results
     assert not check.passed and "read failed" in check.evidence and "gone" in check.evidence
+
+
+async def test_readback_retries_a_passing_outage_and_reports_a_lasting_one() -> None:
+    """A 503 during the read-back used to close a completed revert as reverted_unverified (soak benchmark)."""
+    flags = ScriptedFlagProvider(state={t.ref: 100 for t in TARGETS})
+    flags.fail_next_reads(2)
+    [check] = (await IntegrityChecker(flags).run(request({"kind": "readback", "name": "readback"}))).results
+    assert check.passed, check.evidence
+    flags.fail_next_reads(1, retryable=False)
+    [check] = (await IntegrityChecker(flags).run(request({"kind": "readback", "name": "readback"}))).results
+    assert not check.passed and "HTTP 403" in check.evidence
 
 
 async def test_sql_check_against_sqlite(tmp_path: Path, flags: FlagdFileProvider,

@@ -18,6 +18,7 @@ from activities.contracts import (
     IncidentStore,
     ReviewDocument,
 )
+from activities.errors import AuditConflict
 from activities.store import PostgresIncidentStore, StoreConfigurationError, open_store
 from tests.support.postgres import PostgresCluster, free_port, start_postgres
 
@@ -67,6 +68,17 @@ async def test_round_trip_and_replayed_batches(dsn: str) -> None:
     assert await store.incident("unship:chat:r42") == record(phase="deciding", minutes=1)
     assert await store.incident("unknown") is None
     assert await store.events("unknown") == []
+
+
+async def test_a_conflicting_event_is_an_error_never_silently_dropped(dsn: str) -> None:
+    """Issue 13, defect 3: a second run reusing (incident, seq) with other content used to vanish."""
+    store = PostgresIncidentStore(dsn)
+    await store.write(AuditBatch(incident=record(), events=[event(1), event(2)]))
+    await store.write(AuditBatch(incident=record(), events=[event(2), event(3)]))  # a retry overlapping: fine
+    with pytest.raises(AuditConflict, match="seq 2"):
+        await store.write(AuditBatch(incident=record(minutes=2), events=[event(2, "stage 1 skipped"), event(4)]))
+    assert [e.seq for e in await store.events("unship:chat:r42")] == [1, 2, 3]
+    assert (await store.incident("unship:chat:r42")) == record()
 
 
 async def test_a_late_older_batch_never_moves_the_incident_back(dsn: str) -> None:

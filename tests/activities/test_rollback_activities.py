@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,7 +111,7 @@ async def test_apply_cohort_writes_reads_back_and_applies_once(tmp_path: Path, f
     acts = activities(tmp_path, flags=FlagRouter({"flagd": flags}))
     env = ActivityEnvironment()
     beats: list[tuple[Any, ...]] = []
-    env.on_heartbeat = lambda *details: beats.append(details)
+    env.on_heartbeat = lambda *details: beats.append(copy.deepcopy(details))
     change = CohortChange(incident_id="i", idempotency_key="unship:chat:r1:stage:0", targets=TARGETS,
                           previous_percent=25)
 
@@ -118,7 +119,14 @@ async def test_apply_cohort_writes_reads_back_and_applies_once(tmp_path: Path, f
     assert first.applied and first.matches
     assert [(s.target, s.previous_percent, s.detail) for s in first.states] == [
         ("flag:flagd:chat-model", 25, "written"), ("flag:flagd:chat-router", 25, "written")]
-    assert beats == [(0,), (1,), (2,)]
+    # each write is announced before it is sent and reported once done (when, which attempt), so a retry
+    # after a crash or a lost answer knows who wrote what
+    assert [(sorted(b[0]["sending"]), sorted(b[0]["written"])) for b in beats] == [
+        (["flag:flagd:chat-model"], []),
+        (["flag:flagd:chat-model"], ["flag:flagd:chat-model"]),
+        (["flag:flagd:chat-model", "flag:flagd:chat-router"], ["flag:flagd:chat-model"]),
+        (["flag:flagd:chat-model", "flag:flagd:chat-router"], ["flag:flagd:chat-model", "flag:flagd:chat-router"])]
+    assert all(s.written_by_attempt == 1 and s.written_at is not None for s in first.states)
 
     # The activity retried after a worker crash: nothing is written again.
     before = (tmp_path / "flags.json").read_text()
@@ -129,6 +137,25 @@ async def test_apply_cohort_writes_reads_back_and_applies_once(tmp_path: Path, f
 
     readback = await acts.read_cohort(ReadbackRequest(targets=TARGETS))
     assert [s.previous_percent for s in readback.states] == [25, 25] and not readback.applied
+
+
+async def test_apply_cohort_compares_before_it_sets(tmp_path: Path) -> None:
+    """Issue 13, defect 2: a write over a share the incident never wrote nor read is refused with the evidence."""
+    flags = ScriptedFlagProvider(state={"flag:flagd:chat-model": 10, "flag:flagd:chat-router": 100})
+    acts = activities(tmp_path, flags=flags)
+    change = CohortChange(incident_id="i", idempotency_key="k", targets=TARGETS, previous_percent=50,
+                          expected={"flag:flagd:chat-model": 10, "flag:flagd:chat-router": 10})
+    result = await ActivityEnvironment().run(acts.apply_cohort, change)
+    # the first target was as expected and is written; the second was moved to 100% by someone else
+    assert [(s.target, s.previous_percent, s.conflict) for s in result.states] == [
+        ("flag:flagd:chat-model", 50, False), ("flag:flagd:chat-router", 100, True)]
+    assert [c.expected for c in result.conflicts] == [10] and [c.found for c in result.conflicts] == [100]
+    assert "expected 10%, found 100%" in result.conflicts[0].detail
+    assert flags.state == {"flag:flagd:chat-model": 50, "flag:flagd:chat-router": 100}
+    # a retry that finds its own write (the desired share) is no conflict
+    again = await ActivityEnvironment().run(acts.apply_cohort, change.model_copy(
+        update={"targets": TARGETS[:1], "expected": {"flag:flagd:chat-model": 10}}))
+    assert not again.conflicts and again.states[0].previous_percent == 50
 
 
 async def test_apply_cohort_read_back_mismatch_is_retryable(tmp_path: Path) -> None:

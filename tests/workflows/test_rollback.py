@@ -348,7 +348,9 @@ async def test_an_activity_retried_after_a_crash_applies_once(time_skipping_env,
     assert status.outcome is Outcome.REVERTED
     assert [w.percent for w in flags.writes] == [10, 50, 100]  # the retried first stage wrote nothing new
     first = next(e for e in status.audit if e.kind == "stage_applied")
-    assert "already applied: nothing written" in first.message
+    # Issue 13, defect 6: this incident wrote it, one attempt earlier; the audit used to say "nothing written".
+    assert "nothing written" not in first.message
+    assert "written by attempt 1 of this step; attempt 2 found it applied" in first.message
 
 
 async def test_a_revert_never_moves_users_back_toward_the_suspect_release(world: World) -> None:

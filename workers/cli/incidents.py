@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from playbooks.models import Severity
@@ -146,6 +147,18 @@ def _print_list(incidents: list[Any]) -> None:
     out.print(table)
 
 
+def _users_on_previous(s: Any) -> str:
+    """The share as last read from the targets (what users get), and what the incident intends when they differ."""
+    if not s.flag_read:
+        return f"{s.previous_percent:g}% intended (not read back yet)"
+    read = [t.previous_percent for t in s.flag_read]
+    shown = " / ".join("unreadable" if v is None else f"{v:g}%" for v in read)
+    text = f"{shown} as read at {_when(s.flag_read_at)}"
+    if any(v is None or abs(v - s.previous_percent) > 0.01 for v in read):
+        text += f" [bold red](intended {s.previous_percent:g}%)[/]"
+    return text
+
+
 def _print_incident(s: Any, link: str) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_row("Incident", f"[bold]{s.incident_id}[/]")
@@ -154,7 +167,7 @@ def _print_incident(s: Any, link: str) -> None:
     head.add_row("Release", s.release)
     phase = s.phase.value + (" (paused)" if s.paused else "")
     head.add_row("Phase", phase + (f" -> {s.outcome.value}" if s.outcome else ""))
-    head.add_row("Users on previous", f"{s.previous_percent:g}%")
+    head.add_row("Users on previous", _users_on_previous(s))
     for label, value in (("Started", s.started_at), ("Detected", s.detected_at), ("Decided", s.decided_at),
                          ("First revert", s.first_revert_at), ("Full revert", s.full_revert_at),
                          ("Closed", s.closed_at)):
@@ -164,6 +177,8 @@ def _print_incident(s: Any, link: str) -> None:
         g = s.gate
         head.add_row("Open decision", f"{g.gate_id} ({g.purpose}): {len(g.approvals)}/{g.quorum} approvals; "
                                       f"roles {', '.join(g.roles)}" + (" [escalated]" if g.escalated else ""))
+        if g.evidence:
+            head.add_row("Evidence", escape(g.evidence))
     out.print(head)
     if s.stages:
         stages = Table("Stage", "Percent", "Status", "Applied (UTC)", title="Stages")

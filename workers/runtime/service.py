@@ -21,7 +21,8 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.contracts import AuditBatch, AuditEvent, IncidentRecord, IncidentStore, ReviewDocument
@@ -44,6 +45,7 @@ from workflows.messages import (
     ReleaseInput,
     RollbackInput,
     incident_id,
+    refire_id,
 )
 from workflows.release import ReleaseWorkflow, release_id
 from workflows.rollback import ALERTS_SIGNAL, NO_OPEN_GATE, RollbackWorkflow
@@ -67,6 +69,8 @@ LIBRARY_AUDIT_ID = "unship:library"
 # A release names a model/prompt version; it becomes part of the workflow id, so keep it printable.
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,199}$")
 _RPC_TIMEOUT = timedelta(seconds=10)
+MAX_GENERATIONS = 1000
+"""Incidents one (playbook, release) may open one after another (each a re-fire after the previous closed)."""
 
 
 class ServiceError(Exception):
@@ -148,6 +152,7 @@ class IncidentPage(BaseModel):
 
 def _split_id(workflow_id: str) -> tuple[str, str]:
     _, _, rest = workflow_id.partition(":")
+    rest = rest.partition("#")[0]  # a re-fire's generation is not part of the release
     playbook, _, release = rest.partition(":")
     return playbook, release
 
@@ -174,6 +179,7 @@ class IncidentService:
         self._started_with: dict[str, PlaybookSnapshot] = {}
         self.library = library
         self._reload_lock = asyncio.Lock()
+        self._generations: dict[str, int] = {}  # incident id -> newest known re-fire generation
 
     # --- the playbook library (the server's, never the client's) ------------------------------------------
 
@@ -260,13 +266,33 @@ class IncidentService:
 
     async def open_incident(self, arg: RollbackInput, alerts: list[Alert]) -> str:
         """Signal-with-start: deliver ``alerts`` to the incident of ``arg``'s playbook and release, starting it
-        if it is not running. The one way incidents start (the CLI, the API and the alert gateway)."""
-        workflow_id = incident_id(arg.snapshot.playbook.name, arg.release)
-        await self._call(workflow_id, self.client.start_workflow(
-            RollbackWorkflow.run, arg, id=workflow_id, task_queue=self.settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, rpc_timeout=_RPC_TIMEOUT,
-            start_signal=ALERTS_SIGNAL, start_signal_args=[AlertBatch(alerts=alerts)]))
-        return workflow_id
+        if it is not running. The one way incidents start (the CLI, the API and the alert gateway).
+
+        Each incident id names one run. An alert for a release whose incident already closed opens a new
+        incident ``<id>#2`` (then ``#3`` ...) that names the closed one it follows: Temporal refuses to reuse a
+        closed id (``REJECT_DUPLICATE``), so the record, audit sequence and review of the closed incident are
+        never shared with a second run. Returns the id of the incident the alerts reached.
+        """
+        base = incident_id(arg.snapshot.playbook.name, arg.release)
+        generation = self._generations.get(base, 1)
+        batch = AlertBatch(alerts=alerts)
+        for _ in range(MAX_GENERATIONS):
+            workflow_id = refire_id(base, generation)
+            follows = refire_id(base, generation - 1) if generation > 1 else None
+            start = arg if arg.follows == follows else arg.model_copy(update={"follows": follows})
+            try:
+                await self._call(workflow_id, self.client.start_workflow(
+                    RollbackWorkflow.run, start, id=workflow_id, task_queue=self.settings.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, rpc_timeout=_RPC_TIMEOUT,
+                    start_signal=ALERTS_SIGNAL, start_signal_args=[batch]))
+            except WorkflowAlreadyStartedError:  # this generation closed: the alert opens the next one
+                generation += 1
+                continue
+            if generation > self._generations.get(base, 1):
+                self._generations[base] = generation
+            return workflow_id
+        raise Refused(f"{base} was re-opened {MAX_GENERATIONS} times; investigate before opening more")
 
     async def release(
         self,

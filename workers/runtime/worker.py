@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from pydantic import SecretStr
@@ -32,6 +33,8 @@ from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.sandbox import workflow_runner
 
 log = logging.getLogger(__name__)
+
+STICKY_TIMEOUT = timedelta(seconds=3)
 
 
 def build_activities(settings: Settings) -> RollbackActivities:
@@ -158,6 +161,9 @@ async def run_worker(
         workflows=[*INCIDENT_WORKFLOWS, *extra_workflows],
         workflow_runner=workflow_runner(),
         activities=[*activities.all(), *extra_activities],
+        # A worker that died keeps its incidents' next workflow tasks on its own (sticky) queue until this runs
+        # out; then any worker takes them. 3 s instead of 10 s: an incident resumes within seconds of a crash.
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
     )
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_target)
     if stop is None:

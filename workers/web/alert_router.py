@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 200  # alerts per signal: keeps one signal far below Temporal's payload limits
 
-Sender = Callable[[str, PlaybookSnapshot, str, list[Alert]], Awaitable[None]]
+Sender = Callable[[str, PlaybookSnapshot, str, list[Alert]], Awaitable[str]]
+"""Delivers alerts for (workflow id, playbook, release); returns the incident they reached (a re-fire after the
+incident closed reaches a new one, ``<id>#2``)."""
 
 
 class UnmatchedAlert(BaseModel):
@@ -89,7 +91,7 @@ class _Lane:
     snapshot: PlaybookSnapshot
     release: str
     alerts: list[Alert] = field(default_factory=list)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[asyncio.Future[str]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
 
@@ -105,9 +107,9 @@ def service_sender(service: IncidentService) -> Sender:
     """Deliver a batch through ``IncidentService.open_incident`` (one signal-with-start; joins a running
     incident), so Temporal errors are mapped to ``ServiceError`` in one place."""
 
-    async def send(workflow_id: str, snapshot: PlaybookSnapshot, release: str, alerts: list[Alert]) -> None:
+    async def send(workflow_id: str, snapshot: PlaybookSnapshot, release: str, alerts: list[Alert]) -> str:
         arg = RollbackInput(snapshot=snapshot, release=release, started_by=f"alert:{alerts[0].source}")
-        await service.open_incident(arg, alerts)
+        return await service.open_incident(arg, alerts)
 
     return send
 
@@ -167,28 +169,30 @@ class AlertRouter:
                 alert = alert.model_copy(update={"received_at": datetime.now(UTC)})
             workflow_id = incident_id(snapshot.playbook.name, release)
             groups.setdefault(workflow_id, (snapshot, release, []))[2].append(alert)
+        reached: list[str] = []
         if groups:
-            await asyncio.gather(*(self._submit(wid, *group) for wid, group in groups.items()))
+            reached = await asyncio.gather(*(self._submit(wid, *group) for wid, group in groups.items()))
         result.accepted = sum(len(g[2]) for g in groups.values())
-        result.incidents = sorted(groups)
+        result.incidents = sorted(set(reached))
         return result
 
     async def _submit(self, workflow_id: str, snapshot: PlaybookSnapshot, release: str,
-                      alerts: list[Alert]) -> None:
+                      alerts: list[Alert]) -> str:
         if not self.batching:
+            reached = workflow_id
             for alert in alerts:
-                await self._send(workflow_id, snapshot, release, [alert])
-            return
+                reached = await self._send(workflow_id, snapshot, release, [alert])
+            return reached
         lane = self._lanes.get(workflow_id)
         if lane is None:
             lane = self._lanes[workflow_id] = _Lane(snapshot, release)
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         lane.alerts.extend(alerts)
         lane.waiters.append(waiter)
         if lane.task is None:
             lane.task = asyncio.create_task(self._drain(workflow_id, lane))
         # shield: a caller that disconnects must not cancel the batch other callers wait for
-        await asyncio.shield(waiter)
+        return await asyncio.shield(waiter)
 
     async def _drain(self, workflow_id: str, lane: _Lane) -> None:
         try:
@@ -197,9 +201,11 @@ class AlertRouter:
             while lane.alerts:
                 alerts, waiters = lane.alerts, lane.waiters
                 lane.alerts, lane.waiters = [], []
+                reached = workflow_id
                 try:
                     for start in range(0, len(alerts), MAX_BATCH):
-                        await self._send(workflow_id, lane.snapshot, lane.release, alerts[start:start + MAX_BATCH])
+                        reached = await self._send(workflow_id, lane.snapshot, lane.release,
+                                                   alerts[start:start + MAX_BATCH])
                 except Exception as exc:  # noqa: BLE001 - handed to every caller waiting on this batch
                     for waiter in waiters:
                         if not waiter.done():
@@ -207,12 +213,13 @@ class AlertRouter:
                 else:
                     for waiter in waiters:
                         if not waiter.done():
-                            waiter.set_result(None)
+                            waiter.set_result(reached)
         finally:
             lane.task = None
             if self._lanes.get(workflow_id) is lane and not lane.alerts:
                 del self._lanes[workflow_id]
 
-    async def _send(self, workflow_id: str, snapshot: PlaybookSnapshot, release: str, alerts: list[Alert]) -> None:
-        await self.send(workflow_id, snapshot, release, alerts)
+    async def _send(self, workflow_id: str, snapshot: PlaybookSnapshot, release: str, alerts: list[Alert]) -> str:
+        reached = await self.send(workflow_id, snapshot, release, alerts)
         self.signals_sent += 1
+        return reached

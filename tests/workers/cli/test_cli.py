@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from activities.contracts import TargetState
 from playbooks.loader import library_folder, load_library
 from tests.support.stack import cli_env, make_settings, person, serve
 from workers.cli import app
+from workers.cli.incidents import _users_on_previous
 from workers.runtime.client import connect
 from workers.runtime.service import IncidentService
 from workers.runtime.temporal_server import free_port
 from workers.web.app import create_app
+from workflows.messages import IncidentStatus, Phase
 
 COMMANDS = ["up", "worker", "validate", "trigger", "release", "status", "approve", "reject", "revert-now",
             "abort", "pause", "resume", "demo", "whoami", "login", "users", "users add", "audit", "audit verify",
@@ -119,3 +123,15 @@ def test_up_refuses_an_unauthenticated_public_bind(runner: CliRunner, tmp_path: 
     result = runner.invoke(app, ["up"], env=env)
     assert result.exit_code == 2
     assert "UNSHIP_API_TOKEN" in result.stderr and "loopback" in result.stderr
+
+
+def test_status_shows_the_flag_as_read_not_as_intended() -> None:
+    """Issue 13, defect 4: after a hand edit to 0% the status used to say "Users on previous 100%"."""
+    at = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
+    status = IncidentStatus(incident_id="unship:chat:r1", playbook="chat", playbook_version="abc", scenario="x",
+                            release="r1", phase=Phase.CLOSED, started_at=at, previous_percent=100,
+                            flag_read=[TargetState(target="flag:flagd:chat-model", previous_percent=0)],
+                            flag_read_at=at)
+    assert _users_on_previous(status) == "0% as read at 2026-11-29 12:00:05 [bold red](intended 100%)[/]"
+    status.flag_read[0].previous_percent = 100
+    assert _users_on_previous(status) == "100% as read at 2026-11-29 12:00:05"

@@ -107,8 +107,8 @@ def client(tmp_path_factory: pytest.TempPathFactory, loop: asyncio.AbstractEvent
                          pagerduty_signing_secret=PAGERDUTY, slack_signing_secret=SLACK)
     snap = snapshot()
 
-    async def sender(*_: Any) -> None:
-        return None
+    async def sender(workflow_id: str, *_: Any) -> str:
+        return workflow_id
 
     async def no_service() -> Any:
         raise RuntimeError("the fuzz test has no Temporal")

@@ -152,9 +152,10 @@ class Recorder:
         self.batches: list[tuple[str, list[Alert]]] = []
         self.delay = delay
 
-    async def __call__(self, workflow_id, snapshot, release, alerts) -> None:  # type: ignore[no-untyped-def]
+    async def __call__(self, workflow_id, snapshot, release, alerts) -> str:  # type: ignore[no-untyped-def]
         await asyncio.sleep(self.delay)
         self.batches.append((workflow_id, list(alerts)))
+        return workflow_id
 
 
 def _alert(release: str, n: int, **labels: str) -> Alert:
