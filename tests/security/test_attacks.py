@@ -187,7 +187,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, jwks: Oidc) -> Iterator[Stac
                 "UNSHIP_PLAYBOOKS_DIR": str(library), "UNSHIP_API_TOKEN": SHARED,
                 "UNSHIP_ALERT_BEARER_TOKEN": ALERTS, "UNSHIP_OIDC_ISSUER": jwks.issuer,
                 "UNSHIP_OIDC_AUDIENCE": AUDIENCE, "UNSHIP_TOKEN_FILE": str(tmp / "no-token"), "COLUMNS": "200"})
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--no-preflight"], cwd=ROOT, env=env, text=True,
+    # --no-preflight: the playbooks name a Prometheus signal they never poll (confirmation window 0)
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--no-preflight"], cwd=ROOT, env=env,
+                               text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     try:

@@ -136,8 +136,9 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
     assert incident == "unship:chat-test:chat-v2"
     assert await stack.share_on_previous() == 0
 
-    early = await stack.http.post(f"/v1/incidents/{incident}/decision",
-                                  json={"user": "U_ONCALL", "verdict": "approve", "reason": "too soon"})
+    async with stack.person("U_ONCALL") as oncall:
+        early = await oncall.post(f"/v1/incidents/{incident}/decision",
+                                  json={"verdict": "approve", "reason": "too soon"})
     assert early.status_code == 409, early.text  # confirming: no gate is open yet, a conflict, not a refusal
     assert early.headers["content-type"] == "application/problem+json"
     assert early.json()["title"] == "Conflict" and "no decision is open" in early.json()["detail"]

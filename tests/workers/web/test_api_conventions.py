@@ -40,7 +40,8 @@ def _is_problem(response: httpx.Response, status: int) -> dict:
 
 
 async def test_every_kind_of_error_is_a_problem_document(service: IncidentService, settings: Settings) -> None:
-    secured = settings.model_copy(update={"api_token": SecretStr(TOKEN)})
+    # the shared token may send alerts too here (UNSHIP_API_TOKEN_SCOPES): it is what this test authenticates with
+    secured = settings.model_copy(update={"api_token": SecretStr(TOKEN), "api_token_scopes": "read,trigger,alerts"})
     async with serve(create_app(service, secured)) as url:
         async with api_client(url) as anonymous:
             unauthorized = await anonymous.get("/v1/incidents")
@@ -161,7 +162,8 @@ def test_every_response_matches_the_openapi_document(local_env: WorkflowEnvironm
     """schemathesis generates requests for every operation of the app's own OpenAPI document; no response may
     break it (undeclared status, wrong content type, body or headers) and none may be a 5xx other than a
     declared 503."""
-    app_settings = make_settings(tmp_path, local_env, api_token=TOKEN, slack_signing_secret="slack-signing-secret",
+    app_settings = make_settings(tmp_path, local_env, api_token=TOKEN, api_token_scopes="read,trigger,alerts",
+                                 slack_signing_secret="slack-signing-secret",
                                  alert_bearer_token="alert-token")
     failures: list[str] = []
     with _served_in_a_thread(app_settings) as url:
