@@ -92,8 +92,7 @@ async def test_flag_edited_behind_unships_back_opens_a_gate_with_the_evidence(st
     incident = await stack.trigger("gate")
     await stack.watcher.until(key, 50.0)
     await stack.set_by_hand(key, 0)
-    while (status := await stack.service.get(incident)).gate is None:
-        await asyncio.sleep(0.05)
+    status = await stack.until_gate(incident)
     assert status.gate is not None and "expected 50%, found 0%" in status.gate.evidence
     assert [t.previous_percent for t in status.flag_read] == [0]
     await stack.service.decide(incident, DecisionRequest(user="U_ONCALL", verdict=Verdict.APPROVE, via="cli"))
@@ -128,8 +127,7 @@ async def test_two_incidents_on_one_flag_never_move_users_back_toward_the_releas
     fast = await stack.trigger("fast")
     fast_status = await stack.result(fast)
     check_incident(stack, fast_status, key)
-    while (status := await stack.service.get(slow)).gate is None:
-        await asyncio.sleep(0.05)
+    status = await stack.until_gate(slow)
     assert status.gate is not None and "expected 10%, found 100%" in status.gate.evidence
     await stack.client.get_workflow_handle(slow).execute_update(
         RollbackWorkflow.decide, DecisionRequest(user="U_ONCALL", verdict=Verdict.APPROVE, via="cli"))

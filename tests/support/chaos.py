@@ -185,7 +185,35 @@ class ChaosStack:
         return self.client.get_workflow_handle_for(RollbackWorkflow.run, incident)
 
     async def result(self, incident: str, timeout: float = 120) -> IncidentStatus:
-        return await asyncio.wait_for(self.handle(incident).result(), timeout)
+        """The incident's final status; fails at once (with the worker's log) if the worker process exited."""
+        task = asyncio.ensure_future(self.handle(incident).result())
+        end = time.monotonic() + timeout
+        while not task.done():
+            self.check_worker(task)
+            if time.monotonic() > end:
+                task.cancel()
+                raise TimeoutError(f"{incident} not closed within {timeout:g} s")
+            await asyncio.wait({task}, timeout=0.5)
+        return task.result()
+
+    def check_worker(self, pending: asyncio.Future[Any] | None = None) -> None:
+        """Fail loudly when the worker process exited by itself (a start-up refusal, a crash)."""
+        if self.worker is not None and self.worker.poll() is not None:
+            if pending is not None:
+                pending.cancel()
+            log = (self.state / f"worker-{self.worker_starts - 1}.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"unship worker exited with {self.worker.returncode}: {log}")
+
+    async def until_gate(self, incident: str, timeout: float = 60) -> IncidentStatus:
+        """The incident's status once a decision gate is open."""
+        end = time.monotonic() + timeout
+        while (status := await self.service.get(incident)).gate is None:
+            self.check_worker()
+            if time.monotonic() > end:
+                raise AssertionError(f"{incident}: no gate within {timeout:g} s: "
+                                     + "; ".join(e.message for e in status.audit[-3:]))
+            await asyncio.sleep(0.05)
+        return status
 
     async def set_by_hand(self, key: str, percent: float) -> None:
         """Someone edits the flag behind unship's back (an atomic write, as any flagd tool does)."""
@@ -194,7 +222,11 @@ class ChaosStack:
     # --- faults -------------------------------------------------------------------------------------------
 
     def start_worker(self) -> None:
-        env = {k: v for k, v in cli_env(self.settings).items() if v is not None}
+        # The chaos playbooks travel in the incidents' inputs; the worker loads no library (an empty folder), so
+        # its preflight checks only what it is given.
+        empty = self.state / "no-playbooks"
+        empty.mkdir(exist_ok=True)
+        env = {k: v for k, v in cli_env(self.settings, UNSHIP_PLAYBOOKS_DIR=str(empty)).items() if v is not None}
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNSHIP_")}, **env, **self.worker_env}
         log = open(self.state / f"worker-{self.worker_starts}.log", "wb")  # noqa: SIM115 - the worker's log
         self.worker = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker"], cwd=ROOT, env=env,
