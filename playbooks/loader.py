@@ -124,7 +124,7 @@ _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "source": {"control": None},
     "target": {"component": None, "override_pending_changes": False},
     "decision": {"require": {}, "actions": {"revert_now": None, "abort": None, "pause": None, "break_glass": []}},
-    "rollback": {"on_target_held": "wait", "check_served_release": True},
+    "rollback": {"on_target_held": "wait", "check_served_release": True, "on_drift": "gate"},
 }
 
 
