@@ -26,8 +26,8 @@ def incident_id(playbook: str, release: str) -> str:
 
 def refire_id(incident: str, generation: int) -> str:
     """The id of the ``generation``-th incident of one (playbook, release): an alert that fires again after the
-    previous one closed opens the next (``#`` never occurs in a release name)."""
-    return incident if generation <= 1 else f"{incident}#{generation}"
+    previous one closed opens the next (``~`` never occurs in a release name and needs no escaping in a URL)."""
+    return incident if generation <= 1 else f"{incident}~{generation}"
 
 
 class _Model(BaseModel):

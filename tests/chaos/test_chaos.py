@@ -107,7 +107,7 @@ async def test_the_same_alert_refired_after_close_opens_a_new_incident(stack: Ch
     first = await stack.trigger("refire")
     one = await stack.result(first)
     again = await stack.trigger("refire")
-    assert again == first + "#2"
+    assert again == first + "~2"
     two = await stack.result(again)
     check_incident(stack, one, key)
     check_incident(stack, two, key)  # the second incident moved nobody: users were already back

@@ -35,7 +35,7 @@ def test_demo_dismisses_the_blip_reverts_the_breach_and_can_run_again(tmp_path: 
     for stage in ("stage 1 (10%)", "stage 2 (50%)", "stage 3 (100%)"):
         assert f"{stage}: {stage.split('(')[1].rstrip(')')} of users on the previous model" in out
     assert "conversations-not-lost (sql): passed" in out
-    review = tmp_path / "demo" / "reviews" / "unship_chat-assistant_chat-v2.4.0.md"
+    review = tmp_path / "demo" / "reviews" / "unship_chat-assistant_chat-v2.4.0~2.md"
     assert review.exists() and "chat-v2.4.0" in review.read_text()
     assert '"unship_previous_percent": 100' in (tmp_path / "demo" / "flags.json").read_text()
 
@@ -64,7 +64,7 @@ def test_demo_with_the_console_prints_its_url_serves_the_incident_and_stays_up_u
                 break
         listing = httpx.get(url, timeout=10)
         assert listing.status_code == 200 and "chat-v2.4.0" in listing.text and "reverted" in listing.text
-        page = httpx.get(f"{url}incidents/unship:chat-assistant:chat-v2.4.0", timeout=30)
+        page = httpx.get(f"{url}incidents/unship:chat-assistant:chat-v2.4.0~2", timeout=30)
         assert page.status_code == 200 and 'data-kind="stage_applied"' in page.text, page.text[-2000:]
         with httpx.stream("GET", f"{url}stream", timeout=30) as live:  # an open page must not hold up Ctrl-C
             assert next(live.iter_lines()) == "retry: 2000"

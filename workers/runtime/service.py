@@ -152,7 +152,7 @@ class IncidentPage(BaseModel):
 
 def _split_id(workflow_id: str) -> tuple[str, str]:
     _, _, rest = workflow_id.partition(":")
-    rest = rest.partition("#")[0]  # a re-fire's generation is not part of the release
+    rest = rest.partition("~")[0]  # a re-fire's generation is not part of the release
     playbook, _, release = rest.partition(":")
     return playbook, release
 
@@ -269,7 +269,7 @@ class IncidentService:
         if it is not running. The one way incidents start (the CLI, the API and the alert gateway).
 
         Each incident id names one run. An alert for a release whose incident already closed opens a new
-        incident ``<id>#2`` (then ``#3`` ...) that names the closed one it follows: Temporal refuses to reuse a
+        incident ``<id>~2`` (then ``~3`` ...) that names the closed one it follows: Temporal refuses to reuse a
         closed id (``REJECT_DUPLICATE``), so the record, audit sequence and review of the closed incident are
         never shared with a second run. Returns the id of the incident the alerts reached.
         """

@@ -37,7 +37,7 @@ MAX_BATCH = 200  # alerts per signal: keeps one signal far below Temporal's payl
 
 Sender = Callable[[str, PlaybookSnapshot, str, list[Alert]], Awaitable[str]]
 """Delivers alerts for (workflow id, playbook, release); returns the incident they reached (a re-fire after the
-incident closed reaches a new one, ``<id>#2``)."""
+incident closed reaches a new one, ``<id>~2``)."""
 
 
 class UnmatchedAlert(BaseModel):

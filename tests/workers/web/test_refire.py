@@ -3,7 +3,7 @@ the real Temporal dev server, with the real SQLite incident store and review fil
 
 It used to start a second run under the same incident id: its audit sequence restarted at 1, the store dropped
 every one of its events, and its review ("stage 1/2/3 skipped") replaced the real incident's review. Now a
-re-fire after close opens a new incident, ``<id>#2``, that names the closed one it follows.
+re-fire after close opens a new incident, ``<id>~2``, that names the closed one it follows.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ async def test_an_alert_refired_after_close_opens_a_new_incident_and_keeps_the_r
 
     again = await http.post("/v1/alerts/generic", content=alert, headers=p.bearer(BEARER))
     assert again.status_code == 202, again.text
-    follow_up = incident + "#2"
+    follow_up = incident + "~2"
     assert again.json()["incidents"] == [follow_up]
     two = await closed(service, follow_up)
     [opened] = [e for e in two.audit if e.kind == "opened"]
