@@ -12,8 +12,7 @@ import asyncio
 import pytest
 
 from tests.support.chaos import ChaosStack, chaos_playbook, check_incident, check_record
-from workflows.messages import DecisionRequest, Outcome, Verdict
-from workflows.rollback import RollbackWorkflow
+from workflows.messages import DecisionRequest, Verdict
 
 ROLLBACKS = 10
 
@@ -125,19 +124,20 @@ async def test_the_same_alert_refired_after_close_opens_a_new_incident(stack: Ch
 
 
 async def test_two_incidents_on_one_flag_never_move_users_back_toward_the_release(stack: ChaosStack) -> None:
+    """The second incident on a flag waits while the first holds it (one incident per target), then finds
+    everyone back and writes nothing; the flag moves exactly 0 -> 10 -> 50 -> 100 once. (The compare-and-set
+    drift gate behind it is exercised by the hand-edit test.)"""
     key = "shared-flag"
     await stack.add(chaos_playbook("slow", key, bakes=(6, 1, 1)))
     await stack.add(chaos_playbook("fast", key, bakes=(0.5, 0.5, 0.5)))
     slow = await stack.trigger("slow")
     await stack.watcher.until(key, 10.0)
     fast = await stack.trigger("fast")
-    fast_status = await stack.result(fast)
-    check_incident(stack, fast_status, key)
-    status = await stack.until_gate(slow)
-    assert status.gate is not None and "expected 10%, found 100%" in status.gate.evidence
-    await stack.client.get_workflow_handle(slow).execute_update(
-        RollbackWorkflow.decide, DecisionRequest(user="U_ONCALL", verdict=Verdict.APPROVE, via="cli"))
     slow_status = await stack.result(slow)
-    check_incident(stack, slow_status, key, outcome=Outcome.REVERTED)  # never below 100% once there
+    fast_status = await stack.result(fast)
+    check_incident(stack, slow_status, key)
+    check_incident(stack, fast_status, key)  # the same history: fast wrote nothing
+    assert [s.status for s in fast_status.stages] == ["skipped", "skipped", "skipped"]
+    assert any(e.kind == "target_held" for e in fast_status.audit)
     await check_record(stack, slow_status, key)
     await check_record(stack, fast_status, key)
