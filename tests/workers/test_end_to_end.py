@@ -129,11 +129,11 @@ async def stack(local_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator
 
 
 async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: Stack) -> None:
-    opened = await stack.http.post("/v1/incidents", json={"playbook": "chat-test", "release": "chat-v2",
+    opened = await stack.http.post("/v1/incidents", json={"playbook": "chat-test", "release": "e2e-approve-v2",
                                                           "reason": "hallucinations doubled"})
     assert opened.status_code == 202
     incident = opened.json()["incident_id"]
-    assert incident == "unship:chat-test:chat-v2"
+    assert incident == "unship:chat-test:e2e-approve-v2"  # a release no other test on this server uses
     assert await stack.share_on_previous() == 0
 
     async with stack.person("U_ONCALL") as oncall:
@@ -206,9 +206,9 @@ async def test_trigger_over_http_approve_from_cli_and_revert_in_stages(stack: St
 
 
 async def test_trigger_from_cli_then_emergency_revert_now(stack: Stack) -> None:
-    opened = await stack.cli("trigger", "chat-test", "--release", "chat-v3", user="U_OPS")
+    opened = await stack.cli("trigger", "chat-test", "--release", "e2e-revert-now-v3", user="U_OPS")
     assert opened.exit_code == 0, opened.output
-    incident = "unship:chat-test:chat-v3"
+    incident = "unship:chat-test:e2e-revert-now-v3"
     assert incident in opened.stdout
 
     await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
