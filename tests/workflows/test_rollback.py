@@ -289,7 +289,8 @@ async def test_pause_holds_the_next_stage_until_resumed(world: World) -> None:
 async def test_fairness_breach_freezes_for_investigation_instead_of_reverting(world: World) -> None:
     world.signals.timeline = {"hallucinations": [5], "latency_p95": [1.0], "fairness_gap": [0.25]}
     handle = await world.start(snapshot(confirmation={"rule": None}, decision={"default_action": "revert"}))
-    status = await world.at_phase(handle, Phase.INVESTIGATING)
+    # the phase changes before the investigation gate opens (one workflow task apart): wait for the gate
+    status = await world.until(handle, lambda s: s.phase is Phase.INVESTIGATING and s.gate is not None)
     assert any(e.kind == "frozen" for e in status.audit)
     assert status.gate and status.gate.purpose == "investigation"
     # timeouts never turn a fairness investigation into an automatic revert
