@@ -140,11 +140,18 @@ class RollbackActivities(IncidentActivities):
             if expected is not None:
                 found = await self.flags.get_previous_percent(target)
                 if not _same(found, req.previous_percent) and not _same(found, expected):
+                    _, by = written.get(target.ref, [None, None])
+                    if by is not None:
+                        # an earlier attempt of this step wrote the desired share: the edit came after it
+                        expected = req.previous_percent
                     states.append(TargetState(
                         target=target.ref, previous_percent=found, expected=expected, found=found, conflict=True,
                         detail=f"changed behind this incident's back: expected {expected:g}%, found "
                                + ("an unreadable split" if found is None else f"{found:g}%")
-                               + f" on the previous model; {req.previous_percent:g}% not written"))
+                               + " on the previous model"
+                               + (f" (written by attempt {by} of this step)" if by is not None else "")
+                               + f"; {req.previous_percent:g}% not written"
+                               + (" again" if by is not None else "")))
                     return CohortResult(states=states, applied=applied, attempt=info.attempt)
             if target.ref not in written and not (found is not None and _same(found, req.previous_percent)):
                 # Said before the write (the first beat of an attempt goes out at once): if this worker dies or

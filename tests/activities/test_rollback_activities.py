@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,6 +157,23 @@ async def test_apply_cohort_compares_before_it_sets(tmp_path: Path) -> None:
     again = await ActivityEnvironment().run(acts.apply_cohort, change.model_copy(
         update={"targets": TARGETS[:1], "expected": {"flag:flagd:chat-model": 10}}))
     assert not again.conflicts and again.states[0].previous_percent == 50
+
+
+async def test_a_retry_that_finds_its_own_write_edited_by_hand_says_what_it_wrote(tmp_path: Path) -> None:
+    """An attempt wrote 50%, died before answering, someone set 0% by hand: the retry's evidence names the 50%
+    this incident wrote (not the 10% it read before writing), and it writes nothing."""
+    flags = ScriptedFlagProvider(state={"flag:flagd:chat-model": 0})
+    acts = activities(tmp_path, flags=flags)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[
+        {"written": {"flag:flagd:chat-model": ["2026-11-30T01:00:00+00:00", 1]}, "sending": {}}])
+    change = CohortChange(incident_id="i", idempotency_key="k", targets=TARGETS[:1], previous_percent=50,
+                          expected={"flag:flagd:chat-model": 10})
+    result = await env.run(acts.apply_cohort, change)
+    assert [(c.expected, c.found) for c in result.conflicts] == [(50, 0)]
+    assert "expected 50%, found 0%" in result.conflicts[0].detail
+    assert "written by attempt 1" in result.conflicts[0].detail
+    assert flags.state == {"flag:flagd:chat-model": 0} and not flags.writes
 
 
 async def test_apply_cohort_read_back_mismatch_is_retryable(tmp_path: Path) -> None:
