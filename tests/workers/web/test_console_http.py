@@ -5,13 +5,22 @@ cookies, bad input answered with what is wrong, no secret on any page; and only 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
+from activities.chat import LogNotifier
+from activities.rollback import RollbackActivities
+from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
+from activities.store import SqliteIncidentStore
+from tabletop.rehearsal import RehearsalWorkflow
+from tabletop.rehearsal_run import RehearsalInput, run_rehearsal
+from tabletop.scenarios import scenario_folder
 from tests.support.stack import TOKEN, make_settings, person, serve
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
@@ -165,3 +174,34 @@ async def test_rehearsals_list_reports_and_serve_their_charts_inert(console: htt
     chart = await console.get("/rehearsals/reports/nightly/blip.svg")
     assert chart.status_code == 200 and chart.headers["content-type"] == "image/svg+xml"
     assert chart.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+async def test_a_scheduled_rehearsal_that_failed_shows_which_expectation_and_why(
+        console: httpx.AsyncClient, guarded: Settings, local_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """A rehearsal run (as a schedule starts it) whose scenario no longer holds: the rehearsals page lists it,
+    its page says FAILED, names the expectation that failed and what was found instead."""
+    folder = scenario_folder()
+    scenario = tmp_path / "transient-spike-wrong.scenario.yaml"
+    text = (folder / "transient-spike.scenario.yaml").read_text()
+    scenario.write_text(text.replace("playbook: ../library/", f"playbook: {folder.parent}/library/")
+                        .replace("outcome: dismissed", "outcome: reverted"))
+    run_id = f"unship-rehearsal:console-{uuid.uuid4().hex[:8]}:run"
+    activities = RollbackActivities(ScriptedFlagProvider(), ScriptedSignalSource({}), LogNotifier(),
+                                    SqliteIncidentStore(tmp_path / "x.db"))
+    async with Worker(local_env.client, task_queue=guarded.task_queue, workflows=[RehearsalWorkflow],
+                      activities=[activities.notify, run_rehearsal]):
+        summary = await local_env.client.execute_workflow(
+            RehearsalWorkflow.run, RehearsalInput(scenario_path=str(scenario)), id=run_id,
+            task_queue=guarded.task_queue)
+    assert not summary.passed and summary.outcome == "dismissed"
+    await sign_in(console)
+    listing = await console.get("/rehearsals")
+    assert listing.status_code == 200 and run_id in listing.text
+    page = await console.get(f"/rehearsals/runs/{run_id}")
+    assert page.status_code == 200
+    assert "FAILED" in page.text and "transient-spike" in page.text
+    failed = [e["name"] for e in summary.expectations if not e["passed"]]
+    assert failed and all(f"<td>{name}</td>" in page.text for name in failed), failed
+    assert "dismissed" in page.text  # what was found instead of the expected revert
+    missing = await console.get("/rehearsals/runs/unship-rehearsal:nobody:run")
+    assert missing.status_code == 404 and "no rehearsal run" in missing.text
