@@ -50,3 +50,22 @@ def playbook(**overrides: Any) -> Playbook:
 def snapshot(**overrides: Any) -> PlaybookSnapshot:
     pb = playbook(**overrides)
     return PlaybookSnapshot(playbook=pb, content_hash=content_hash(pb), source="tests")
+
+
+COUNTED = {"type": "scripted", "events": "hallucinations_total", "outputs": "responses_total"}
+
+
+def sequential_snapshot(**sequential: Any) -> PlaybookSnapshot:
+    """The base playbook with a counted hallucination rate confirmed by a CUSUM sequential test."""
+    signals = [
+        {"name": "hallucinations", "category": "model_quality", "source": COUNTED,
+         "threshold": {"value": 30, "unit": "per 10k outputs"}},
+        {"name": "latency_p95", "category": "operational_health", "source": {"type": "scripted"},
+         "threshold": {"value": 2.5, "unit": "s"}},
+        {"name": "fairness_gap", "category": "fairness", "source": {"type": "scripted"},
+         "threshold": {"value": 0.1}},
+    ]
+    return snapshot(signals=signals, confirmation={
+        "window": "30m", "interval": "1m", "breaches": 3, "out_of": 5, "method": "sequential",
+        "sequential": {"test": "cusum", "false_alarm": 0.01, "detect": 1.2, "min_polls": 3, **sequential},
+    })

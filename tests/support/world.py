@@ -4,7 +4,8 @@ time-skipping server."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.chat import LogNotifier
 from activities.contracts import FlagProvider
@@ -23,6 +25,7 @@ from tests.support.temporal import SIMULATED_LIMIT, workflow_result
 from workflows.messages import Alert, AlertBatch, IncidentStatus, Phase, RollbackInput, incident_id
 from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.rollback import RollbackWorkflow
+from workflows.sandbox import workflow_runner
 
 WORKFLOWS = INCIDENT_WORKFLOWS
 
@@ -119,3 +122,13 @@ async def make_world(env: WorkflowEnvironment, tmp_path: Path, flags: FlagProvid
     activities = RollbackActivities(flags=flags or scripted_flags, signals=signals, chat=chat, store=store,
                                     review_dir=tmp_path / "reviews")
     return _Made(world, activities)
+
+
+@asynccontextmanager
+async def running_world(env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[World]:
+    """A world with its worker running; leftover workflows are terminated on the way out."""
+    made = await make_world(env, tmp_path)
+    async with Worker(env.client, task_queue=made.world.task_queue, workflows=WORKFLOWS,
+                      workflow_runner=workflow_runner(), activities=made.activities.all()):
+        yield made.world
+        await made.world.terminate_leftovers()

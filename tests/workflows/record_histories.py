@@ -23,7 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from tests.support.playbooks import snapshot
+from tests.support.playbooks import sequential_snapshot, snapshot
 from tests.support.world import WORKFLOWS, make_world
 from workflows.messages import (
     Action,
@@ -114,7 +114,6 @@ async def record(prefix: str) -> None:
 
 async def record_sequential(prefix: str) -> None:
     """A sequential confirmation that confirms (then is approved) and one that is dismissed."""
-    from tests.workflows.test_rollback_sequential import sequential_snapshot
 
     binary = shutil.which("temporal-test-server") or str(Path(sys.executable).parent / "temporal-test-server")
     env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,

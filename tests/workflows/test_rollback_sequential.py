@@ -5,29 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from playbooks.models import PlaybookSnapshot
 from playbooks.rendering import render_review
-from tests.support.playbooks import snapshot
+from tests.support.playbooks import sequential_snapshot
 from tests.support.world import World
 from workflows.messages import Command, Outcome, Phase
 from workflows.rollback import RollbackWorkflow
-
-COUNTED = {"type": "scripted", "events": "hallucinations_total", "outputs": "responses_total"}
-
-
-def sequential_snapshot(**sequential: Any) -> PlaybookSnapshot:
-    signals = [
-        {"name": "hallucinations", "category": "model_quality", "source": COUNTED,
-         "threshold": {"value": 30, "unit": "per 10k outputs"}},
-        {"name": "latency_p95", "category": "operational_health", "source": {"type": "scripted"},
-         "threshold": {"value": 2.5, "unit": "s"}},
-        {"name": "fairness_gap", "category": "fairness", "source": {"type": "scripted"},
-         "threshold": {"value": 0.1}},
-    ]
-    return snapshot(signals=signals, confirmation={
-        "window": "30m", "interval": "1m", "breaches": 3, "out_of": 5, "method": "sequential",
-        "sequential": {"test": "cusum", "false_alarm": 0.01, "detect": 1.2, "min_polls": 3, **sequential},
-    })
 
 
 def closing(status: Any) -> str:
