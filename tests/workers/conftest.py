@@ -3,6 +3,8 @@ from tests/conftest.py), the HTTP API served by uvicorn on a free port, and a CL
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,13 @@ def service(local_env: WorkflowEnvironment, settings: Settings, playbooks: dict)
 def runner() -> CliRunner:
     return CliRunner()
 
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger back as it was (tests that call configure_logging change it process-wide)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        yield
+    finally:
+        root.handlers[:], root.level = saved

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -41,16 +39,6 @@ def test_alerting_rules_pass_promtool() -> None:
     checked = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    try:
-        yield
-    finally:
-        root.handlers[:], root.level = saved
 
 
 @pytest.mark.usefixtures("restore_logging")

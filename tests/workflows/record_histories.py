@@ -17,14 +17,15 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from tests.support.playbooks import sequential_snapshot, snapshot
-from tests.support.world import WORKFLOWS, make_world
+from tests.support.world import World, running_world
 from workflows.messages import (
     Action,
     ActionRefusal,
@@ -42,109 +43,105 @@ HISTORIES = Path(__file__).parent / "histories"
 SUSTAINED = {"hallucinations": [55, 61, 70, 72, 75], "latency_p95": [1.2], "fairness_gap": [0.02]}
 
 
-async def record(prefix: str) -> None:
+@asynccontextmanager
+async def recording_world() -> AsyncIterator[World]:
+    """A world with its worker on a time-skipping server of its own (histories start from an empty server)."""
     binary = shutil.which("temporal-test-server") or str(Path(sys.executable).parent / "temporal-test-server")
     env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,
                                                        test_server_existing_path=binary)
     async with env:
         with tempfile.TemporaryDirectory() as tmp:
-            made = await make_world(env, Path(tmp))
-            world = made.world
-            async with Worker(env.client, task_queue=world.task_queue, workflows=WORKFLOWS,
-                              activities=made.activities.all()):
-                world.signals.timeline = SUSTAINED
-                approved = await world.start(snapshot(), release="approved-v1")
-                await world.at_phase(approved, Phase.AWAITING_DECISION)
-                await approved.execute_update(RollbackWorkflow.decide, DecisionRequest(
-                    user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
-                await approved.result()
+            async with running_world(env, Path(tmp)) as world:
+                yield world
 
-                world.signals.timeline = {"hallucinations": [80, 12, 11, 10, 9], "latency_p95": [1.0]}
-                dismissed = await world.start(snapshot(), release="dismissed-v1")
-                await dismissed.result()
 
-                world.signals.timeline = SUSTAINED
-                escalated = await world.start(snapshot(), release="escalated-v1")
-                await escalated.result()
+async def record(prefix: str) -> None:
+    async with recording_world() as world:
+        world.signals.timeline = SUSTAINED
+        approved = await world.start(snapshot(), release="approved-v1")
+        await world.at_phase(approved, Phase.AWAITING_DECISION)
+        await approved.execute_update(RollbackWorkflow.decide, DecisionRequest(
+            user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
+        await approved.result()
 
-                # decision rights: a per-role gate, a refused raw signal, a refusal reported back, pause/resume
-                # and revert-now through the operate update
-                rights = await world.start(snapshot(decision={"quorum": 2, "require": {"on_call": 1,
-                                                                                       "safety_lead": 1}}),
-                                           release="rights-v1")
-                await world.at_phase(rights, Phase.AWAITING_DECISION)
-                await rights.signal(RollbackWorkflow.revert_all_now, Command(by="intern", reason="skip the gate"))
-                await rights.signal(RollbackWorkflow.refused, ActionRefusal(user="intern", action="abort",
-                                                                            refusal="holds no role"))
-                await rights.execute_update(RollbackWorkflow.decide, DecisionRequest(
-                    user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
-                await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
-                    action=Action.PAUSE, user="U_ONCALL", reason="recorded history"))
-                await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
-                    action=Action.RESUME, user="U_ONCALL"))
-                await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
-                    action=Action.REVERT_NOW, user="U_SAFETY", reason="recorded history"))
-                await rights.result()
+        world.signals.timeline = {"hallucinations": [80, 12, 11, 10, 9], "latency_p95": [1.0]}
+        dismissed = await world.start(snapshot(), release="dismissed-v1")
+        await dismissed.result()
 
-                world.signals.timeline = {"hallucinations": [10], "latency_p95": [1.0]}
-                released = await env.client.start_workflow(
-                    ReleaseWorkflow.run, ReleaseInput(snapshot=snapshot(), release="fixed-v2", bake_seconds=60),
-                    id=release_id("chat-test", "fixed-v2"), task_queue=world.task_queue)
-                await released.result()
-                status = await approved.query(RollbackWorkflow.status)
-                assert status.review_workflow_id is not None
-                review = env.client.get_workflow_handle(status.review_workflow_id)
-                await review.terminate(reason="recorded after the review document was written")
+        world.signals.timeline = SUSTAINED
+        escalated = await world.start(snapshot(), release="escalated-v1")
+        await escalated.result()
 
-                saved_handles = (("rollback_approved_staged_revert", approved),
-                                 ("rollback_rights_operate", rights),
-                                 ("rollback_transient_dismissed", dismissed),
-                                 ("rollback_timeout_escalation_default", escalated),
-                                 ("release_staged", released), ("review_written", review))
-                for name, handle in saved_handles:
-                    history = await handle.fetch_history()
-                    saved = {"workflow_id": handle.id, "history": json.loads(history.to_json())}
-                    target = HISTORIES / f"{prefix}_{name}.json"
-                    if target.exists():
-                        raise SystemExit(f"{target} exists: saved histories are never overwritten")
-                    target.write_text(json.dumps(saved, indent=1))
-                    print(f"saved {target.name}: {len(history.events)} events")
-                await world.terminate_leftovers()
+        # decision rights: a per-role gate, a refused raw signal, a refusal reported back, pause/resume
+        # and revert-now through the operate update
+        rights = await world.start(snapshot(decision={"quorum": 2, "require": {"on_call": 1,
+                                                                               "safety_lead": 1}}),
+                                   release="rights-v1")
+        await world.at_phase(rights, Phase.AWAITING_DECISION)
+        await rights.signal(RollbackWorkflow.revert_all_now, Command(by="intern", reason="skip the gate"))
+        await rights.signal(RollbackWorkflow.refused, ActionRefusal(user="intern", action="abort",
+                                                                    refusal="holds no role"))
+        await rights.execute_update(RollbackWorkflow.decide, DecisionRequest(
+            user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
+        await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
+            action=Action.PAUSE, user="U_ONCALL", reason="recorded history"))
+        await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
+            action=Action.RESUME, user="U_ONCALL"))
+        await rights.execute_update(RollbackWorkflow.operate, OperatorCommand(
+            action=Action.REVERT_NOW, user="U_SAFETY", reason="recorded history"))
+        await rights.result()
+
+        world.signals.timeline = {"hallucinations": [10], "latency_p95": [1.0]}
+        released = await world.env.client.start_workflow(
+            ReleaseWorkflow.run, ReleaseInput(snapshot=snapshot(), release="fixed-v2", bake_seconds=60),
+            id=release_id("chat-test", "fixed-v2"), task_queue=world.task_queue)
+        await released.result()
+        status = await approved.query(RollbackWorkflow.status)
+        assert status.review_workflow_id is not None
+        review = world.env.client.get_workflow_handle(status.review_workflow_id)
+        await review.terminate(reason="recorded after the review document was written")
+
+        saved_handles = (("rollback_approved_staged_revert", approved),
+                         ("rollback_rights_operate", rights),
+                         ("rollback_transient_dismissed", dismissed),
+                         ("rollback_timeout_escalation_default", escalated),
+                         ("release_staged", released), ("review_written", review))
+        for name, handle in saved_handles:
+            history = await handle.fetch_history()
+            saved = {"workflow_id": handle.id, "history": json.loads(history.to_json())}
+            target = HISTORIES / f"{prefix}_{name}.json"
+            if target.exists():
+                raise SystemExit(f"{target} exists: saved histories are never overwritten")
+            target.write_text(json.dumps(saved, indent=1))
+            print(f"saved {target.name}: {len(history.events)} events")
+        await world.terminate_leftovers()
 
 
 async def record_sequential(prefix: str) -> None:
     """A sequential confirmation that confirms (then is approved) and one that is dismissed."""
 
-    binary = shutil.which("temporal-test-server") or str(Path(sys.executable).parent / "temporal-test-server")
-    env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter,
-                                                       test_server_existing_path=binary)
-    async with env:
-        with tempfile.TemporaryDirectory() as tmp:
-            made = await make_world(env, Path(tmp))
-            world = made.world
-            async with Worker(env.client, task_queue=world.task_queue, workflows=WORKFLOWS,
-                              activities=made.activities.all()):
-                world.signals.samples = {"hallucinations": [20_000]}
-                world.signals.timeline = {"hallucinations": [60.0], "latency_p95": [1.0], "fairness_gap": [0.01]}
-                confirmed = await world.start(sequential_snapshot(), release="sequential-v1")
-                await world.at_phase(confirmed, Phase.AWAITING_DECISION)
-                await confirmed.execute_update(RollbackWorkflow.decide, DecisionRequest(
-                    user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
-                await confirmed.result()
-                world.signals.timeline = {"hallucinations": [300.0, 29.0], "latency_p95": [1.0],
-                                          "fairness_gap": [0.01]}
-                dismissed = await world.start(sequential_snapshot(), release="sequential-spike-v1")
-                await dismissed.result()
-                for name, handle in (("rollback_sequential_confirmed", confirmed),
-                                     ("rollback_sequential_dismissed", dismissed)):
-                    history = await handle.fetch_history()
-                    target = HISTORIES / f"{prefix}_{name}.json"
-                    if target.exists():
-                        raise SystemExit(f"{target} exists: saved histories are never overwritten")
-                    saved = {"workflow_id": handle.id, "history": json.loads(history.to_json())}
-                    target.write_text(json.dumps(saved, indent=1))
-                    print(f"saved {target.name}: {len(history.events)} events")
-                await world.terminate_leftovers()
+    async with recording_world() as world:
+        world.signals.samples = {"hallucinations": [20_000]}
+        world.signals.timeline = {"hallucinations": [60.0], "latency_p95": [1.0], "fairness_gap": [0.01]}
+        confirmed = await world.start(sequential_snapshot(), release="sequential-v1")
+        await world.at_phase(confirmed, Phase.AWAITING_DECISION)
+        await confirmed.execute_update(RollbackWorkflow.decide, DecisionRequest(
+            user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
+        await confirmed.result()
+        world.signals.timeline = {"hallucinations": [300.0, 29.0], "latency_p95": [1.0],
+                                  "fairness_gap": [0.01]}
+        dismissed = await world.start(sequential_snapshot(), release="sequential-spike-v1")
+        await dismissed.result()
+        for name, handle in (("rollback_sequential_confirmed", confirmed),
+                             ("rollback_sequential_dismissed", dismissed)):
+            history = await handle.fetch_history()
+            target = HISTORIES / f"{prefix}_{name}.json"
+            if target.exists():
+                raise SystemExit(f"{target} exists: saved histories are never overwritten")
+            saved = {"workflow_id": handle.id, "history": json.loads(history.to_json())}
+            target.write_text(json.dumps(saved, indent=1))
+            print(f"saved {target.name}: {len(history.events)} events")
+        await world.terminate_leftovers()
 
 
 if __name__ == "__main__":

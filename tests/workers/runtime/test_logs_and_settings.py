@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,6 @@ from workers.runtime.logs import configure_logging
 from workers.runtime.settings import SECRET_FIELDS, Settings
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    try:
-        yield
-    finally:
-        root.handlers[:], root.level = saved
 
 
 @pytest.mark.usefixtures("restore_logging")
