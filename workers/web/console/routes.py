@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,7 @@ class _Incident:
     review_html: str | None
     review_tasks: list[dict[str, Any]]
     temporal_url: str | None
+    reports: list[str] = field(default_factory=list)
 
     @property
     def last_seq(self) -> int:
@@ -217,6 +218,7 @@ class Console:
             raise stored
         snapshot = await svc.snapshot_of(incident_id, status.playbook, status.playbook_version)
         review = await store.review(incident_id) if store and status.review_workflow_id else None
+        drafts = await store.reports(incident_id) if store and status.review_workflow_id else []
         temporal_url = None
         if ui:
             run = run if isinstance(run, str) else None
@@ -225,14 +227,15 @@ class Console:
                             + (f"/{run}/history" if run else ""))
         return _Incident(status=status, snapshot=snapshot, timeline=views.merge_timeline(status.audit, stored or []),
                          review_html=views.review_html(review), review_tasks=review.tasks if review else [],
-                         temporal_url=temporal_url)
+                         temporal_url=temporal_url, reports=[d.regime.value for d in drafts])
 
     def status_context(self, data: _Incident, person: Person | None, csrf: str) -> dict[str, Any]:
         s = data.status
         return {
             "s": s, "snapshot": data.snapshot, "stages": views.stages(s, data.snapshot),
             "charts": views.charts(s, data.snapshot), "deadlines": views.deadlines(s, data.snapshot),
-            "review_html": data.review_html, "review_tasks": data.review_tasks, "person": person, "csrf": csrf,
+            "review_html": data.review_html, "review_tasks": data.review_tasks, "reports": data.reports,
+            "person": person, "csrf": csrf,
             "nonce": uuid.uuid4().hex, "open": s.phase is not Phase.CLOSED, "now": datetime.now(UTC),
             "link": incident_link(self.settings.console_url, s.incident_id), "temporal_url": data.temporal_url,
             "last_seq": data.last_seq, "actions_key": _actions_key(s),
@@ -358,6 +361,18 @@ class Console:
             except ServiceError as exc:
                 return self._answer(htmx, back, 503, "bad", str(exc))
             return self._answer(htmx, back, 200, "ok", message)
+
+        @r.get("/incidents/{incident_id:path}/reports/{regime}", response_class=HTMLResponse)
+        async def regulatory_report(request: Request, incident_id: str, regime: str) -> Response:
+            """A regulatory report draft, print-ready (the page's own A4 CSS; print it to PDF)."""
+            self.reader(request)
+            svc = await self.service()
+            drafts = {d.regime.value: d for d in await svc.reports(incident_id)} if svc.store else {}
+            draft = drafts.get(regime)
+            if draft is None:
+                raise _Problem(404, "No such report", f"no {regime!r} report for {incident_id}; drafted: "
+                               f"{', '.join(drafts) or 'none'}")
+            return HTMLResponse(draft.html)
 
         @r.get("/incidents/{incident_id:path}", response_class=HTMLResponse)
         async def incident(request: Request, incident_id: str) -> Response:
