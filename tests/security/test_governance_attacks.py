@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store import SqliteIncidentStore
-from tests.support.governance import governed_review
+from tests.support.governance import governed_review, until
 from tests.support.playbooks import snapshot
 from tests.support.stack import api_client, make_settings, person, serve
 from tests.workflows.test_governance import BAD, GOOD, rows
@@ -42,16 +40,6 @@ async def review_id(local_env: WorkflowEnvironment, settings: Settings, tmp_path
         yield workflow_id
 
 
-async def _until(client: httpx.AsyncClient, path: str, done: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    for _ in range(300):
-        body = (await client.get(path)).json()
-        if done(body):
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{path} never reached the expected state: {body}")
-
-
 async def test_purge_approval_and_legal_hold_release_without_the_role_are_refused_and_recorded(
         review_id: str, local_env: WorkflowEnvironment, settings: Settings, tmp_path: Path) -> None:
     store = SqliteIncidentStore(settings.state_dir / "unship.db")
@@ -64,7 +52,7 @@ async def test_purge_approval_and_legal_hold_release_without_the_role_are_refuse
             api_client(url, intern) as as_intern, api_client(url, privacy_read_only) as as_privacy, \
             api_client(url, SHARED) as as_shared:
         assert (await as_legal.post(f"{base}/legal-hold", json={"reason": "regulator inquiry"})).status_code == 200
-        await _until(as_legal, f"{base}/governance", lambda b: (b.get("purge") or {}).get("state") == "legal_hold")
+        await until(as_legal, f"{base}/governance", lambda b: (b.get("purge") or {}).get("state") == "legal_hold")
 
         attempts = {
             "intern approves the purge": await as_intern.post(f"{base}/purge/approve", json={"reason": "cleanup"}),

@@ -3,11 +3,14 @@ API and attack tests (a closed incident's review whose purge of 250 outputs is d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -49,3 +52,14 @@ async def governed_review(env: WorkflowEnvironment, settings: Settings, tmp_path
         yield workflow_id
         with contextlib.suppress(Exception):  # it may have completed
             await env.client.get_workflow_handle(workflow_id).terminate("test over")
+
+
+async def until(client: httpx.AsyncClient, path: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """GET ``path`` until its JSON answer satisfies ``done`` (a bounded wait: 30 s)."""
+    body: dict[str, Any] = {}
+    for _ in range(300):
+        body = (await client.get(path)).json()
+        if done(body):
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path} never reached the expected state: {body}")

@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from activities.store import SqliteIncidentStore
-from tests.support.governance import governed_review
+from tests.support.governance import governed_review, until
 from tests.support.stack import api_client, cli_env, person, serve
 from tests.workflows.test_governance import rows
 from workers.cli import app
@@ -34,15 +33,6 @@ async def review_id(local_env: WorkflowEnvironment, settings: Settings, tmp_path
     monkeypatch.setenv("GOV_OUTPUTS_DSN", "")  # the review sets it; monkeypatch removes it after the test
     async with governed_review(local_env, settings, tmp_path) as workflow_id:
         yield workflow_id
-
-
-async def _until(client: httpx.AsyncClient, path: str, done: Any) -> dict[str, Any]:
-    for _ in range(300):
-        body = (await client.get(path)).json()
-        if done(body):
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{path} never reached the expected state: {body}")
 
 
 async def test_governance_over_the_api_and_the_cli(review_id: str, local_env: WorkflowEnvironment,
@@ -66,7 +56,7 @@ async def test_governance_over_the_api_and_the_cli(review_id: str, local_env: Wo
             assert read_only.status_code == 403 and "lacks the 'operate' scope" in read_only.json()["detail"]
             held = await as_legal.post(f"{base}/legal-hold", json={"reason": "regulator inquiry"})
             assert held.status_code == 200 and "blocked" in held.json()["message"]
-            due = await _until(as_reader, f"{base}/governance",
+            due = await until(as_reader, f"{base}/governance",
                                lambda b: (b.get("purge") or {}).get("state") == "legal_hold")
             assert due["purge"]["counted"] == {"answers": 250} and due["legal_hold"]["by"] == "U_LEGAL"
             wrong = await as_oncall.post(f"{base}/purge/approve", json={})
@@ -97,7 +87,7 @@ async def test_governance_over_the_api_and_the_cli(review_id: str, local_env: Wo
                                             "--reference", "DPA-7")
         assert submitted.exit_code == 0, submitted.output
         async with api_client(url, reader) as as_reader:
-            final = await _until(as_reader, f"{base}/governance", lambda b: b.get("closed"))
+            final = await until(as_reader, f"{base}/governance", lambda b: b.get("closed"))
             assert final["purge"]["state"] == "purged" and final["purge"]["counts_after"] == {"answers": 0}
             assert final["purge"]["approvals"] == ["U_PRIVACY"]
             assert final["reports"][0]["submitted_by"] == "U_COMPLIANCE"

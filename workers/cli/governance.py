@@ -38,16 +38,16 @@ def _govern(incident: str, path: str, body: dict[str, str], key: str | None = No
 @app.command()
 def hold(
     incident_or_release: Annotated[str, typer.Argument(
-        metavar="[release] INCIDENT", help="Incident id; `release INCIDENT` releases its legal hold.")],
-    incident: Annotated[str | None, typer.Argument(metavar="", help="(after `release`) the incident id",
+        metavar="ID|release", help="The incident id to hold; or `release`, then the id whose hold to release.")],
+    incident: Annotated[str | None, typer.Argument(metavar="ID", help="After `release`: the incident id.",
                                                    show_default=False)] = None,
     reason: Reason = "",
 ) -> None:
     """Place a legal hold on the incident's data (`unship hold ID --reason ...`): nothing is purged until it is
     released with `unship hold release ID --reason ...`. Both audited; the playbook names who may release it.
 
-    A legal hold blocks the purge of the bad release's outputs; it is not the target hold that keeps one incident
-    per flag (those are the server's `target-holds`)."""
+    A legal hold (operate scope) blocks the purge of the bad release's outputs. It is not a target hold (the
+    one-incident-per-flag lock a revert takes)."""
     if incident is None:
         _govern(incident_or_release, "legal-hold", {"reason": reason})
     elif incident_or_release == "release":
