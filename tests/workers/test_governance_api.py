@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from activities.store import SqliteIncidentStore
 from tests.support.governance import governed_review, until
 from tests.support.stack import api_client, cli_env, person, serve
+from tests.workers.web.test_console_http import csrf_of
 from tests.workflows.test_governance import rows
 from workers.cli import app
 from workers.runtime.service import IncidentService
@@ -115,3 +117,36 @@ async def test_governance_over_the_api_and_the_cli(review_id: str, local_env: Wo
     # every refusal above (403 / exit 1) is on the audit trail, under the verified caller's name
     assert [e.actor for e in refusals] == ["U_LEGAL", "U_READER", "U_ONCALL", "U_ONCALL"]
     assert sqlite3.connect(settings.state_dir / "unship.db").execute("SELECT count(*) FROM reports").fetchone()[0] == 1
+
+
+async def test_the_console_acts_on_the_review_as_the_signed_in_person(
+        review_id: str, local_env: WorkflowEnvironment, settings: Settings, playbooks: dict) -> None:
+    store = SqliteIncidentStore(settings.state_dir / "unship.db")
+    service = IncidentService(local_env.client, settings, playbooks, store=store)
+    tokens = {"U_LEGAL": person(settings, "U_LEGAL"), "U_ONCALL": person(settings, "U_ONCALL")}
+    act = f"/incidents/{review_id}/act"
+    htmx = {"HX-Request": "true"}
+
+    async def signed_in(http: httpx.AsyncClient, user: str) -> str:
+        form = await http.get("/signin")
+        signed = await http.post("/signin", data={"csrf": csrf_of(form.text), "token": tokens[user], "next": "/"})
+        assert signed.status_code == 303
+        return csrf_of((await http.get("/")).text)
+
+    async with serve(create_app(service, settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as legal, \
+            httpx.AsyncClient(base_url=url, timeout=30) as oncall, api_client(url, tokens["U_LEGAL"]) as api:
+        as_legal, as_oncall = await signed_in(legal, "U_LEGAL"), await signed_in(oncall, "U_ONCALL")
+        held = await legal.post(act, data={"action": "legal-hold", "csrf": as_legal, "reason": "LH-7"}, headers=htmx)
+        assert held.headers["x-unship-status"] == "200" and "legal hold placed" in held.text
+        release = {"action": "release-legal-hold", "csrf": as_oncall, "reason": "done"}
+        refused = await oncall.post(act, data=release, headers=htmx)
+        assert refused.headers["x-unship-status"] == "403" and "U_ONCALL holds none of the roles" in refused.text
+        status = (await api.get(f"/v1/incidents/{review_id}/governance")).json()
+        assert status["legal_hold"] == {"by": "U_LEGAL", "reason": "LH-7", "at": status["legal_hold"]["at"]}
+    for _ in range(100):
+        events = {e.kind: e for e in await store.events("unship:chat-test:chat-v2")}
+        if "governance_refused" in events:
+            break
+        await asyncio.sleep(0.1)
+    assert events["legal_hold"].actor == "U_LEGAL" and "via console" in events["legal_hold"].message
+    assert events["governance_refused"].actor == "U_ONCALL" and events["governance_refused"].data["via"] == "console"

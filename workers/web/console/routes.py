@@ -5,7 +5,9 @@
 |---|---|
 | ``GET /`` | incidents, open first, then recent; filters ``phase`` (``open`` or a phase) and ``playbook``; live |
 | ``GET /incidents/{id}`` | one incident: stage bar, decision, charts, integrity, review, timeline; live |
-| ``POST /incidents/{id}/act`` | approve, reject, revert-now, pause, resume, abort as the signed-in person |
+| ``POST /incidents/{id}/act`` | approve, reject, revert-now, pause, resume, abort as the signed-in person; on a closed |
+| | incident's review: legal-hold, release-legal-hold, approve-purge |
+| ``GET /incidents/{id}/reports/{regime}`` | a regulatory report draft, print-ready HTML |
 | ``GET /playbooks/{name}`` | a playbook's text (``?version=`` the exact version an incident ran) |
 | ``GET /rehearsals``, ``/rehearsals/...`` | tabletop reports, scheduled rehearsals and their runs |
 | ``GET|POST /signin``, ``POST /signout`` | sign-in with the API's identities |
@@ -62,7 +64,7 @@ from workers.web.console.identity import (
 from workers.web.console.live import sse, watch
 from workers.web.console.rehearsals import RehearsalRun, Report, find_reports, read_report, rehearsal_runs
 from workers.web.guards import ServiceGetter
-from workflows.messages import DecisionRequest, IncidentStatus, OperatorCommand, Phase, Verdict
+from workflows.messages import DecisionRequest, GovernanceRequest, IncidentStatus, OperatorCommand, Phase, Verdict
 from workflows.review import REVIEW_SEQ_BASE
 
 HERE = Path(__file__).resolve().parent
@@ -72,6 +74,9 @@ STATUS_TTL = 1.0
 without an audit event at most this late on screen."""
 PHASE_FILTERS = ["open", *(p.value for p in Phase)]
 ACTIONS = list(ACTION_SCOPES)
+GOVERNANCE_ACTIONS = {"legal-hold": "legal_hold", "release-legal-hold": "release_legal_hold",
+                      "approve-purge": "approve_purge"}
+"""Console actions on the review, by the review update they are (the review checks the playbook's roles)."""
 
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -250,6 +255,10 @@ class Console:
         Raises ``Refused`` with the workflow's reason when it says no.
         """
         svc = await self.service()
+        if action in GOVERNANCE_ACTIONS:
+            governed = await svc.govern(incident_id, GOVERNANCE_ACTIONS[action], GovernanceRequest(
+                user=person.user, groups=list(person.groups), reason=reason, via="console"))
+            return governed.message
         if action in ("approve", "reject"):
             request = DecisionRequest(user=person.user, verdict=Verdict(action), reason=reason, via="console",
                                       gate_id=gate_id or None, groups=list(person.groups))
