@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 
-from playbooks.models import IntegrityCheck, Signal, Target
+from playbooks.models import IntegrityCheck, OutputLocation, Playbook, Regime, Signal, Target, Tracker
 
 
 class _Model(BaseModel):
@@ -245,6 +245,13 @@ class ReviewDocument(_Model):
     incident_id: str
     markdown: str
     tasks: list[dict[str, Any]] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="playbook, team, scenario, outcome, signals ...")
+
+
+class SearchHit(_Model):
+    incident_id: str
+    snippet: str
+    tags: list[str] = Field(default_factory=list)
 
 
 class ReviewRequest(_Model):
@@ -253,6 +260,120 @@ class ReviewRequest(_Model):
     incident_id: str
     status: dict[str, Any]
     template: str | None = None
+
+
+# --- governance: outputs of the release, regulatory reports, tracker tasks, lessons ---------------------------
+
+
+class OutputCount(_Model):
+    location: str
+    kind: str
+    count: int = Field(ge=0)
+
+
+class OutputsRequest(_Model):
+    """Count (``dry_run``) or delete the outputs ``release`` produced, in every location."""
+
+    incident_id: str
+    release: str
+    locations: list[OutputLocation]
+    dry_run: bool = True
+    idempotency_key: str = ""
+
+
+class PurgeProgress(_Model):
+    """Heartbeat details of a purge: what each location had before and how many batches ran (resume point)."""
+
+    before: dict[str, int] = Field(default_factory=dict)
+    batches: dict[str, int] = Field(default_factory=dict)
+    done: list[str] = Field(default_factory=list)
+
+
+class OutputsResult(_Model):
+    counts_before: list[OutputCount]
+    counts_after: list[OutputCount] = Field(default_factory=list)
+    batches: int = 0
+
+    @property
+    def total_before(self) -> int:
+        return sum(c.count for c in self.counts_before)
+
+    @property
+    def total_after(self) -> int:
+        return sum(c.count for c in self.counts_after)
+
+
+class ReportRequest(_Model):
+    """Draft one regulatory report from the incident's data (rendered by the regime's template)."""
+
+    incident_id: str
+    regime: Regime
+    context: dict[str, Any]
+
+
+class ReportDraft(_Model):
+    incident_id: str
+    regime: Regime
+    markdown: str
+    html: str
+    drafted_at: datetime | None = None
+
+
+class TrackerTask(_Model):
+    """A review task to create in a tracker (``key`` makes creation idempotent)."""
+
+    key: str
+    title: str
+    owner: str
+    assignee: str | None = None
+    due: datetime
+    labels: list[str] = Field(default_factory=list)
+    body: str = ""
+
+
+class TrackedTask(_Model):
+    key: str
+    ref: str = Field(description="the tracker's id: GitHub issue number, Jira issue key, store:...")
+    url: str = ""
+    state: Literal["open", "done"] = "open"
+
+
+class TasksRequest(_Model):
+    incident_id: str
+    tracker: Tracker
+    tasks: list[TrackerTask]
+
+
+class TaskStatesRequest(_Model):
+    incident_id: str
+    tracker: Tracker
+    tasks: list[TrackedTask]
+
+
+class TasksResult(_Model):
+    tasks: list[TrackedTask]
+
+
+class LessonRequest(_Model):
+    """What the incident recorded: every poll (at, observations), and when the playbook confirmed."""
+
+    incident_id: str
+    playbook: Playbook
+    playbook_source: str = ""
+    started_at: datetime
+    detected_at: datetime | None = None
+    polls: list[dict[str, Any]] = Field(default_factory=list, description="[{at, observations: [...]}]")
+
+
+class Lesson(_Model):
+    """The learning loop's findings: per signal, when it first crossed, and what another threshold would do."""
+
+    signals: list[dict[str, Any]] = Field(default_factory=list)
+    confirmed_after_s: float | None = None
+    proposal: str = Field(default="", description="the advisor's proposed change, in words")
+    changes: list[tuple[list[str | int], float]] = Field(
+        default_factory=list, description="the proposed change as (path in the playbook, new value) pairs")
+    diff: str = Field(default="", description="unified diff of the playbook file the owner can apply")
 
 
 # --- the activities the incident workflows call ------------------------------------------------------------
@@ -314,6 +435,36 @@ class IncidentActivities:
     @activity.defn(name="write_review")
     async def write_review(self, req: ReviewRequest) -> ReviewDocument:
         """Render and store the post-incident review."""
+        raise NotImplementedError
+
+    @activity.defn(name="count_outputs")
+    async def count_outputs(self, req: OutputsRequest) -> OutputsResult:
+        """Count the release's outputs in every location (the purge's dry run)."""
+        raise NotImplementedError
+
+    @activity.defn(name="purge_outputs")
+    async def purge_outputs(self, req: OutputsRequest) -> OutputsResult:
+        """Delete the release's outputs in bounded batches (idempotent, resumable), with counts before/after."""
+        raise NotImplementedError
+
+    @activity.defn(name="draft_report")
+    async def draft_report(self, req: ReportRequest) -> ReportDraft:
+        """Render a regulatory report (Markdown and print-ready HTML) and store it."""
+        raise NotImplementedError
+
+    @activity.defn(name="create_tasks")
+    async def create_tasks(self, req: TasksRequest) -> TasksResult:
+        """Create the review tasks in the tracker (idempotent by task key)."""
+        raise NotImplementedError
+
+    @activity.defn(name="sync_tasks")
+    async def sync_tasks(self, req: TaskStatesRequest) -> TasksResult:
+        """Read the tasks' states back from the tracker."""
+        raise NotImplementedError
+
+    @activity.defn(name="learn")
+    async def learn(self, req: LessonRequest) -> Lesson:
+        """First crossings, confirmation time, the threshold advisor's proposal and its playbook diff."""
         raise NotImplementedError
 
 
@@ -380,3 +531,34 @@ class IncidentStore(Protocol):
     async def hold_targets(self, incident_id: str, refs: list[str]) -> tuple[str, str] | None: ...
 
     async def release_targets(self, incident_id: str) -> None: ...
+
+    async def save_report(self, draft: ReportDraft) -> None: ...
+
+    async def reports(self, incident_id: str) -> list[ReportDraft]: ...
+
+    async def search(self, text: str, limit: int = 20) -> list[SearchHit]: ...
+
+
+@runtime_checkable
+class OutputStore(Protocol):
+    """Where a release's outputs live: count them, delete one bounded batch (returns how many went)."""
+
+    async def count(self, location: OutputLocation, release: str) -> int: ...
+
+    async def delete_batch(self, location: OutputLocation, release: str, limit: int) -> int: ...
+
+
+@runtime_checkable
+class TaskTracker(Protocol):
+    """A tracker the review tasks go to (GitHub Issues, Jira, the store)."""
+
+    async def create(self, tracker: Tracker, incident_id: str, task: TrackerTask) -> TrackedTask: ...
+
+    async def state(self, tracker: Tracker, task: TrackedTask) -> TrackedTask: ...
+
+
+@runtime_checkable
+class ThresholdAdvisor(Protocol):
+    """The backtest sweep (tabletop) as the learning activity sees it; the CLI wires it into the worker."""
+
+    def __call__(self, request: LessonRequest) -> Lesson: ...

@@ -32,12 +32,18 @@ from activities.contracts import (
     IncidentStore,
     IntegrityRequest,
     IntegrityResult,
+    Lesson,
+    LessonRequest,
     Measurement,
     MessageRef,
     Notification,
+    OutputsRequest,
+    OutputsResult,
     PollRequest,
     PollResult,
     ReadbackRequest,
+    ReportDraft,
+    ReportRequest,
     ReviewDocument,
     ReviewRequest,
     ServedReleaseReader,
@@ -47,12 +53,19 @@ from activities.contracts import (
     SignalSource,
     TargetHold,
     TargetState,
+    TasksRequest,
+    TasksResult,
+    TaskStatesRequest,
+    ThresholdAdvisor,
     WriteLog,
 )
 from activities.integrity import READBACK_TOLERANCE, IntegrityChecker
+from activities.learning import learn
+from activities.outputs import OutputRouter, resumed_progress
 from activities.routing import FlagRouter, hold_key
+from activities.trackers import TrackerRouter
 from playbooks.models import Signal
-from playbooks.rendering import render_message, render_review
+from playbooks.rendering import render_message, render_report, render_review
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +86,10 @@ class RollbackActivities(IncidentActivities):
         store: IncidentStore,
         integrity: IntegrityChecker | None = None,
         review_dir: Path | None = None,
+        *,
+        outputs: OutputRouter | None = None,
+        trackers: TrackerRouter | None = None,
+        advisor: ThresholdAdvisor | None = None,
     ) -> None:
         self.flags = flags
         self.signals = signals
@@ -81,11 +98,16 @@ class RollbackActivities(IncidentActivities):
         self.audit_metrics = metrics.AuditMetrics()
         self.integrity = integrity or IntegrityChecker(flags, signals)
         self.review_dir = review_dir
+        self.outputs = outputs or OutputRouter()
+        self.trackers = trackers or TrackerRouter()
+        self.advisor = advisor
 
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """The bound activity methods, for ``Worker(activities=...)``."""
         return [self.poll_signals, self.apply_cohort, self.read_cohort, self.check_integrity, self.notify,
-                self.record_audit, self.write_review, self.hold_targets, self.release_targets, self.served_release]
+                self.record_audit, self.write_review, self.hold_targets, self.release_targets, self.served_release,
+                self.count_outputs, self.purge_outputs, self.draft_report, self.create_tasks, self.sync_tasks,
+                self.learn]
 
     @activity.defn(name="poll_signals")
     async def poll_signals(self, req: PollRequest) -> PollResult:
@@ -259,14 +281,60 @@ class RollbackActivities(IncidentActivities):
             raise ApplicationError(f"review of {req.incident_id}: {exc}", type="unship.review_template",
                                    non_retryable=True) from exc
         tasks = req.status.get("review_tasks")
+        tags = req.status.get("review_tags")
         doc = ReviewDocument(incident_id=req.incident_id, markdown=markdown,
-                             tasks=list(tasks) if isinstance(tasks, list) else [])
+                             tasks=list(tasks) if isinstance(tasks, list) else [],
+                             tags=[str(t) for t in tags] if isinstance(tags, list) else [])
         async with _heartbeating():
             await self.store.save_review(doc)
             if self.review_dir is not None:
                 path = self.review_dir / f"{req.incident_id.replace(':', '_')}.md"
                 await asyncio.to_thread(_write_atomically, path, markdown)
         return doc
+
+    @activity.defn(name="count_outputs")
+    async def count_outputs(self, req: OutputsRequest) -> OutputsResult:
+        """Count the release's outputs in every location (the purge's dry run; nothing is deleted)."""
+        return OutputsResult(counts_before=await self.outputs.counts(req))
+
+    @activity.defn(name="purge_outputs")
+    async def purge_outputs(self, req: OutputsRequest) -> OutputsResult:
+        """Delete the release's outputs in bounded batches; a retry resumes from the heartbeated progress."""
+        return await self.outputs.purge(req, resumed_progress())
+
+    @activity.defn(name="draft_report")
+    async def draft_report(self, req: ReportRequest) -> ReportDraft:
+        """Render the regime's report (Markdown and print-ready HTML) and store the draft."""
+        try:
+            markdown, html = render_report(req.regime, req.context)
+        except ValueError as exc:
+            raise ApplicationError(f"report of {req.incident_id}: {exc}", type="unship.report_template",
+                                   non_retryable=True) from exc
+        draft = ReportDraft(incident_id=req.incident_id, regime=req.regime, markdown=markdown, html=html,
+                            drafted_at=datetime.now(UTC))
+        await self.store.save_report(draft)
+        if self.review_dir is not None:
+            stem = self.review_dir / f"{req.incident_id.replace(':', '_')}.{req.regime.value}"
+            await asyncio.to_thread(_write_atomically, stem.with_name(stem.name + ".md"), markdown)
+            await asyncio.to_thread(_write_atomically, stem.with_name(stem.name + ".html"), html)
+        return draft
+
+    @activity.defn(name="create_tasks")
+    async def create_tasks(self, req: TasksRequest) -> TasksResult:
+        """Create each review task in the tracker (a ticket that already exists for a task key is reused)."""
+        tracker = self.trackers.get(req.tracker)
+        return TasksResult(tasks=[await tracker.create(req.tracker, req.incident_id, task) for task in req.tasks])
+
+    @activity.defn(name="sync_tasks")
+    async def sync_tasks(self, req: TaskStatesRequest) -> TasksResult:
+        """Read each task's state back from the tracker."""
+        tracker = self.trackers.get(req.tracker)
+        return TasksResult(tasks=[await tracker.state(req.tracker, task) for task in req.tasks])
+
+    @activity.defn(name="learn")
+    async def learn(self, req: LessonRequest) -> Lesson:
+        """First crossings, confirmation time and the advisor's proposal with its playbook diff."""
+        return await asyncio.to_thread(learn, req, self.advisor)
 
 
 def _count_retry(system: str) -> None:

@@ -34,9 +34,12 @@ from activities.contracts import (
     ChainedEvent,
     IncidentRecord,
     IncidentStore,
+    ReportDraft,
     ReviewDocument,
+    SearchHit,
 )
 from activities.errors import AuditConflict
+from playbooks.models import Regime
 
 __all__ = ["AuditConflict", "PostgresIncidentStore", "SqliteIncidentStore", "StoreConfigurationError", "open_store"]
 
@@ -76,6 +79,15 @@ CREATE TABLE IF NOT EXISTS target_holds (
     incident_id TEXT NOT NULL,
     held_at     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reports (
+    incident_id TEXT NOT NULL,
+    regime      TEXT NOT NULL,
+    markdown    TEXT NOT NULL,
+    html        TEXT NOT NULL,
+    drafted_at  TEXT NOT NULL,
+    PRIMARY KEY (incident_id, regime)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS review_search USING fts5(incident_id UNINDEXED, tags, markdown);
 """
 # Columns added after the first release, with their SQLite and PostgreSQL types: added to older databases on
 # first use (ALTER TABLE ... ADD COLUMN keeps every row).
@@ -227,6 +239,17 @@ INSERT INTO reviews (incident_id, markdown, tasks, saved_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (incident_id) DO UPDATE SET
     markdown = excluded.markdown, tasks = excluded.tasks, saved_at = excluded.saved_at
 """
+_UPSERT_REPORT = """
+INSERT INTO reports (incident_id, regime, markdown, html, drafted_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (incident_id, regime) DO UPDATE SET
+    markdown = excluded.markdown, html = excluded.html, drafted_at = excluded.drafted_at
+"""
+
+
+def fts5_query(text: str) -> str:
+    """Free text as an FTS5 query: every word must appear (each quoted, so no FTS5 syntax leaks in)."""
+    words = [w for w in text.replace('"', " ").split() if w]
+    return " ".join(f'"{w}"' for w in words)
 
 
 def _filters(phase: str | None, playbook: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
@@ -460,7 +483,11 @@ class SqliteIncidentStore:
 
         def save(conn: sqlite3.Connection) -> None:
             with conn:
+                conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_UPSERT_REVIEW, row)
+                conn.execute("DELETE FROM review_search WHERE incident_id = ?", (review.incident_id,))
+                conn.execute("INSERT INTO review_search (incident_id, tags, markdown) VALUES (?, ?, ?)",
+                             (review.incident_id, " ".join(review.tags), review.markdown))
 
         await self._run(save)
 
@@ -472,6 +499,36 @@ class SqliteIncidentStore:
         if row is None:
             return None
         return ReviewDocument(incident_id=row["incident_id"], markdown=row["markdown"], tasks=json.loads(row["tasks"]))
+
+    async def save_report(self, draft: ReportDraft) -> None:
+        """Store (or replace) the draft of one regulatory report."""
+        row = (draft.incident_id, draft.regime.value, draft.markdown, draft.html,
+               _ts(draft.drafted_at or datetime.now(UTC)))
+
+        def save(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute(_UPSERT_REPORT, row)
+
+        await self._run(save)
+
+    async def reports(self, incident_id: str) -> list[ReportDraft]:
+        """The incident's regulatory report drafts."""
+        rows = await self._run(lambda c: c.execute(
+            "SELECT * FROM reports WHERE incident_id = ? ORDER BY regime", (incident_id,)).fetchall())
+        return [ReportDraft(incident_id=r["incident_id"], regime=Regime(r["regime"]), markdown=r["markdown"],
+                            html=r["html"], drafted_at=r["drafted_at"]) for r in rows]
+
+    async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
+        """Past reviews whose text or tags hold every word of ``text`` (FTS5, best match first)."""
+        query = fts5_query(text)
+        if not query:
+            return []
+        rows = await self._run(lambda c: c.execute(
+            "SELECT incident_id, tags, snippet(review_search, 2, '**', '**', ' ... ', 16) AS snippet "
+            "FROM review_search WHERE review_search MATCH ? ORDER BY rank LIMIT ?", (query, max(1, limit))
+        ).fetchall())
+        return [SearchHit(incident_id=r["incident_id"], snippet=r["snippet"], tags=r["tags"].split())
+                for r in rows]
 
 
 def _sqlite_record(row: sqlite3.Row) -> IncidentRecord:
@@ -516,6 +573,22 @@ CREATE TABLE IF NOT EXISTS target_holds (
     incident_id TEXT NOT NULL,
     held_at     TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reports (
+    incident_id TEXT NOT NULL,
+    regime      TEXT NOT NULL,
+    markdown    TEXT NOT NULL,
+    html        TEXT NOT NULL,
+    drafted_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (incident_id, regime)
+);
+CREATE TABLE IF NOT EXISTS review_search (
+    incident_id TEXT PRIMARY KEY,
+    tags        TEXT NOT NULL,
+    markdown    TEXT NOT NULL,
+    document    tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english', tags), 'A') || setweight(to_tsvector('english', markdown), 'B')) STORED
+);
+CREATE INDEX IF NOT EXISTS review_search_document ON review_search USING GIN (document);
 """
 _PG_UPSERT_INCIDENT = _UPSERT_INCIDENT.replace("?", "%s").replace("%s, %s)\nON", "%s::jsonb, %s)\nON")
 _PG_ADD_COLUMNS = "".join(f"ALTER TABLE incidents ADD COLUMN IF NOT EXISTS {name} {pg_type};\n"
@@ -698,12 +771,41 @@ class PostgresIncidentStore:
         async with conn, conn.transaction():
             await conn.execute(_PG_UPSERT_REVIEW, (
                 review.incident_id, review.markdown, json.dumps(review.tasks, default=str), datetime.now(UTC)))
+            await conn.execute(
+                "INSERT INTO review_search (incident_id, tags, markdown) VALUES (%s, %s, %s) ON CONFLICT "
+                "(incident_id) DO UPDATE SET tags = excluded.tags, markdown = excluded.markdown",
+                (review.incident_id, " ".join(review.tags), review.markdown))
 
     async def review(self, incident_id: str) -> ReviewDocument | None:
         """The incident's review document, or None if none was written yet."""
         rows = await self._fetch("SELECT incident_id, markdown, tasks FROM reviews WHERE incident_id = %s",
                                  (incident_id,))
         return ReviewDocument(**rows[0]) if rows else None
+
+    async def save_report(self, draft: ReportDraft) -> None:
+        """Store (or replace) the draft of one regulatory report."""
+        conn = await self._connect()
+        async with conn, conn.transaction():
+            await conn.execute(_UPSERT_REPORT.replace("?", "%s"), (
+                draft.incident_id, draft.regime.value, draft.markdown, draft.html,
+                _aware(draft.drafted_at or datetime.now(UTC))))
+
+    async def reports(self, incident_id: str) -> list[ReportDraft]:
+        """The incident's regulatory report drafts."""
+        rows = await self._fetch("SELECT * FROM reports WHERE incident_id = %s ORDER BY regime", (incident_id,))
+        return [ReportDraft(**r) for r in rows]
+
+    async def search(self, text: str, limit: int = 20) -> list[SearchHit]:
+        """Past reviews matching ``text`` (PostgreSQL full text, tags weigh more than the body)."""
+        if not text.split():
+            return []
+        rows = await self._fetch(
+            "SELECT incident_id, tags, ts_headline('english', markdown, q, "
+            "'StartSel=**, StopSel=**, MaxWords=24, MinWords=8') AS snippet "
+            "FROM review_search, plainto_tsquery('english', %s) AS q WHERE document @@ q "
+            "ORDER BY ts_rank(document, q) DESC, incident_id LIMIT %s", (text, max(1, limit)))
+        return [SearchHit(incident_id=r["incident_id"], snippet=r["snippet"], tags=r["tags"].split())
+                for r in rows]
 
 
 def _sqlite_add_columns(conn: sqlite3.Connection) -> None:

@@ -125,6 +125,11 @@ _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "target": {"component": None, "override_pending_changes": False},
     "decision": {"require": {}, "actions": {"revert_now": None, "abort": None, "pause": None, "break_glass": []}},
     "rollback": {"on_target_held": "wait", "check_served_release": True, "on_drift": "gate"},
+    # governance (docs/governance.md)
+    "playbook": {"provenance": {"fields": {}}, "data": None,
+                 "regulatory": {"reports": [], "active_users": None, "remind_ahead": 86400.0}},
+    "review": {"tracker": {"kind": "store", "repository": None, "project": None, "issue_type": "Task",
+                           "labels": ["post-incident"], "assignees": {}, "sync_every": 3600.0}},
 }
 
 
@@ -135,7 +140,11 @@ def _without_later_defaults(data: dict[str, Any]) -> dict[str, Any]:
                 if key in node and node[key] == default:
                     del node[key]
 
+    prune(data, _LATER_DEFAULTS["playbook"])
+    prune(data.get("review"), _LATER_DEFAULTS["review"])
     prune(data.get("confirmation"), _LATER_DEFAULTS["confirmation"])
+    for target in (data.get("rollback") or {}).get("targets") or []:
+        prune(target, _LATER_DEFAULTS["target"])
     for signal in data.get("signals") or []:
         prune(signal, _LATER_DEFAULTS["signal"])
         prune(signal.get("source") if isinstance(signal, dict) else None, _LATER_DEFAULTS["source"])

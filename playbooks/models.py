@@ -688,8 +688,160 @@ class ReviewTask(_Model):
     due: Duration = timedelta(days=5)
 
 
+class TrackerKind(StrEnum):
+    STORE = "store"  # tasks live in the review document and the incident store only (the default)
+    GITHUB = "github"  # GitHub Issues (REST)
+    JIRA = "jira"  # Jira Cloud (REST v3)
+
+
+class Tracker(_Model):
+    """Where review tasks become tickets, and how they are kept in sync."""
+
+    kind: TrackerKind = TrackerKind.STORE
+    repository: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+                                   description="GitHub owner/repo")
+    project: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]{0,31}$", description="Jira project key")
+    issue_type: str = Field(default="Task", description="Jira issue type name")
+    labels: list[str] = Field(default_factory=lambda: ["post-incident"])
+    assignees: dict[str, str] = Field(
+        default_factory=dict, description="role -> GitHub login or Jira accountId the role's tasks go to")
+    sync_every: Duration = Field(default=timedelta(hours=1), description="how often task states are polled")
+
+    @model_validator(mode="after")
+    def _where(self) -> Tracker:
+        if self.kind is TrackerKind.GITHUB and not self.repository:
+            raise ValueError("a github tracker needs 'repository' (owner/repo)")
+        if self.kind is TrackerKind.JIRA and not self.project:
+            raise ValueError("a jira tracker needs 'project' (the project key, e.g. MLOPS)")
+        if self.sync_every < timedelta(seconds=1):
+            raise ValueError("'sync_every' must be at least 1s")
+        return self
+
+
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
+
+
+class SqlOutputs(_Model):
+    """Outputs of the release in a SQL table (PostgreSQL or SQLite), tagged by a model-version column."""
+
+    kind: Literal["sql"] = "sql"
+    name: Slug
+    dsn_env: str = Field(description="environment variable holding the database URL (never the URL itself)")
+    table: str = Field(pattern=_IDENTIFIER, description="table (or schema.table) holding the outputs")
+    version_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+                                description="column naming the release that produced each row")
+    key_column: str = Field(default="id", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+                            description="a unique column, to delete in bounded batches")
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+
+class HttpOutputs(_Model):
+    """Outputs behind an HTTP deletion endpoint (see activities/outputs.py for the contract)."""
+
+    kind: Literal["http"] = "http"
+    name: Slug
+    url: str = Field(description="base URL of the endpoint; unship calls GET {url}/count and POST {url}/purge")
+    token_env: str | None = Field(default=None, description="environment variable holding a bearer token")
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+
+OutputLocation = Annotated[SqlOutputs | HttpOutputs, Field(discriminator="kind")]
+
+
+class Purge(_Model):
+    """Delete the release's outputs at ``after`` (from the incident's start), once ``approvers`` agree."""
+
+    after: Duration
+    approvers: list[str] = Field(min_length=1, description="roles whose holders may approve the deletion")
+    quorum: int = Field(default=1, ge=1)
+
+
+class DataGovernance(_Model):
+    """Where the bad release's outputs live, how long they are kept as evidence and when they are purged."""
+
+    outputs: list[OutputLocation] = Field(min_length=1)
+    retain: Duration | None = Field(default=None, description="keep the outputs this long (evidence, legal hold)")
+    purge: Purge | None = None
+    legal_hold_releasers: list[str] = Field(default_factory=list,
+                                      description="roles that may release a legal hold (default: purge.approvers)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataGovernance:
+        names = [o.name for o in self.outputs]
+        if len(names) != len(set(names)):
+            raise ValueError("outputs: names must be unique")
+        if self.purge and self.retain and self.purge.after < self.retain:
+            raise ValueError(f"purge.after ({format_duration(self.purge.after)}) comes before the end of the "
+                             f"retention period ({format_duration(self.retain)}); purge no earlier than retain")
+        if self.retain is None and self.purge is None:
+            raise ValueError("say what happens to the outputs: 'retain', 'purge' or both")
+        return self
+
+
+class Regime(StrEnum):
+    """The reporting regimes unship drafts a report for (a template each in templates/)."""
+
+    EU_AI_ACT = "eu_ai_act_serious_incident"
+    GDPR = "gdpr_breach"
+    INTERNAL = "internal_risk_committee"
+
+
+REGIME_DEADLINES = {
+    # EU AI Act Art. 73(2): no later than 15 days after the provider becomes aware of the serious incident.
+    Regime.EU_AI_ACT: timedelta(days=15),
+    # GDPR Art. 33(1): without undue delay and, where feasible, not later than 72 hours after becoming aware.
+    Regime.GDPR: timedelta(hours=72),
+    Regime.INTERNAL: timedelta(days=5),
+}
+
+
+class RegulatoryReport(_Model):
+    regime: Regime
+    due: Duration | None = Field(default=None, description="deadline from detection (default: the regime's)")
+    approvers: list[str] = Field(default_factory=lambda: ["compliance"],
+                                 description="roles that approve and submit the report")
+
+    @property
+    def deadline(self) -> timedelta:
+        return self.due if self.due is not None else REGIME_DEADLINES[self.regime]
+
+
+class Regulatory(_Model):
+    reports: list[RegulatoryReport] = Field(default_factory=list)
+    active_users: float | None = Field(default=None, ge=0,
+                                       description="users active at any moment, for exposure in user-minutes")
+    remind_ahead: Duration = Field(default=timedelta(days=1), description="remind the approvers this long ahead")
+
+    @model_validator(mode="after")
+    def _unique(self) -> Regulatory:
+        regimes = [r.regime for r in self.reports]
+        if len(regimes) != len(set(regimes)):
+            raise ValueError("reports: each regime at most once")
+        return self
+
+
+_PROVENANCE_SOURCE = re.compile(r"^(label|annotation):[A-Za-z_][A-Za-z0-9_.-]*$|^release$|^value:.+$")
+
+
+class Provenance(_Model):
+    """What the release served, field by field: ``label:NAME`` / ``annotation:NAME`` of the triggering
+    alerts, ``release``, or a fixed ``value:TEXT`` (e.g. the evaluation set that gated the release)."""
+
+    fields: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("fields")
+    @classmethod
+    def _sources(cls, fields: dict[str, str]) -> dict[str, str]:
+        for name, source in fields.items():
+            if not _PROVENANCE_SOURCE.match(source):
+                raise ValueError(f"{name}: {source!r} is not a source; write label:NAME, annotation:NAME, "
+                                 "release or value:TEXT")
+        return fields
+
+
 class Review(_Model):
     tasks: list[ReviewTask] = Field(default_factory=list)
+    tracker: Tracker = Tracker()
     regulatory_report_due: Duration | None = Field(
         default=None, description="deadline for a regulator notification, from the incident's start"
     )
@@ -716,6 +868,9 @@ class Playbook(_Model):
     integrity: list[IntegrityCheck] = Field(default_factory=list)
     communications: Communications
     review: Review = Review()
+    provenance: Provenance = Provenance()
+    data: DataGovernance | None = None
+    regulatory: Regulatory = Regulatory()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Playbook:
@@ -745,6 +900,13 @@ class Playbook(_Model):
         if self.decision.escalation:
             role_refs.append(("decision.escalation.roles", self.decision.escalation.roles))
         role_refs += [(f"review.tasks.{i}.owner", [t.owner]) for i, t in enumerate(self.review.tasks)]
+        role_refs += [("review.tracker.assignees", list(self.review.tracker.assignees))]
+        if self.data and self.data.purge:
+            role_refs.append(("data.purge.approvers", self.data.purge.approvers))
+        if self.data:
+            role_refs.append(("data.legal_hold_releasers", self.data.legal_hold_releasers))
+        role_refs += [(f"regulatory.reports.{i}.approvers", r.approvers)
+                      for i, r in enumerate(self.regulatory.reports)]
         for where, names in role_refs:
             missing = [n for n in names if n not in roles]
             if missing:

@@ -31,8 +31,9 @@ from jinja2.sandbox import (
     UNSAFE_METHOD_ATTRIBUTES,
     ImmutableSandboxedEnvironment,
 )
+from markdown_it import MarkdownIt
 
-from playbooks.models import human_duration
+from playbooks.models import REGIME_DEADLINES, Regime, human_duration
 
 REVIEW_TEMPLATE = "review.md.j2"
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.j2$")
@@ -46,7 +47,7 @@ def incident_link(base_url: str, incident_id: str) -> str:
 def message_kinds() -> list[str]:
     """The message kinds with a packaged template (the values of ``activities.contracts.MessageKind``)."""
     return sorted(name[: -len(".j2")] for name in _packaged_templates()
-                  if not name.startswith(("_", "review")))
+                  if not name.startswith(("_", "review", "report_")))
 
 
 def render_message(kind: str, context: dict[str, Any], overrides: dict[str, str] | None = None) -> str:
@@ -91,6 +92,41 @@ def render_review(status: dict[str, Any], template: str | None = None,
     except jinja2.TemplateError as exc:
         raise ValueError(f"review template {name if _TEMPLATE_NAME.match(name) else '(inline)'} failed: "
                          f"{_describe(exc)}") from exc
+
+
+_REPORT_CSS = """
+@page { size: A4; margin: 20mm 18mm; }
+body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; font-size: 10.5pt; line-height: 1.45; color: #111; }
+h1 { font-size: 16pt; border-bottom: 2px solid #333; padding-bottom: 4pt; }
+h2 { font-size: 12.5pt; margin-top: 16pt; page-break-after: avoid; }
+table { border-collapse: collapse; width: 100%; margin: 6pt 0; page-break-inside: auto; }
+tr { page-break-inside: avoid; }
+th, td { border: 1px solid #999; padding: 3pt 5pt; vertical-align: top; text-align: left; }
+blockquote { border-left: 3px solid #c00; margin: 8pt 0; padding: 2pt 8pt; color: #444; }
+code { font-family: "DejaVu Sans Mono", monospace; font-size: 9.5pt; }
+"""
+
+
+def render_report(regime: Regime, context: dict[str, Any]) -> tuple[str, str]:
+    """The draft of a regulatory report for ``regime``: (Markdown, print-ready HTML).
+
+    Rendered in the same sandboxed Jinja2 environment (and filters) as the review; the HTML is the Markdown
+    converted (raw HTML in the data is escaped, never passed through) inside a page with print CSS (A4).
+    """
+    name = f"report_{regime.value}.md.j2"
+    try:
+        markdown = _tidy(_environment().get_template(name).render(**context)) + "\n"
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"report template {name} failed: {_describe(exc)}") from exc
+    title = markdown.splitlines()[0].lstrip("# ").strip() if markdown.strip() else regime.value
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    html = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_escape(title)}</title>"
+            f"<style>{_REPORT_CSS}</style></head>\n<body>\n{body}</body></html>\n")
+    return markdown, html
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def template_error(text: str) -> tuple[int, str] | None:
@@ -332,6 +368,19 @@ def _review_context(status: dict[str, Any], playbook: dict[str, Any] | None) -> 
             if review.get(key) is not None and started:
                 at = started + timedelta(seconds=float(review[key]))
                 deadlines.append({"what": what, "at": at.isoformat()})
+        detected = _parse_time(status.get("detected_at")) or started
+        for report in (spec.get("regulatory") or {}).get("reports") or []:
+            regime = Regime(report.get("regime"))
+            due = report.get("due")
+            delay = timedelta(seconds=float(due)) if due is not None else REGIME_DEADLINES[regime]
+            if detected:
+                deadlines.append({"what": f"{regime.value} report due", "at": (detected + delay).isoformat()})
+        data = spec.get("data") or {}
+        for what, seconds in (("retention_ends", data.get("retain")),
+                              ("purge_due", (data.get("purge") or {}).get("after"))):
+            if seconds is not None and started:
+                deadlines.append({"what": what, "at": (started + timedelta(seconds=float(seconds))).isoformat()})
+        deadlines.sort(key=lambda d: d["at"])
     context["deadlines"] = deadlines
     return context
 

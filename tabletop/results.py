@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from activities.contracts import AuditEvent
 from playbooks.models import human_duration
-from tabletop.scenarios import LoadedScenario
+from tabletop.scenarios import LoadedScenario, ReviewExpectations
 from tabletop.world import SentMessage
-from workflows.messages import IncidentStatus
+from workflows.messages import IncidentStatus, PurgeState, ReviewStatus
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class TabletopResult:
     timed_out: bool = False
     status: IncidentStatus | None = None
     loaded: LoadedScenario | None = field(default=None, repr=False)
+    review: ReviewStatus | None = None
+    review_events: list[AuditEvent] = field(default_factory=list)
+    other_rows: tuple[int, int] | None = None  # rows of other releases (left, scripted)
 
     @property
     def passed(self) -> bool:
@@ -75,6 +79,7 @@ class TabletopResult:
             "expectations": [{"name": e.name, "passed": e.passed, "detail": e.detail} for e in self.expectations],
             "flag_writes": self.flag_writes, "messages": [m.kind for m in self.messages],
             "simulated_s": round(self.simulated_s, 1), "wall_s": round(self.wall_s, 3),
+            "review": self.review.model_dump(mode="json") if self.review else None,
         }
 
 
@@ -127,6 +132,61 @@ def check_expectations(result: TabletopResult) -> list[ExpectationResult]:
         got = [f"{p:g}" for p in result.flag_writes]
         out.append(ExpectationResult(f"flag writes {[f'{p:g}' for p in x.flag_writes]}",
                                      result.flag_writes == list(x.flag_writes), f"written: {got}"))
+    if x.review is not None:
+        out += _review_expectations(x.review, result)
+    return out
+
+
+def _review_expectations(x: ReviewExpectations, result: TabletopResult) -> list[ExpectationResult]:
+    """The governance the review must have done: purge, reports, tasks, the lesson, its audit events."""
+    review = result.review
+    if review is None:
+        return [ExpectationResult("the review ran", False, "no review was started (did the incident revert?)")]
+    out: list[ExpectationResult] = []
+    purge = review.purge
+    kinds = [e.kind for e in result.review_events]
+    if x.closed is not None:
+        out.append(ExpectationResult(f"review {'closed' if x.closed else 'still open'}", review.closed == x.closed,
+                                     f"closed: {review.closed}"))
+    if x.purged is not None:
+        done = purge is not None and purge.state is PurgeState.PURGED
+        out.append(ExpectationResult(f"outputs {'purged' if x.purged else 'not purged'}", done == x.purged,
+                                     f"purge state: {purge.state.value if purge else 'no data section'}"))
+    if x.purge_counts is not None:
+        got = (sum(purge.counts_before.values()), sum(purge.counts_after.values())) if purge else None
+        out.append(ExpectationResult(f"purge counts before/after {x.purge_counts}", got == tuple(x.purge_counts),
+                                     f"counts: {got}"))
+    if x.other_rows_kept and result.other_rows is not None:
+        left, scripted = result.other_rows
+        out.append(ExpectationResult("rows of other releases untouched", left == scripted,
+                                     f"{left} of {scripted} left"))
+    submitted = {r.regime: r for r in review.reports if r.submitted_by}
+    for regime in x.reports_submitted:
+        r = submitted.get(regime)
+        out.append(ExpectationResult(f"{regime} report submitted", r is not None,
+                                     f"by {r.submitted_by}" if r else "not submitted"))
+    for regime in x.reports_late:
+        r = submitted.get(regime)
+        late = r is not None and r.submitted_at is not None and r.submitted_at > r.due
+        out.append(ExpectationResult(f"{regime} report submitted after its deadline", late,
+                                     f"due {r.due:%Y-%m-%d %H:%M}, submitted {r.submitted_at:%Y-%m-%d %H:%M}"
+                                     if r and r.submitted_at else "not submitted"))
+    refs = [t for t in review.tasks if t.get("ref")]
+    if x.tasks_created is not None:
+        out.append(ExpectationResult(f"{x.tasks_created} task(s) created in the tracker",
+                                     len(refs) == x.tasks_created, f"created: {len(refs)}"))
+    if x.tasks_done is not None:
+        done = bool(review.tasks) and all(t.get("state") == "done" for t in review.tasks)
+        out.append(ExpectationResult(f"tasks {'done' if x.tasks_done else 'open'}", done == x.tasks_done,
+                                     f"states: {[t.get('state') for t in review.tasks]}"))
+    if x.proposal is not None:
+        changes = bool(review.lesson and review.lesson.get("changes"))
+        out.append(ExpectationResult("a playbook change is proposed" if x.proposal else "no change proposed",
+                                     changes == x.proposal, str((review.lesson or {}).get("proposal", "no lesson"))))
+    for kind in x.events:
+        out.append(ExpectationResult(f"review event {kind}", kind in kinds, f"{kinds.count(kind)} recorded"))
+    for kind in x.no_events:
+        out.append(ExpectationResult(f"no review event {kind}", kind not in kinds, f"{kinds.count(kind)} recorded"))
     return out
 
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import TerminatedError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
@@ -35,15 +35,18 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.chat import LogNotifier
-from activities.contracts import ChatNotifier, FlagProvider, IncidentStore
+from activities.contracts import AuditEvent, ChatNotifier, FlagProvider, IncidentStore
 from activities.integrity import IntegrityChecker
+from activities.outputs import OutputRouter
 from activities.rollback import RollbackActivities
 from activities.scripted import ScriptedFlagProvider
 from activities.store import SqliteIncidentStore
+from activities.trackers import TrackerRouter
 from playbooks.loader import PlaybookError, content_hash
-from playbooks.models import PlaybookSnapshot
+from playbooks.models import PlaybookSnapshot, TrackerKind
+from tabletop.learning import advise
 from tabletop.results import TabletopResult, TimelineEntry, check_expectations, exposure_user_minutes
-from tabletop.scenarios import Action, LoadedScenario, discover_scenarios, load_scenario
+from tabletop.scenarios import GOVERNANCE_ACTIONS, Action, LoadedScenario, discover_scenarios, load_scenario
 from tabletop.script import ScriptInput, ScriptStep, StepLog, TabletopScriptWorkflow
 from tabletop.world import (
     ScenarioClock,
@@ -52,11 +55,22 @@ from tabletop.world import (
     TabletopChat,
     TabletopFlags,
     TabletopIntegrity,
+    TabletopOutputs,
+    TabletopTracker,
     TimelineSignalSource,
 )
-from workflows.messages import Alert, AlertBatch, IncidentStatus, ReleaseInput, RollbackInput, incident_id
+from workflows.messages import (
+    Alert,
+    AlertBatch,
+    IncidentStatus,
+    ReleaseInput,
+    ReviewStatus,
+    RollbackInput,
+    incident_id,
+)
 from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.release import ReleaseWorkflow, release_id
+from workflows.review import REVIEW_SEQ_BASE, ReviewWorkflow
 from workflows.rollback import ALERTS_SIGNAL, RollbackWorkflow
 from workflows.sandbox import workflow_runner
 
@@ -106,7 +120,7 @@ def _steps(loaded: LoadedScenario, speedup: float) -> list[Any]:
             continue
         steps.append(ScriptStep(
             index=len(steps), action=person.action.value, user=person.user, reason=person.reason,
-            groups=person.groups, on=person.on.value,
+            groups=person.groups, on=person.on.value, regime=person.regime, reference=person.reference,
             at_s=person.at.total_seconds() / speedup if person.at is not None else None,
             after_s=person.after.total_seconds() / speedup if person.after is not None else None))
     return steps
@@ -148,8 +162,14 @@ async def run_scenario(loaded: LoadedScenario, client: Client, sleep: Sleep, now
         store = systems.store or SqliteIncidentStore(Path(tmp) / "incidents.db")
         checker = IntegrityChecker(flags, signals)
         integrity = checker if systems.real_integrity else TabletopIntegrity(checker, s.integrity)
+        outputs = TabletopOutputs(s.outputs, s.release, clock, s.faults)
+        tracker = TabletopTracker(clock, s.tracker.done_after.total_seconds() / speedup
+                                  if s.tracker.done_after is not None else None, s.faults)
         activities = RollbackActivities(flags=flags, signals=signals, chat=chat, store=store,
-                                        integrity=integrity)  # type: ignore[arg-type]
+                                        integrity=integrity,  # type: ignore[arg-type]
+                                        outputs=OutputRouter({"sql": outputs, "http": outputs}),
+                                        trackers=TrackerRouter({TrackerKind.GITHUB: tracker, TrackerKind.JIRA: tracker}),
+                                        advisor=advise)
         async with Worker(client, task_queue=task_queue, workflow_runner=workflow_runner(),
                           workflows=[*INCIDENT_WORKFLOWS, TabletopScriptWorkflow],
                           activities=[*activities.all(), TabletopActivities().act]):
@@ -177,13 +197,54 @@ async def run_scenario(loaded: LoadedScenario, client: Client, sleep: Sleep, now
                             steps=_steps(loaded, speedup)),
                 id=script_id, task_queue=task_queue)
             status, timed_out = await _finish(handle)
+            review: ReviewStatus | None = None
+            if loaded.follows_review and status.review_workflow_id:
+                review_handle = client.get_workflow_handle(status.review_workflow_id)
+                await _follow_review(script, review_handle)
+                review = await _finish_review(review_handle)
             script_log = await _script_log(script)
             await _end(script)
             if status.review_workflow_id:
                 await _end(client.get_workflow_handle(status.review_workflow_id))
+            review_events = [e for e in await store.events(workflow_id) if e.seq > REVIEW_SEQ_BASE]
         end_s = clock.to_s(await now())
-    return _result(loaded, s, workflow_id, clock, status, timed_out, flags.changes, signals.observed, chat,
-                   script_log, flags.failures, end_s, time.perf_counter() - wall)
+    result = _result(loaded, s, workflow_id, clock, status, timed_out, flags.changes, signals.observed, chat,
+                     script_log, flags.failures + [(t, f"tracker: {w}") for t, w in tracker.failures], end_s, time.perf_counter() - wall,
+                     review, review_events, outputs)
+    return result
+
+
+async def _follow_review(script: WorkflowHandle[Any, Any], review: WorkflowHandle[Any, Any]) -> None:
+    """Let the review run until it completes or the scenario's duration ends it (the script does that).
+
+    Waiting on the script is what lets the time-skipping server skip time (only handles this client started
+    do). A review that completes early is noticed by asking its state, not by waiting on it: that server stops
+    skipping time once an abandoned child (the review) completes after its parent closed, so nothing may wait
+    for simulated time after that (sdk-typescript#1101, sdk-java#1540).
+    """
+
+    async def completed() -> None:
+        while (await review.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await asyncio.sleep(0.1)
+
+    waits = [asyncio.create_task(script.result()), asyncio.create_task(completed())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def _finish_review(handle: WorkflowHandle[Any, Any]) -> ReviewStatus:
+    """The review's final status, or its status when the scenario's duration ended it."""
+    try:
+        result = await handle.result()
+        return ReviewStatus.model_validate(result) if isinstance(result, dict) else result
+    except WorkflowFailureError as exc:
+        if not isinstance(exc.cause, TerminatedError):
+            raise
+    return await handle.query(ReviewWorkflow.status)
 
 
 async def _finish(handle: WorkflowHandle[Any, IncidentStatus]) -> tuple[IncidentStatus, bool]:
@@ -203,7 +264,6 @@ async def _finish(handle: WorkflowHandle[Any, IncidentStatus]) -> tuple[Incident
 
 
 async def _script_log(script: WorkflowHandle[TabletopScriptWorkflow, list[StepLog]]) -> list[StepLog]:
-
     try:
         return list(await script.query(TabletopScriptWorkflow.log))
     except Exception:  # noqa: BLE001 - a finished script answers through its result
@@ -223,7 +283,8 @@ async def _end(handle: WorkflowHandle[Any, Any]) -> None:
 def _result(loaded: LoadedScenario, s: Any, workflow_id: str, clock: ScenarioClock, status: IncidentStatus,
             timed_out: bool, changes: list[SplitChange], observed: list[Any], chat: TabletopChat,
             script_log: list[Any], flag_failures: list[tuple[float, str]], end_s: float,
-            wall_s: float) -> TabletopResult:
+            wall_s: float, review: ReviewStatus | None = None, review_events: list[AuditEvent] | None = None,
+            outputs: TabletopOutputs | None = None) -> TabletopResult:
     def at(value: datetime | None) -> float | None:
         # whole seconds: the server's clock creeps by milliseconds while activities run
         return float(round(clock.to_s(value))) if value is not None else None
@@ -237,8 +298,11 @@ def _result(loaded: LoadedScenario, s: Any, workflow_id: str, clock: ScenarioClo
     # accepted decisions and commands are on the audit trail already; show what the workflow never saw
     timeline += [TimelineEntry(clock.to_s(step.at), step.user, f"person:{step.action}",
                                f"{step.user} tried to {step.action.replace('_', ' ')}: {step.message}")
-                 for step in script_log if not step.accepted]
-    timeline += [TimelineEntry(t, "world", "fault", f"flag system: {what}") for t, what in flag_failures]
+                 for step in script_log if not step.accepted
+                 and not (step.action in GOVERNANCE_ACTIONS and step.message.startswith("refused:"))]
+    timeline += [TimelineEntry(clock.to_s(e.at), e.actor, e.kind, e.message) for e in review_events or []]
+    timeline += [TimelineEntry(t, "world", "fault", what if what.startswith("tracker:") else f"flag system: {what}")
+                 for t, what in flag_failures]
     timeline += [TimelineEntry(t, "world", "fault", f"chat down: {kind} message not delivered")
                  for t, kind in chat.failed]
     if timed_out:
@@ -253,7 +317,11 @@ def _result(loaded: LoadedScenario, s: Any, workflow_id: str, clock: ScenarioClo
         closed_at_s=closed_s, exposure_user_minutes=exposure, users=s.users, expectations=[],
         timeline=timeline, splits=splits, observations=list(observed), messages=list(chat.sent),
         flag_writes=[c.previous_percent for c in changes if c.target == first_target],
-        simulated_s=closed_s if closed_s is not None else float(round(end_s)), wall_s=wall_s, timed_out=timed_out, status=status, loaded=loaded)
+        simulated_s=closed_s if closed_s is not None else float(round(end_s)), wall_s=wall_s, timed_out=timed_out, status=status, loaded=loaded,
+        review=review, review_events=list(review_events or []),
+        other_rows=(outputs.others(), sum(r.other for r in s.outputs.values())) if outputs else None)
+    if review is not None:
+        result.simulated_s = float(round(min(end_s, s.duration.total_seconds())))
     result.expectations = check_expectations(result)
     return result
 

@@ -74,6 +74,14 @@ class Action(StrEnum):
     RESUME = "resume"
     REVERT_ALL = "revert_all"
     NEVER = "never"  # this person never answers (documents who is silent)
+    # governance, on the incident's review (after it closed); at an absolute time ('at')
+    APPROVE_PURGE = "approve_purge"
+    LEGAL_HOLD = "legal_hold"
+    RELEASE_LEGAL_HOLD = "release_legal_hold"
+    SUBMIT_REPORT = "submit_report"
+
+
+GOVERNANCE_ACTIONS = frozenset({Action.APPROVE_PURGE, Action.LEGAL_HOLD, Action.RELEASE_LEGAL_HOLD, Action.SUBMIT_REPORT})
 
 
 class GateKind(StrEnum):
@@ -94,11 +102,17 @@ class PersonAction(_Model):
     on: GateKind = GateKind.DECISION
     reason: str = ""
     groups: list[str] = Field(default_factory=list, description="user groups the person belongs to")
+    regime: str | None = Field(default=None, description="submit_report: which report")
+    reference: str = Field(default="", description="submit_report: the authority's case number")
 
     @model_validator(mode="after")
     def _when(self) -> PersonAction:
         if self.action is Action.NEVER:
             return self
+        if self.action in GOVERNANCE_ACTIONS and self.at is None:
+            raise ValueError(f"'{self.action.value}' acts on the review: give 'at' (from the scenario start)")
+        if self.action is Action.SUBMIT_REPORT and not self.regime:
+            raise ValueError("'submit_report' needs 'regime' (e.g. gdpr_breach)")
         if (self.at is None) == (self.after is None):
             raise ValueError("give exactly one of 'at' (from the scenario start) or 'after' (once the gate opened)")
         if self.action in (Action.APPROVE, Action.REJECT) and self.after is None and self.at is None:
@@ -115,7 +129,7 @@ class FaultKind(StrEnum):
 class Fault(_Model):
     """An external system misbehaving from ``start`` until ``end`` (open-ended without ``end``)."""
 
-    system: Literal["flags", "chat", "signals"]
+    system: Literal["flags", "chat", "signals", "tracker", "outputs"]
     start: Duration = Field(alias="from")
     end: Duration | None = Field(default=None, alias="to")
     kind: FaultKind = FaultKind.HTTP_500
@@ -134,6 +148,33 @@ class Fault(_Model):
         return self.start.total_seconds() <= at_s < end
 
 
+class ReviewExpectations(_Model):
+    """What the review (governance after the revert) must have done by the end of the scenario."""
+
+    closed: bool | None = Field(default=None, description="tasks done, reports submitted, data handled")
+    purged: bool | None = None
+    purge_counts: tuple[int, int] | None = Field(default=None, description="rows (before, after) the purge")
+    other_rows_kept: bool = Field(default=True, description="rows of other releases are never touched")
+    reports_submitted: list[str] = Field(default_factory=list)
+    reports_late: list[str] = Field(default_factory=list, description="submitted after their deadline")
+    tasks_created: int | None = None
+    tasks_done: bool | None = None
+    events: list[str] = Field(default_factory=list, description="review audit event kinds that must happen")
+    no_events: list[str] = Field(default_factory=list, description="review audit event kinds that must not")
+    proposal: bool | None = Field(default=None, description="the learning loop proposes a playbook change")
+
+
+class OutputRows(_Model):
+    """Rows of one output location in the scripted world: the bad release's and other releases'."""
+
+    release: int = Field(ge=0)
+    other: int = Field(default=0, ge=0)
+
+
+class TrackerScript(_Model):
+    done_after: Duration | None = Field(default=None, description="tickets are closed this long after t=0")
+
+
 class Expectations(_Model):
     """What must have happened for the exercise to pass."""
 
@@ -145,6 +186,7 @@ class Expectations(_Model):
     messages: list[MessageKind] = Field(default_factory=list, description="message kinds that went out")
     no_messages: list[MessageKind] = Field(default_factory=list, description="message kinds that must not")
     flag_writes: list[float] | None = Field(default=None, description="every split written, in order")
+    review: ReviewExpectations | None = Field(default=None, description="governance: the review runs on")
 
     @model_validator(mode="after")
     def _known_outcome(self) -> Expectations:
@@ -184,6 +226,8 @@ class Scenario(_Model):
     faults: list[Fault] = Field(default_factory=list)
     integrity: dict[str, bool] = Field(default_factory=dict,
                                        description="result of each non-readback integrity check (default pass)")
+    outputs: dict[str, OutputRows] = Field(default_factory=dict, description="rows per data.outputs location")
+    tracker: TrackerScript = TrackerScript()
     expect: Expectations = Expectations()
 
     @model_validator(mode="after")
@@ -205,6 +249,12 @@ class LoadedScenario:
     @property
     def name(self) -> str:
         return self.scenario.scenario
+
+    @property
+    def follows_review(self) -> bool:
+        """The exercise runs on after the incident closes, through the review's governance."""
+        s = self.scenario
+        return s.expect.review is not None or any(p.action in GOVERNANCE_ACTIONS for p in s.people)
 
 
 class ScenarioError(PlaybookError):
@@ -247,6 +297,12 @@ def load_scenario_text(text: str, source: str = "<scenario>", base: Path | None 
     checks = {c.name for c in playbook.integrity}
     problems += [issue(("integrity", name), f"unknown integrity check {name!r}; the playbook has {sorted(checks)}")
                  for name in scenario.integrity if name not in checks]
+    locations = {o.name for o in playbook.data.outputs} if playbook.data else set()
+    problems += [issue(("outputs", name), f"unknown output location {name!r}; the playbook's data.outputs has "
+                       f"{sorted(locations)}") for name in scenario.outputs if name not in locations]
+    regimes = {r.regime.value for r in playbook.regulatory.reports}
+    problems += [issue(("people", i, "regime"), f"the playbook has no {p.regime!r} report; it has {sorted(regimes)}")
+                 for i, p in enumerate(scenario.people) if p.regime is not None and p.regime not in regimes]
     if scenario.history and scenario.signals:
         problems.append(issue(("history",), "give either 'history' (a CSV) or 'signals' (a timeline), not both"))
     if problems:

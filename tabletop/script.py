@@ -35,6 +35,8 @@ class ScriptStep(_Model):
     after_s: float | None = Field(default=None, description="seconds after the gate of kind ``on`` opened")
     on: str = "decision"
     alert: dict[str, Any] | None = None
+    regime: str | None = None
+    reference: str = ""
 
 
 class ScriptInput(_Model):
@@ -98,7 +100,7 @@ class TabletopScriptWorkflow:
         result = await workflow.execute_activity_method(
             TabletopActivities.act,
             ActRequest(workflow_id=input.workflow_id, action=step.action, user=step.user, reason=step.reason,
-                       groups=step.groups, alert=step.alert),
+                       groups=step.groups, alert=step.alert, regime=step.regime, reference=step.reference),
             start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3),
         )
         self._log.append(StepLog(index=step.index, action=step.action, user=step.user, at=workflow.now(),

@@ -9,8 +9,11 @@ speed-up on a real server). Every adapter here asks a ``ScenarioClock`` for that
   injects the scenario's flag faults in their time windows and records every split change with its time;
 - ``TabletopChat``: wraps any ``ChatNotifier``, injects chat outages, records what went out, and tells the
   scenario's script (``TabletopScriptWorkflow``) when a decision gate opened so people can react to it;
-- ``TabletopActivities.tabletop_act``: what a scripted person does (decide, abort, pause, revert all, alert),
-  through the Temporal client exactly like the CLI and the gateway.
+- ``TabletopOutputs`` / ``TabletopTracker``: where the bad release's outputs live and where review tasks go,
+  in memory, with the scenario's faults and ticket closings;
+- ``TabletopActivities.tabletop_act``: what a scripted person does (decide, abort, pause, revert all, alert,
+  and on the review: hold, release the hold, approve the purge, submit a report), through the Temporal client
+  exactly like the CLI and the gateway.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ from activities.contracts import (
     Notification,
     PollRequest,
     SignalObservation,
+    TrackedTask,
+    TrackerTask,
 )
 from activities.integrity import IntegrityChecker
 from activities.routing import classify
-from playbooks.models import Playbook, Signal, Target
+from playbooks.models import OutputLocation, Playbook, Signal, Target, Tracker
 from tabletop.history import History
-from tabletop.scenarios import Fault, FaultKind
+from tabletop.scenarios import Fault, FaultKind, OutputRows
 from workflows.base import IncidentWorkflowBase
 from workflows.messages import (
     Action,
@@ -50,9 +55,12 @@ from workflows.messages import (
     AlertBatch,
     DecisionRefusal,
     DecisionRequest,
+    GovernanceRefusal,
+    GovernanceRequest,
     OperatorCommand,
     Verdict,
 )
+from workflows.review import GOVERNANCE_UPDATES, ReviewWorkflow
 from workflows.rollback import RollbackWorkflow
 
 log = logging.getLogger(__name__)
@@ -182,6 +190,71 @@ class TabletopIntegrity:
         return IntegrityResult(results=results)
 
 
+def _faulted(faults: list[Fault], clock: ScenarioClock, system: str, what: str) -> None:
+    at_s = clock.now_s()
+    for fault in faults:
+        if fault.active(at_s):
+            raise _fault_error(fault, system, what)
+
+
+class TabletopOutputs:
+    """An ``OutputStore`` in memory: each location's rows of the bad release and of other releases."""
+
+    def __init__(self, rows: dict[str, OutputRows], release: str, clock: ScenarioClock,
+                 faults: list[Fault] | None = None) -> None:
+        self.release = release
+        self.rows = {name: {release: r.release, "other releases": r.other} for name, r in rows.items()}
+        self.clock = clock
+        self.faults = [f for f in faults or [] if f.system == "outputs"]
+        self.deleted: list[tuple[float, str, int]] = []
+
+    async def count(self, location: OutputLocation, release: str) -> int:
+        _faulted(self.faults, self.clock, "outputs", f"count of {location.name}")
+        return self.rows.get(location.name, {}).get(release, 0)
+
+    async def delete_batch(self, location: OutputLocation, release: str, limit: int) -> int:
+        _faulted(self.faults, self.clock, "outputs", f"deletion in {location.name}")
+        table = self.rows.setdefault(location.name, {})
+        n = min(limit, table.get(release, 0))
+        table[release] = table.get(release, 0) - n
+        if n:
+            self.deleted.append((self.clock.now_s(), location.name, n))
+        return n
+
+    def others(self) -> int:
+        return sum(t.get("other releases", 0) for t in self.rows.values())
+
+
+class TabletopTracker:
+    """A ``TaskTracker`` in memory: tickets numbered in order, closed at the scenario's ``done_after``, and the
+    tracker's outages."""
+
+    def __init__(self, clock: ScenarioClock, done_after_s: float | None, faults: list[Fault] | None = None) -> None:
+        self.clock = clock
+        self.done_after_s = done_after_s
+        self.faults = [f for f in faults or [] if f.system == "tracker"]
+        self.tickets: dict[str, TrackedTask] = {}
+        self.failures: list[tuple[float, str]] = []
+
+    def _check(self, what: str) -> None:
+        try:
+            _faulted(self.faults, self.clock, "tracker", what)
+        except ApplicationError:
+            self.failures.append((self.clock.now_s(), what))
+            raise
+
+    async def create(self, tracker: Tracker, incident_id: str, task: TrackerTask) -> TrackedTask:
+        self._check(f"create {task.title!r}")
+        if task.key not in self.tickets:
+            self.tickets[task.key] = TrackedTask(key=task.key, ref=f"T-{len(self.tickets) + 1}")
+        return self.tickets[task.key]
+
+    async def state(self, tracker: Tracker, task: TrackedTask) -> TrackedTask:
+        self._check(f"state of {task.ref}")
+        done = self.done_after_s is not None and self.clock.now_s() >= self.done_after_s
+        return task.model_copy(update={"state": "done" if done else "open"})
+
+
 class GateSeen(BaseModel):
     """A decision gate became visible to people: the script's ``gate_seen`` signal."""
 
@@ -265,6 +338,8 @@ class ActRequest(BaseModel):
     reason: str = ""
     groups: list[str] = []
     alert: dict[str, Any] | None = None
+    regime: str | None = None
+    reference: str = ""
 
 
 class ActResult(BaseModel):
@@ -305,7 +380,16 @@ class TabletopActivities:
             except Exception as exc:  # noqa: BLE001 - e.g. the incident already closed: the click is too late
                 return ActResult(accepted=False, message=f"too late: {type(exc).__name__}: {exc}")
             return ActResult(accepted=True, message=result.message)
+        if req.action in GOVERNANCE_UPDATES:
+            return await self._govern(req)
         if req.action == "end":
+            review = await _review_id(req.workflow_id)
+            if review is not None:  # a review that outlives the scenario ends with it
+                try:
+                    await activity.client().get_workflow_handle(review).terminate(
+                        reason="tabletop: the scenario's duration is over")
+                except Exception:  # noqa: BLE001 - it completed
+                    pass
             try:
                 await handle.terminate(reason="tabletop: the scenario's duration is over")
             except Exception as exc:  # noqa: BLE001 - it closed meanwhile
@@ -334,5 +418,46 @@ class TabletopActivities:
         return ActResult(accepted=True, message=done.message)
 
 
-__all__ = ["ActRequest", "ActResult", "GateSeen", "ScenarioClock", "SentMessage", "SplitChange", "TabletopActivities",
-           "TabletopChat", "TabletopFlags", "TabletopIntegrity", "TimelineSignalSource"]
+    async def _govern(self, req: ActRequest) -> ActResult:
+        """A governance action on the incident's review, refusals reported back as the CLI does."""
+        review = await _review_id(req.workflow_id)
+        if review is None:
+            return ActResult(accepted=False, message="too early: the incident has no review yet")
+        handle = activity.client().get_workflow_handle(review)
+        request = GovernanceRequest(user=req.user, groups=req.groups, reason=req.reason, via="cli",
+                                    regime=req.regime, reference=req.reference)
+        try:
+            result = await handle.execute_update(GOVERNANCE_UPDATES[req.action], request)
+        except WorkflowUpdateFailedError as exc:
+            refusal = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
+            await handle.signal(ReviewWorkflow.governance_refused, GovernanceRefusal(
+                action=req.action, user=req.user, via="cli", refusal=refusal))
+            return ActResult(accepted=False, message=f"refused: {refusal}")
+        except Exception as exc:  # noqa: BLE001 - the review already ended
+            return ActResult(accepted=False, message=f"too late: {type(exc).__name__}: {exc}")
+        return ActResult(accepted=True, message=result.message)
+
+
+async def _review_id(incident: str) -> str | None:
+    try:
+        status = await activity.client().get_workflow_handle(incident).query(RollbackWorkflow.status)
+    except Exception:  # noqa: BLE001 - no such incident (yet)
+        return None
+    return status.review_workflow_id
+
+
+__all__ = [
+    "ActRequest",
+    "ActResult",
+    "GateSeen",
+    "ScenarioClock",
+    "SentMessage",
+    "SplitChange",
+    "TabletopActivities",
+    "TabletopChat",
+    "TabletopFlags",
+    "TabletopIntegrity",
+    "TabletopOutputs",
+    "TabletopTracker",
+    "TimelineSignalSource",
+]

@@ -36,12 +36,14 @@ from activities import metrics
 from activities.chat import LogNotifier
 from activities.flagd import FlagdFileProvider
 from activities.integrity import IntegrityChecker
+from activities.outputs import HttpOutputStore, OutputRouter, SqlOutputStore
 from activities.rollback import RollbackActivities
 from activities.routing import FlagRouter, SignalRouter
 from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import PlaybookSnapshot, Severity, format_duration
+from tabletop.learning import advise
 from workers.runtime.client import temporal_runtime
 from workers.runtime.service import DecisionRefused, IncidentService
 from workers.runtime.settings import Settings
@@ -183,6 +185,9 @@ async def _demo(settings: Settings, console: Console, speedup: float, serve_cons
             router, signal_router, LogNotifier(), store,
             integrity=IntegrityChecker(router, signal_router, environ={CHAT_DB_ENV: f"sqlite:///{chat_db}"}),
             review_dir=state / "reviews",
+            outputs=OutputRouter({"sql": SqlOutputStore(environ={CHAT_DB_ENV: f"sqlite:///{chat_db}"}),
+                                  "http": HttpOutputStore()}),
+            advisor=advise,
         )
         demo_settings = settings.model_copy(update={"task_queue": TASK_QUEUE, "temporal_ui_port": 0,
                                                     "temporal_address": None})
@@ -216,6 +221,11 @@ async def _demo(settings: Settings, console: Console, speedup: float, serve_cons
             console.print(f"flag [bold]{target.key}[/] now sends {share:g}% of users to the previous model")
 
             review = await store.review(sustained.incident_id)
+            for _ in range(300):  # the review writes its document after its governance set-up (a few activities)
+                if review is not None:
+                    break
+                await asyncio.sleep(0.1)
+                review = await store.review(sustained.incident_id)
             if review is None:
                 raise DemoFailed("no post-incident review was written")
             _print_timeline(console, sustained)

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         SignalObservation,
     )
     from playbooks.models import PlaybookSnapshot, Signal, Target
+    from workflows.governance import provenance
     from workflows.messages import (
         Action,
         ActionRefusal,
@@ -162,9 +163,11 @@ class IncidentWorkflowBase:
 
     @workflow.query
     def status(self) -> IncidentStatus:
-        """The live status: phase, stages, gate, decisions, evidence and the audit trail."""
+        """The live status: phase, stages, gate, decisions, evidence, provenance and the audit trail."""
         self._status.paused = self._paused
-        return self._status
+        # computed for the answer only (a query never changes what the workflow carries on)
+        return self._status.model_copy(
+            update={"provenance": provenance(self._playbook, self._status.release, self._status.alerts)})
 
     # --- audit -------------------------------------------------------------------------------------------
 

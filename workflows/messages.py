@@ -237,6 +237,8 @@ class IncidentStatus(_Model):
     integrity: list[CheckResult] = Field(default_factory=list)
     audit: list[AuditEvent] = Field(default_factory=list)
     review_workflow_id: str | None = None
+    provenance: dict[str, str] = Field(default_factory=dict, description="what the release served (model, "
+                                       "prompt, adapter, dataset), by the playbook's provenance fields")
     # ``method: sequential``: where each signal's confirmation stands (evidence, pooled rate, bound)
     confirmation: list[SignalEvidence] = Field(default_factory=list)
 
@@ -258,6 +260,46 @@ class ReviewInput(_Model):
     status: IncidentStatus
 
 
+class PurgeState(StrEnum):
+    RETAINED = "retained"  # inside the retention period (or no purge is configured)
+    AWAITING_APPROVAL = "awaiting_approval"  # the dry run counted; the approvers must agree
+    LEGAL_HOLD = "legal_hold"  # approved or not, a legal hold blocks deletion until released
+    PURGING = "purging"
+    PURGED = "purged"
+    FAILED = "failed"
+
+
+class PurgeStatus(_Model):
+    state: PurgeState = PurgeState.RETAINED
+    retain_until: datetime | None = None
+    due: datetime | None = None
+    counted: dict[str, int] = Field(default_factory=dict, description="dry run: rows per location")
+    roles: list[str] = Field(default_factory=list)
+    quorum: int = 1
+    approvals: list[str] = Field(default_factory=list)
+    counts_before: dict[str, int] = Field(default_factory=dict)
+    counts_after: dict[str, int] = Field(default_factory=dict)
+    purged_at: datetime | None = None
+    error: str = ""
+
+
+class LegalHold(_Model):
+    by: str
+    reason: str
+    at: datetime
+
+
+class ReportStatus(_Model):
+    regime: str
+    due: datetime
+    roles: list[str]
+    drafted: bool = False
+    submitted_by: str | None = None
+    submitted_at: datetime | None = None
+    reference: str = ""
+    reminders: list[str] = Field(default_factory=list)
+
+
 class ReviewStatus(_Model):
     incident_id: str
     document_written: bool = False
@@ -265,6 +307,36 @@ class ReviewStatus(_Model):
     reminders_sent: list[str] = Field(default_factory=list)
     audit_pending: int = Field(default=0, description="review events not yet in the incident store (retried "
                                                       "with the next write)")
+    provenance: dict[str, str] = Field(default_factory=dict)
+    purge: PurgeStatus | None = None
+    legal_hold: LegalHold | None = None
+    reports: list[ReportStatus] = Field(default_factory=list)
+    lesson: dict[str, Any] | None = None
+    closed: bool = Field(default=False, description="every tracked task is done and every report submitted")
+
+
+class GovernanceRequest(_Model):
+    """A person's governance action on a review: approve the purge, place or release a legal hold, submit a
+    report. The review's validators refuse the wrong person, a missing reason or the wrong moment."""
+
+    user: str = Field(min_length=1)
+    groups: list[str] = Field(default_factory=list)
+    reason: str = ""
+    via: str = "cli"
+    regime: str | None = Field(default=None, description="submit_report: which report")
+    reference: str = Field(default="", description="submit_report: the authority's case or receipt number")
+
+
+class GovernanceResult(_Model):
+    accepted: bool
+    message: str
+
+
+class GovernanceRefusal(_Model):
+    action: str
+    user: str
+    via: str = "cli"
+    refusal: str
 
 
 class ReleaseInput(_Model):

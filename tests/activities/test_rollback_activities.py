@@ -77,7 +77,8 @@ def activities(tmp_path: Path, flags: Any = None, signals: Any = None) -> Rollba
 def test_all_lists_the_activities_the_workflows_call(tmp_path: Path) -> None:
     names = {activity._Definition.must_from_callable(fn).name for fn in activities(tmp_path).all()}
     assert names == {"poll_signals", "apply_cohort", "read_cohort", "check_integrity", "notify", "record_audit",
-                     "write_review", "hold_targets", "release_targets", "served_release"}
+                     "write_review", "hold_targets", "release_targets", "served_release", "count_outputs",
+                     "purge_outputs", "draft_report", "create_tasks", "sync_tasks", "learn"}
 
 
 async def test_poll_signals_measures_all_and_a_failing_source_is_not_measured_bad(tmp_path: Path) -> None:

@@ -44,7 +44,10 @@ def test_chat_assistant_matches_its_alert_and_reverts_the_chat_model_flag() -> N
     assert hallucinations.source.is_ratio and hallucinations.min_samples > 0
     assert SignalCategory.FAIRNESS in {s.category for s in playbook.signals}
     assert {c.kind for c in playbook.integrity} == {"readback", "sql"}
-    assert playbook.review.regulatory_report_due and playbook.review.purge_outputs_after
+    assert playbook.data is not None and playbook.data.purge and playbook.data.purge.approvers == ["legal", "privacy"]
+    assert {r.regime.value for r in playbook.regulatory.reports} == {
+        "gdpr_breach", "eu_ai_act_serious_incident", "internal_risk_committee"}
+    assert playbook.provenance.fields["model"] == "label:model_version"
 
 
 def test_image_generator_moves_a_flag_and_a_kserve_serving_target() -> None:

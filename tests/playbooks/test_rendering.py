@@ -145,8 +145,11 @@ def test_review_lists_signals_tasks_and_deadlines(
     assert "| `flag-readback` | readback | passed | chat-model: 100% previous |" in text
     # Task due dates and deadlines count from the incident's start (2025-03-04 10:00 UTC).
     assert ("| Decide whether affected users must be notified | product_owner | U03PRODUCT7 | "
-            "2025-03-06 10:00:00 UTC | [ ] |") in text
-    assert "- **Regulatory notification due**: 2025-03-07 10:00:00 UTC" in text
+            "2025-03-06 10:00:00 UTC |  | [ ] |") in text
+    # report clocks start at detection (10:06); retention and purge count from the start
+    assert "- **gdpr_breach report due**: 2025-03-07 10:06:00 UTC" in text
+    assert "- **eu_ai_act_serious_incident report due**: 2025-03-19 10:06:00 UTC" in text
+    assert "- **Retention of the outputs ends**: 2025-03-11 10:00:00 UTC" in text
     assert "- **Purge outputs of the bad release**: 2025-04-03 10:00:00 UTC" in text
 
 

@@ -41,10 +41,16 @@ def test_the_library_has_a_control_comparison_example() -> None:
 
 def test_new_fields_at_their_defaults_leave_the_version_unchanged() -> None:
     snap = load_playbook(library_folder() / "conversational-agent.yaml")
+    # the version before method/sequential/compare_to, decision.require/actions and the governance sections
+    # (provenance, data, regulatory, review.tracker) existed: their defaults leave the version unchanged
     before = snap.playbook.model_dump(mode="json")
     before["decision"]["require"] = {}  # the shipped playbook now asks for one on-call AND one safety lead
     before["decision"]["actions"] = {"revert_now": None, "abort": None, "pause": None, "break_glass": []}
-    # the version before method/sequential/compare_to and decision.require/actions existed
+    for section in ("provenance", "data", "regulatory"):
+        before.pop(section)
+    before["review"].pop("tracker")
+    before["roles"] = {k: v for k, v in before["roles"].items() if k not in ("legal", "privacy", "compliance")}
+    before["review"].update(regulatory_report_due=72 * 3600.0, purge_outputs_after=30 * 86400.0)
     assert content_hash(Playbook.model_validate(before))[:12] == "835452bdb2b1"
     data = snap.playbook.model_dump(mode="json")
     data["confirmation"]["method"] = "sequential"

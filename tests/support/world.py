@@ -3,6 +3,7 @@ time-skipping server."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from playbooks.models import PlaybookSnapshot
 from tests.support.temporal import SIMULATED_LIMIT, workflow_result
 from workflows.messages import Alert, AlertBatch, IncidentStatus, Phase, RollbackInput, incident_id
 from workflows.registry import INCIDENT_WORKFLOWS
+from workflows.review import ReviewWorkflow
 from workflows.rollback import RollbackWorkflow
 from workflows.sandbox import workflow_runner
 
@@ -97,6 +99,7 @@ class World:
                 status = await handle.query(RollbackWorkflow.status)
                 if status.review_workflow_id:
                     ids.add(status.review_workflow_id)
+                    await self._until_idle(status.review_workflow_id)
             except Exception:  # noqa: BLE001 - a failed or never-started workflow has nothing to add
                 pass
         for wf_id in ids:
@@ -104,6 +107,19 @@ class World:
                 await self.env.client.get_workflow_handle(wf_id).terminate("test finished")
             except Exception:  # noqa: BLE001 - already completed
                 pass
+
+
+    async def _until_idle(self, review_id: str) -> None:
+        """Wait (real time, briefly) until a review has written its document and waits on a timer: the
+        time-skipping server stops skipping time for good when a run is terminated with an activity in
+        flight (sdk-java#3088), which would stall every later test on the shared server."""
+        handle = self.env.client.get_workflow_handle(review_id)
+        for _ in range(100):
+            described = await handle.describe()
+            status = await handle.query(ReviewWorkflow.status)
+            if status.document_written and not described.raw_description.pending_activities:
+                return
+            await asyncio.sleep(0.05)
 
 
 @dataclass

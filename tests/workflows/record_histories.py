@@ -7,18 +7,22 @@ Run it only when a deliberate, versioned change (``workflow.patched``) needs a n
 
 PREFIX names the code generation (``v3`` for the typed-reference layout); earlier files are never overwritten.
 With ``--sequential`` only the ``method: sequential`` incidents are recorded (a confirmed one and a dismissed
-one), under ``PREFIX_rollback_sequential_*``.
+one), under ``PREFIX_rollback_sequential_*``. With ``--governance`` only a governed review is recorded
+(``PREFIX_review_governed``): reports submitted, a legal hold, the purge approved during it, the hold released,
+the outputs purged in batches, the review closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -26,17 +30,22 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.playbooks import sequential_snapshot, snapshot
 from tests.support.world import World, running_world
+from tests.workflows.test_governance import GOVERNED, incident, outputs_db
 from workflows.messages import (
     Action,
     ActionRefusal,
     Command,
     DecisionRequest,
+    GovernanceRefusal,
+    GovernanceRequest,
     OperatorCommand,
     Phase,
     ReleaseInput,
+    ReviewInput,
     Verdict,
 )
 from workflows.release import ReleaseWorkflow, release_id
+from workflows.review import ReviewWorkflow
 from workflows.rollback import RollbackWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -144,8 +153,47 @@ async def record_sequential(prefix: str) -> None:
         await world.terminate_leftovers()
 
 
+async def record_governance(prefix: str) -> None:
+    """A governed review from its start to its close (issue #14), on the store tracker."""
+    target = HISTORIES / f"{prefix}_review_governed.json"
+    if target.exists():
+        raise SystemExit(f"{target} exists: saved histories are never overwritten")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["GOV_OUTPUTS_DSN"] = outputs_db(Path(tmp) / "answers.db")
+        async with recording_world() as world:
+            env = world.env
+            governed = {**GOVERNED, "review": {**GOVERNED["review"], "tracker": {"kind": "store"}}}
+            status = incident(await env.get_current_time())
+            review = await env.client.start_workflow(
+                ReviewWorkflow.run, ReviewInput(incident_id=status.incident_id, snapshot=snapshot(**governed),
+                                                status=status),
+                id=f"{status.incident_id}:review", task_queue=world.task_queue)
+            await env.sleep(timedelta(hours=1))
+            for regime in ("gdpr_breach", "eu_ai_act_serious_incident", "internal_risk_committee"):
+                await review.execute_update(ReviewWorkflow.submit_report, GovernanceRequest(
+                    user="U_COMPLIANCE", regime=regime, reference="recorded history"))
+            await review.execute_update(ReviewWorkflow.legal_hold, GovernanceRequest(
+                user="U_LEGAL", reason="recorded history"))
+            await review.signal(ReviewWorkflow.governance_refused, GovernanceRefusal(
+                action="approve_purge", user="U_ONCALL", via="api", refusal="holds none of the roles"))
+            await env.sleep(timedelta(days=30))
+            await review.execute_update(ReviewWorkflow.approve_purge, GovernanceRequest(
+                user="U_PRIVACY", reason="recorded history"))
+            await review.execute_update(ReviewWorkflow.release_legal_hold, GovernanceRequest(
+                user="U_LEGAL", reason="recorded history"))
+            await review.result()
+            history = await review.fetch_history()
+            target.write_text(json.dumps({"workflow_id": review.id, "history": json.loads(history.to_json())},
+                                         indent=1))
+            print(f"saved {target.name}: {len(history.events)} events")
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--sequential"]
+    args = [a for a in sys.argv[1:] if a not in ("--sequential", "--governance")]
     if len(args) != 1:
-        raise SystemExit("usage: python -m tests.workflows.record_histories PREFIX [--sequential]   (e.g. v3)")
-    asyncio.run(record_sequential(args[0]) if "--sequential" in sys.argv else record(args[0]))
+        raise SystemExit("usage: python -m tests.workflows.record_histories PREFIX [--sequential | --governance]"
+                         "   (e.g. v3)")
+    if "--governance" in sys.argv:
+        asyncio.run(record_governance(args[0]))
+    else:
+        asyncio.run(record_sequential(args[0]) if "--sequential" in sys.argv else record(args[0]))

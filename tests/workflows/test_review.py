@@ -48,16 +48,16 @@ async def test_review_document_tasks_and_durable_reminders(tmp_path: Path) -> No
             result: ReviewStatus = await workflow_result(review)
 
     assert result.document_written
-    assert result.tasks == [{"title": "Write the incident summary", "owner": "on_call",
-                             "owners": ["U_ONCALL", "U_ONCALL2"],
-                             "due": (status.started_at + timedelta(days=3)).isoformat()}]
+    assert [{k: t[k] for k in ("title", "owner", "owners", "due", "state")} for t in result.tasks] == [
+        {"title": "Write the incident summary", "owner": "on_call", "owners": ["U_ONCALL", "U_ONCALL2"],
+         "due": (status.started_at + timedelta(days=3)).isoformat(), "state": "open"}]
     assert result.reminders_sent == ["regulatory_report_reminder", "regulatory_report_due", "purge_due"]
     doc = await world.store.review(status.incident_id)
     assert doc is not None and "chat-v2" in doc.markdown and "Write the incident summary" in doc.markdown
     events = await world.store.events(status.incident_id)
     review_events = [e for e in events if e.actor == "unship-review"]
-    assert [e.kind for e in review_events] == ["review_written", "regulatory_report_reminder",
-                                               "regulatory_report_due", "purge_due"]
+    assert [e.kind for e in review_events] == ["provenance", "lesson", "review_written", "regulatory_report_reminder",
+                                               "regulatory_report_due", "purge_due", "review_closed"]
     # the reminders fire at the playbook's deadlines, counted from the incident's start
     at = {e.kind: e.at - status.started_at for e in review_events}
     assert timedelta(hours=48) <= at["regulatory_report_reminder"] < timedelta(hours=48, seconds=5)
@@ -105,7 +105,7 @@ async def test_reminders_survive_a_store_outage_and_the_events_land_once_it_is_b
             mid: ReviewStatus = await review.query(ReviewWorkflow.status)
             # the first reminder went out during the outage; its event waits with the document's
             assert mid.document_written and mid.reminders_sent == ["regulatory_report_reminder"]
-            assert mid.audit_pending == 2
+            assert mid.audit_pending == 4  # provenance, lesson, review_written, the reminder
             down.up = True  # back before the last deadline: the next write carries what was pending
             result: ReviewStatus = await workflow_result(review)
 
@@ -114,4 +114,5 @@ async def test_reminders_survive_a_store_outage_and_the_events_land_once_it_is_b
     assert result.reminders_sent == ["regulatory_report_reminder", "regulatory_report_due", "purge_due"]
     assert result.audit_pending == 0
     kinds = [e.kind for e in await world.store.events(status.incident_id) if e.actor == "unship-review"]
-    assert kinds == ["review_written", "regulatory_report_reminder", "regulatory_report_due", "purge_due"]
+    assert kinds == ["provenance", "lesson", "review_written", "regulatory_report_reminder", "regulatory_report_due",
+                     "purge_due", "review_closed"]

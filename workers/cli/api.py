@@ -66,19 +66,31 @@ class Api:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> Any:
+        response = self._send(method, path, body, headers)
         try:
-            response = self._client.request(method, path, json=body, headers=headers)
+            return response.json()
+        except ValueError:
+            return {"detail": response.text[:200]}
+
+    def text(self, path: str, params: dict[str, str] | None = None) -> str:
+        """GET a document (Markdown, HTML) as text, whole."""
+        return self._send("GET", path, None, None, params).text
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str] | None,
+              params: dict[str, str] | None = None) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, json=body, headers=headers, params=params)
         except httpx.TransportError as exc:
             raise ApiError(0, f"cannot reach the unship API at {self.base} ({type(exc).__name__}); is `unship up` "
                               "running? (set UNSHIP_API_URL for another server)") from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = {"detail": response.text[:200]}
         if response.status_code >= 400:
+            try:
+                data = response.json()
+            except ValueError:
+                data = {"detail": response.text[:200]}
             detail = data.get("detail") if isinstance(data, dict) else None
             raise ApiError(response.status_code, str(detail or f"HTTP {response.status_code}"))
-        return data
+        return response
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)

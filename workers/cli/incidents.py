@@ -27,7 +27,7 @@ Reason = Annotated[str, typer.Option("--reason", help="Why (goes on the audit tr
 IncidentArg = Annotated[str, typer.Argument(help="Incident id, e.g. unship:chat-assistant:v2.3.")]
 
 
-def _api_call(fn: Callable[[Api], T]) -> T:
+def api_call(fn: Callable[[Api], T]) -> T:
     """Run ``fn`` against the API and turn a refusal or failure into one line and an exit code."""
     api = Api(load_settings())
     try:
@@ -49,7 +49,7 @@ def trigger(
     body: dict[str, Any] = {"playbook": playbook, "release": release, "reason": reason}
     if severity is not None:
         body["severity"] = severity.value
-    incident = _api_call(lambda api: api.post("/v1/incidents", body))["incident_id"]
+    incident = api_call(lambda api: api.post("/v1/incidents", body))["incident_id"]
     out.print(f"incident [bold]{incident}[/]  (follow it with: unship status {incident})")
 
 
@@ -71,7 +71,7 @@ def release(
     body: dict[str, Any] = {"playbook": playbook, "release": release_name}
     if percents:
         body["stages"] = percents
-    workflow_id = _api_call(lambda api: api.post("/v1/releases", body))["incident_id"]
+    workflow_id = api_call(lambda api: api.post("/v1/releases", body))["incident_id"]
     out.print(f"re-release [bold]{workflow_id}[/] started  (follow it with: unship status {workflow_id})")
 
 
@@ -83,13 +83,13 @@ def status(
 ) -> None:
     """List incidents, or show one incident's phase, stages, decisions and audit timeline."""
     if incident:
-        one = IncidentStatus.model_validate(_api_call(lambda api: api.get(f"/v1/incidents/{incident}")))
+        one = IncidentStatus.model_validate(api_call(lambda api: api.get(f"/v1/incidents/{incident}")))
         if as_json:
             out.print_json(one.model_dump_json())
         else:
             _print_incident(one, incident_link(load_settings().console_url, one.incident_id))
         return
-    data = _api_call(lambda api: api.get(f"/v1/incidents?limit={limit}"))
+    data = api_call(lambda api: api.get(f"/v1/incidents?limit={limit}"))
     listing = [IncidentSummary.model_validate(i) for i in data["incidents"]]
     if as_json:
         out.print_json(data=[r.model_dump(mode="json") for r in listing])
@@ -102,7 +102,7 @@ def status(
 @app.command()
 def whoami() -> None:
     """Who the server thinks you are: your id, the credential, your scopes and groups."""
-    me = _api_call(lambda api: api.get("/v1/me"))
+    me = api_call(lambda api: api.get("/v1/me"))
     who = me.get("user") or f"({me.get('credential')}: no person)"
     out.print(f"[bold]{who}[/]" + (f" ({me['name']})" if me.get("name") else ""))
     out.print(f"credential: {me.get('credential')}; scopes: {', '.join(me.get('scopes') or []) or 'none'}; "
@@ -165,6 +165,8 @@ def _print_incident(s: Any, link: str) -> None:
     head.add_row("Console", link)
     head.add_row("Playbook", f"{s.playbook} (version {s.playbook_version}, {s.scenario})")
     head.add_row("Release", s.release)
+    if len(s.provenance) > 1:
+        head.add_row("Served", ", ".join(f"{k}={v}" for k, v in s.provenance.items() if k != "release"))
     phase = s.phase.value + (" (paused)" if s.paused else "")
     head.add_row("Phase", phase + (f" -> {s.outcome.value}" if s.outcome else ""))
     head.add_row("Users on previous", _users_on_previous(s))
@@ -212,7 +214,7 @@ def _decide(incident: str, verdict: str, reason: str, gate: str | None, key: str
     if gate:
         body["gate_id"] = gate
     headers = {"Idempotency-Key": key} if key else None
-    result = _api_call(lambda api: api.post(f"/v1/incidents/{incident}/decision", body, headers))
+    result = api_call(lambda api: api.post(f"/v1/incidents/{incident}/decision", body, headers))
     out.print(f"{result['message']} ({result['gate_id']}: {result['approvals']}/{result['quorum']} approvals)")
 
 
@@ -234,7 +236,7 @@ def reject(incident: IncidentArg, reason: WhyRequired, gate: Gate = None, key: K
 
 
 def _command(incident: str, path: str, reason: str) -> None:
-    result = _api_call(lambda api: api.post(f"/v1/incidents/{incident}/{path}", {"reason": reason}))
+    result = api_call(lambda api: api.post(f"/v1/incidents/{incident}/{path}", {"reason": reason}))
     out.print(f"{result['message']} ({incident})")
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from playbooks.models import PlaybookSnapshot
+from tabletop.learning import advise
 from tabletop.rehearsal import RehearsalWorkflow
 from tabletop.rehearsal_run import run_rehearsal
 from workers.cli.common import (
@@ -102,7 +103,7 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
             )
             ui_url = server.ui_url
         client = await connect(settings)
-        activities = build_activities(settings)
+        activities = build_activities(settings, advisor=advise)
         created = await ensure_flagd_flags(settings, playbooks)
         if created:
             err.print(f"created flagd flags {', '.join(created)} in {settings.resolved_flagd_path}")
@@ -177,7 +178,7 @@ def worker(no_preflight: NoPreflight = False) -> None:
         serve_metrics(settings)
         with stop_on_signals(stop):
             out.print(f"worker polling task queue [bold]{settings.task_queue}[/] on {settings.temporal_target}")
-            await run_worker(client, settings, stop=stop, **REHEARSALS)
+            await run_worker(client, settings, build_activities(settings, advisor=advise), stop=stop, **REHEARSALS)
 
     run(main)
 

@@ -7,6 +7,7 @@ are typed exceptions (``ServiceError`` subclasses) that the adapters map to HTTP
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,15 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.contracts import AuditBatch, AuditEvent, IncidentRecord, IncidentStore, ReviewDocument
+from activities.contracts import (
+    AuditBatch,
+    AuditEvent,
+    IncidentRecord,
+    IncidentStore,
+    ReportDraft,
+    ReviewDocument,
+    SearchHit,
+)
 from playbooks.loader import PlaybookError
 from playbooks.models import PlaybookSnapshot, Severity
 from workers.runtime.settings import Settings
@@ -40,14 +49,19 @@ from workflows.messages import (
     DecisionRefusal,
     DecisionRequest,
     DecisionResult,
+    GovernanceRefusal,
+    GovernanceRequest,
+    GovernanceResult,
     IncidentStatus,
     OperatorCommand,
     ReleaseInput,
+    ReviewStatus,
     RollbackInput,
     incident_id,
     refire_id,
 )
 from workflows.release import ReleaseWorkflow, release_id
+from workflows.review import GOVERNANCE_UPDATES, ReviewWorkflow
 from workflows.rollback import ALERTS_SIGNAL, NO_OPEN_GATE, RollbackWorkflow
 
 T = TypeVar("T")
@@ -484,6 +498,75 @@ class IncidentService:
             return (await self.client.get_workflow_handle(incident).describe(rpc_timeout=_RPC_TIMEOUT)).run_id
         except RPCError:
             return None
+
+    # --- governance (the review) ---------------------------------------------------------------------------
+
+    async def review_id(self, incident: str) -> str:
+        """The review workflow of ``incident`` (an incident id, or a review id as it is)."""
+        if ":review:" in incident:
+            return incident
+        status = await self.get(incident)
+        if not status.review_workflow_id:
+            raise NotRecorded(f"incident {incident!r} has no review yet (phase {status.phase.value}); governance "
+                              "starts when the incident closes")
+        return status.review_workflow_id
+
+    async def governance(self, incident: str) -> ReviewStatus:
+        """The review's governance status: provenance, purge, legal hold, reports, tasks, lesson."""
+        review = await self.review_id(incident)
+        try:
+            return await self.client.get_workflow_handle(review).query(ReviewWorkflow.status,
+                                                                       rpc_timeout=_RPC_TIMEOUT)
+        except WorkflowQueryFailedError as exc:
+            raise TemporalUnavailable(f"review {review!r} could not answer its status: {exc}") from exc
+        except RPCError as exc:
+            raise await self._rpc_error(review, exc) from exc
+
+    async def govern(self, incident: str, action: str, request: GovernanceRequest,
+                     update_id: str | None = None) -> GovernanceResult:
+        """Approve the purge, place or release a legal hold, or submit a report, as the verified person in
+        ``request``; the review's validators check the playbook's roles, and a refusal is audited."""
+        update = GOVERNANCE_UPDATES.get(action)
+        if update is None:
+            raise InvalidInput("action", f"{action!r} is not a governance action; use one of "
+                               f"{', '.join(GOVERNANCE_UPDATES)}")
+        review = await self.review_id(incident)
+        handle = self.client.get_workflow_handle(review)
+        try:
+            return await handle.execute_update(update, request, id=update_id, rpc_timeout=_RPC_TIMEOUT)
+        except WorkflowUpdateFailedError as exc:
+            reason = getattr(exc.cause, "message", None) or str(exc.cause or exc)
+            await self.record_governance_refusal(review, request.user, action, reason, via=request.via)
+            raise Refused(reason) from exc
+        except RPCError as exc:
+            raise await self._rpc_error(handle.id, exc) from exc
+
+    async def record_governance_refusal(self, incident: str, who: str, action: str, reason: str,
+                                        via: str = "api") -> None:
+        """Put a refused governance attempt on the review's audit trail (a refused update leaves no trace in
+        history; the review outlives the incident's own workflow, so the refusal goes to the review)."""
+        try:
+            review = await self.review_id(incident)
+        except ServiceError as exc:
+            log.warning("could not record the refused %s on %s: %s", action, incident, exc)
+            return
+        try:
+            await self.client.get_workflow_handle(review).signal(
+                ReviewWorkflow.governance_refused,
+                GovernanceRefusal(action=action, user=who, via=via, refusal=reason), rpc_timeout=_RPC_TIMEOUT)
+        except RPCError as exc:
+            log.warning("could not record the refused %s on %s: %s", action, review, exc.message)
+
+    async def reports(self, incident: str) -> builtins.list[ReportDraft]:
+        """The regulatory report drafts of ``incident`` (from the incident store)."""
+        incident = incident.split(":review:", 1)[0]
+        return await self._read(self._store_for(incident).reports(incident))
+
+    async def search(self, text: str, limit: int = 20) -> builtins.list[SearchHit]:
+        """Past reviews (and their tags) matching ``text``, across every playbook and team."""
+        if not text.strip():
+            raise InvalidInput("q", "give the words to search for")
+        return await self._read(self._store_for("past reviews").search(text, limit))
 
     async def ready(self) -> bool:
         """True when the Temporal frontend answers."""

@@ -33,6 +33,8 @@ SECRET_FIELDS = (
     "http_provider_token",
     "http_signals_token",
     "console_secret",
+    "github_token",
+    "jira_api_token",
 )
 
 
@@ -123,6 +125,12 @@ class Settings(BaseSettings):
     http_provider_url: str | None = Field(default=None, description="base URL of a generic HTTP flag/router")
     http_provider_token: SecretStr | None = None
     http_signals_token: SecretStr | None = Field(default=None, description="bearer token for http signals")
+
+    github_token: SecretStr | None = Field(default=None, description="GitHub token for review tasks (Issues)")
+    github_api_url: str = Field(default="https://api.github.com", description="GitHub REST API base URL")
+    jira_url: str | None = Field(default=None, description="Jira Cloud site, e.g. https://acme.atlassian.net")
+    jira_user: str | None = Field(default=None, description="Jira account e-mail (basic auth with the API token)")
+    jira_api_token: SecretStr | None = Field(default=None, description="Jira API token (bearer without a user)")
 
     @model_validator(mode="before")
     @classmethod

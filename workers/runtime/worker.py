@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.chat import LogNotifier
+from activities.contracts import TaskTracker, ThresholdAdvisor
 from activities.flagd import FlagdFileProvider
 from activities.http_providers import HttpProvider
 from activities.http_signals import HttpSignalSource
@@ -25,9 +26,10 @@ from activities.rollback import RollbackActivities
 from activities.routing import FlagRouter, SignalRouter
 from activities.slack import SlackNotifier
 from activities.store import open_store
+from activities.trackers import GitHubTracker, JiraTracker, TrackerRouter
 from activities.unleash import UnleashProvider
 from playbooks.loader import load_library
-from playbooks.models import PlaybookSnapshot
+from playbooks.models import PlaybookSnapshot, TrackerKind
 from workers.runtime.settings import Settings
 from workflows.registry import INCIDENT_WORKFLOWS
 from workflows.sandbox import workflow_runner
@@ -37,11 +39,13 @@ log = logging.getLogger(__name__)
 STICKY_TIMEOUT = timedelta(seconds=3)
 
 
-def build_activities(settings: Settings) -> RollbackActivities:
+def build_activities(settings: Settings, advisor: ThresholdAdvisor | None = None) -> RollbackActivities:
     """The production adapters the settings describe, wrapped as the rollback activities.
 
     Flags and signals are routed by the names playbooks use (see ``flag_providers`` / ``signal_sources``);
-    chat goes to Slack with ``UNSHIP_SLACK_BOT_TOKEN`` (``chat_notifier``), else to the log.
+    chat goes to Slack with ``UNSHIP_SLACK_BOT_TOKEN`` (``chat_notifier``), else to the log; review tasks go
+    to the trackers that are configured (``trackers``). ``advisor`` is the learning loop's threshold advisor,
+    handed in by the process (the CLI wires tabletop's backtest sweep; the runtime never imports tabletop).
     """
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +58,22 @@ def build_activities(settings: Settings) -> RollbackActivities:
         open_store(settings.resolved_database_url),
         integrity=IntegrityChecker(flags, signals),
         review_dir=settings.state_dir / "reviews",
+        trackers=trackers(settings),
+        advisor=advisor,
     )
+
+
+def trackers(settings: Settings) -> TrackerRouter:
+    """The review-task trackers the settings configure: GitHub with ``UNSHIP_GITHUB_TOKEN``, Jira with
+    ``UNSHIP_JIRA_URL`` and ``UNSHIP_JIRA_API_TOKEN`` (``UNSHIP_JIRA_USER`` for basic auth); ``store`` always."""
+    configured: dict[TrackerKind, TaskTracker] = {}
+    if settings.github_token:
+        configured[TrackerKind.GITHUB] = GitHubTracker(_secret(settings.github_token), settings.github_api_url,
+                                                       incident_url=settings.console_url)
+    if settings.jira_url and settings.jira_api_token:
+        configured[TrackerKind.JIRA] = JiraTracker(settings.jira_url, _secret(settings.jira_api_token),
+                                                   user=settings.jira_user, incident_url=settings.console_url)
+    return TrackerRouter(configured)
 
 
 def chat_notifier(settings: Settings) -> Any:

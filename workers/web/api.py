@@ -10,6 +10,11 @@ Routes (JSON; every ``/v1`` route needs ``Authorization: Bearer <UNSHIP_API_TOKE
   no decision is open (an ``Idempotency-Key`` header makes a retried click count once)
 - ``POST /v1/incidents/{id}/abort|pause|resume|revert-now`` ``{by?, reason?}`` -> 202
 - ``POST /v1/releases`` ``{playbook, release, stages?}`` -> 202; ``GET /v1/playbooks``
+- ``GET /v1/incidents/{id}/governance`` (read) -> the review's governance status; ``POST .../legal-hold``,
+  ``.../legal-hold/release`` (operate), ``.../purge/approve``, ``.../reports/{regime}/submit`` (decide)
+  ``{reason?, reference?}`` -> 200, 403 refused (audited on the review); the actor is the verified caller
+- ``GET /v1/incidents/{id}/reports`` and ``.../reports/{regime}?format=markdown|html``;
+  ``GET /v1/reviews/search?q=...`` (read) -> past reviews matching the words
 - ``GET /healthz`` (process alive), ``GET /readyz`` (Temporal reachable): no token needed
 
 Without ``UNSHIP_API_TOKEN`` the API has no authentication, so it may only listen on a loopback address
@@ -24,11 +29,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from activities import metrics
-from activities.contracts import AuditEvent
+from activities.contracts import AuditEvent, ReportDraft, SearchHit
 from playbooks.models import Severity
 from workers.runtime.service import COMMANDS, IncidentService, IncidentSummary, InvalidInput
 from workers.runtime.settings import Settings
@@ -36,6 +41,7 @@ from workers.web.auth import Authenticator, AuthError, Identity, Scope, authenti
 from workers.web.guards import ServiceGetter
 from workers.web.problems import (
     API_PROBLEMS,
+    ProblemError,
     decode_cursor,
     encode_cursor,
     problem,
@@ -45,8 +51,11 @@ from workflows.messages import (
     CommandResult,
     DecisionRequest,
     DecisionResult,
+    GovernanceRequest,
+    GovernanceResult,
     IncidentStatus,
     OperatorCommand,
+    ReviewStatus,
     Verdict,
 )
 
@@ -94,6 +103,16 @@ class Reloaded(BaseModel):
     playbooks: dict[str, str]
 
 
+class GovernanceBody(_Body):
+    """What a governance action says; who acts is the verified caller, never a name in the body."""
+
+    reason: str = Field(default="", max_length=2000)
+
+
+class ReportSubmitBody(GovernanceBody):
+    reference: str = Field(default="", max_length=200, description="the authority's case or receipt number")
+
+
 class Accepted(BaseModel):
     incident_id: str
 
@@ -113,6 +132,18 @@ class Review(BaseModel):
     incident_id: str
     markdown: str
     tasks: list[dict[str, Any]]
+
+
+GOVERNANCE_ROUTES = (
+    ("legal-hold", "legal_hold", Scope.OPERATE),
+    ("legal-hold/release", "release_legal_hold", Scope.OPERATE),
+    ("purge/approve", "approve_purge", Scope.DECIDE),
+)
+"""The review's governance actions by path: (path under the incident, review update, scope). Report
+submission (``reports/{regime}/submit``, decide) has its own route for the regime and reference."""
+
+Recorder = Callable[[str, str, str, str, str], Awaitable[None]]
+"""Puts a refused attempt on an audit trail: (incident, who, action, why, via)."""
 
 
 # --- the app -------------------------------------------------------------------------------------------------
@@ -222,6 +253,59 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         return AuditPage(incident_id=incident_id, events=events,
                          next_cursor=encode_cursor(str(events[-1].seq).encode()) if more and events else None)
 
+    @v1.get("/incidents/{incident_id:path}/governance", response_model=ReviewStatus, tags=["governance"],
+            dependencies=[Depends(require(Scope.READ))])
+    async def governance(incident_id: str) -> ReviewStatus:
+        """The review's governance: provenance, retention and purge, legal hold, reports, tasks, lesson."""
+        return await (await get_service()).governance(incident_id)
+
+    for path, action, scope in GOVERNANCE_ROUTES:
+        v1.add_api_route(f"/incidents/{{incident_id:path}}/{path}", _governance_route(get_service, action, scope),
+                         methods=["POST"], response_model=GovernanceResult, tags=["governance"],
+                         summary=f"{action.replace('_', ' ')} as yourself ({scope.value} scope and a role the "
+                                 "playbook names; 403 with the reason when refused, audited)")
+
+    @v1.post("/incidents/{incident_id:path}/reports/{regime}/submit", response_model=GovernanceResult,
+             tags=["governance"])
+    async def submit_report(incident_id: str, regime: str, body: ReportSubmitBody, request: Request,
+                            idempotency_key: str | None = Header(default=None, max_length=200)) -> GovernanceResult:
+        """Record that you (a person of the report's approver roles) approved and submitted it."""
+        svc = await get_service()
+        identity = await _person(request, svc, incident_id, Scope.DECIDE, "submit_report", None,
+                                 record=svc.record_governance_refusal)
+        return await svc.govern(incident_id, "submit_report", GovernanceRequest(
+            user=identity.user or "", groups=list(identity.groups), reason=body.reason, via="api", regime=regime,
+            reference=body.reference), update_id=idempotency_key)
+
+    @v1.get("/incidents/{incident_id:path}/reports/{regime}", tags=["governance"], response_model=None,
+            dependencies=[Depends(require(Scope.READ))], responses={
+        200: {"content": {"text/markdown": {"schema": {"type": "string"}},
+                          "text/html": {"schema": {"type": "string"}}},
+              "description": "the draft as Markdown, or print-ready HTML with `format=html`"}})
+    async def report(incident_id: str, regime: str,
+                     format: str = Query(default="markdown", pattern="^(markdown|html)$")) -> Response:
+        """One regulatory report draft as Markdown or print-ready HTML."""
+        drafts = {d.regime.value: d for d in await (await get_service()).reports(incident_id)}
+        draft = drafts.get(regime)
+        if draft is None:
+            raise ProblemError(404, f"no {regime!r} report for {incident_id}; drafted: {', '.join(drafts) or 'none'}")
+        if format == "html":
+            return Response(draft.html, media_type="text/html; charset=utf-8")
+        return PlainTextResponse(draft.markdown, media_type="text/markdown; charset=utf-8")
+
+    @v1.get("/incidents/{incident_id:path}/reports", response_model=list[ReportDraft], tags=["governance"],
+            dependencies=[Depends(require(Scope.READ))])
+    async def reports(incident_id: str) -> list[ReportDraft]:
+        """The incident's regulatory report drafts."""
+        return await (await get_service()).reports(incident_id)
+
+    @v1.get("/reviews/search", response_model=list[SearchHit], tags=["governance"],
+            dependencies=[Depends(require(Scope.READ))])
+    async def search(q: str = Query(min_length=1, max_length=500),
+                     limit: int = Query(default=20, ge=1, le=200)) -> list[SearchHit]:
+        """Past reviews (and their tags) holding every word of ``q``, across playbooks and teams."""
+        return await (await get_service()).search(q, limit)
+
     @v1.get("/incidents/{incident_id:path}", response_model=IncidentStatus, tags=["incidents"],
             dependencies=[Depends(require(Scope.READ))])
     async def incident(incident_id: str) -> IncidentStatus:
@@ -262,9 +346,10 @@ def _seq_cursor(cursor: str | None) -> int:
 
 
 async def _person(request: Request, svc: IncidentService, incident_id: str, scope: Scope, action: str,
-                  claimed: str | None) -> Identity:
+                  claimed: str | None, record: Recorder | None = None) -> Identity:
     """The verified person acting on ``incident_id`` with ``scope``; a refusal of a known caller (shared or
-    alert credential, missing scope, a body naming someone else) is audited on the incident, then raised."""
+    alert credential, missing scope, a body naming someone else) is audited on the incident (through ``record``,
+    by default the incident's own workflow), then raised."""
     auth: Authenticator = authenticator(request)
     identity = await auth.identify(request.headers.get("authorization"))
     try:
@@ -273,7 +358,7 @@ async def _person(request: Request, svc: IncidentService, incident_id: str, scop
             raise AuthError(403, f"you are authenticated as {identity.user}; you cannot {action} as {claimed} "
                                  "(identity comes from your credentials, not the request body)")
     except AuthError as refused:
-        await svc.record_refusal(incident_id, identity.label, action, refused.detail, via="api")
+        await (record or svc.record_refusal)(incident_id, identity.label, action, refused.detail, "api")
         raise
     return identity
 
@@ -290,3 +375,19 @@ def _command_route(get_service: ServiceGetter, path: str) -> Callable[..., Await
 
     command.__name__ = f"command_{action.value}"
     return command
+
+
+def _governance_route(
+    get_service: ServiceGetter, action: str, scope: Scope
+) -> Callable[..., Awaitable[GovernanceResult]]:
+    async def govern(incident_id: str, request: Request, body: GovernanceBody | None = None,
+                     idempotency_key: str | None = Header(default=None, max_length=200)) -> GovernanceResult:
+        svc = await get_service()
+        identity = await _person(request, svc, incident_id, scope, action, None,
+                                 record=svc.record_governance_refusal)
+        return await svc.govern(incident_id, action, GovernanceRequest(
+            user=identity.user or "", groups=list(identity.groups), reason=body.reason if body else "", via="api"),
+            update_id=idempotency_key)
+
+    govern.__name__ = f"governance_{action}"
+    return govern

@@ -23,7 +23,8 @@ from workflows.messages import IncidentStatus, Phase
 
 COMMANDS = ["up", "worker", "validate", "trigger", "release", "status", "approve", "reject", "revert-now",
             "abort", "pause", "resume", "demo", "whoami", "login", "users", "users add", "audit", "audit verify",
-            "audit export", "playbooks reload"]
+            "audit export", "playbooks reload", "review", "hold", "hold release", "purge approve", "report submit",
+            "report show", "incidents search"]
 
 
 def nothing_running(tmp_path: Path) -> dict[str, str]:

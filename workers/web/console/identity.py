@@ -33,7 +33,9 @@ SCOPES = frozenset({"read", "trigger", "decide", "operate"})
 """What a person may do: read incidents, open them, decide at a gate, steer (revert-now, pause, resume, abort)."""
 
 ACTION_SCOPES = {"approve": "decide", "reject": "decide", "revert-now": "operate", "pause": "operate",
-                 "resume": "operate", "abort": "operate"}
+                 "resume": "operate", "abort": "operate",
+                 # the review's governance (docs/governance.md), as the API's governance routes
+                 "legal-hold": "operate", "release-legal-hold": "operate", "approve-purge": "decide"}
 """The scope each console action needs (the same as the API route it stands for)."""
 
 

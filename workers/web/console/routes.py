@@ -5,7 +5,9 @@
 |---|---|
 | ``GET /`` | incidents, open first, then recent; filters ``phase`` (``open`` or a phase) and ``playbook``; live |
 | ``GET /incidents/{id}`` | one incident: stage bar, decision, charts, integrity, review, timeline; live |
-| ``POST /incidents/{id}/act`` | approve, reject, revert-now, pause, resume, abort as the signed-in person |
+| ``POST /incidents/{id}/act`` | approve, reject, revert-now, pause, resume, abort as the signed-in person; on a closed |
+| | incident's review: legal-hold, release-legal-hold, approve-purge |
+| ``GET /incidents/{id}/reports/{regime}`` | a regulatory report draft, print-ready HTML |
 | ``GET /playbooks/{name}`` | a playbook's text (``?version=`` the exact version an incident ran) |
 | ``GET /rehearsals``, ``/rehearsals/...`` | tabletop reports, scheduled rehearsals and their runs |
 | ``GET|POST /signin``, ``POST /signout`` | sign-in with the API's identities |
@@ -21,7 +23,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,7 @@ from workers.web.console.identity import (
 from workers.web.console.live import sse, watch
 from workers.web.console.rehearsals import RehearsalRun, Report, find_reports, read_report, rehearsal_runs
 from workers.web.guards import ServiceGetter
-from workflows.messages import DecisionRequest, IncidentStatus, OperatorCommand, Phase, Verdict
+from workflows.messages import DecisionRequest, GovernanceRequest, IncidentStatus, OperatorCommand, Phase, Verdict
 from workflows.review import REVIEW_SEQ_BASE
 
 HERE = Path(__file__).resolve().parent
@@ -72,6 +74,9 @@ STATUS_TTL = 1.0
 without an audit event at most this late on screen."""
 PHASE_FILTERS = ["open", *(p.value for p in Phase)]
 ACTIONS = list(ACTION_SCOPES)
+GOVERNANCE_ACTIONS = {"legal-hold": "legal_hold", "release-legal-hold": "release_legal_hold",
+                      "approve-purge": "approve_purge"}
+"""Console actions on the review, by the review update they are (the review checks the playbook's roles)."""
 
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -114,6 +119,7 @@ class _Incident:
     review_html: str | None
     review_tasks: list[dict[str, Any]]
     temporal_url: str | None
+    reports: list[str] = field(default_factory=list)
 
     @property
     def last_seq(self) -> int:
@@ -217,6 +223,7 @@ class Console:
             raise stored
         snapshot = await svc.snapshot_of(incident_id, status.playbook, status.playbook_version)
         review = await store.review(incident_id) if store and status.review_workflow_id else None
+        drafts = await store.reports(incident_id) if store and status.review_workflow_id else []
         temporal_url = None
         if ui:
             run = run if isinstance(run, str) else None
@@ -225,14 +232,15 @@ class Console:
                             + (f"/{run}/history" if run else ""))
         return _Incident(status=status, snapshot=snapshot, timeline=views.merge_timeline(status.audit, stored or []),
                          review_html=views.review_html(review), review_tasks=review.tasks if review else [],
-                         temporal_url=temporal_url)
+                         temporal_url=temporal_url, reports=[d.regime.value for d in drafts])
 
     def status_context(self, data: _Incident, person: Person | None, csrf: str) -> dict[str, Any]:
         s = data.status
         return {
             "s": s, "snapshot": data.snapshot, "stages": views.stages(s, data.snapshot),
             "charts": views.charts(s, data.snapshot), "deadlines": views.deadlines(s, data.snapshot),
-            "review_html": data.review_html, "review_tasks": data.review_tasks, "person": person, "csrf": csrf,
+            "review_html": data.review_html, "review_tasks": data.review_tasks, "reports": data.reports,
+            "person": person, "csrf": csrf,
             "nonce": uuid.uuid4().hex, "open": s.phase is not Phase.CLOSED, "now": datetime.now(UTC),
             "link": incident_link(self.settings.console_url, s.incident_id), "temporal_url": data.temporal_url,
             "last_seq": data.last_seq, "actions_key": _actions_key(s),
@@ -247,6 +255,10 @@ class Console:
         Raises ``Refused`` with the workflow's reason when it says no.
         """
         svc = await self.service()
+        if action in GOVERNANCE_ACTIONS:
+            governed = await svc.govern(incident_id, GOVERNANCE_ACTIONS[action], GovernanceRequest(
+                user=person.user, groups=list(person.groups), reason=reason, via="console"))
+            return governed.message
         if action in ("approve", "reject"):
             request = DecisionRequest(user=person.user, verdict=Verdict(action), reason=reason, via="console",
                                       gate_id=gate_id or None, groups=list(person.groups))
@@ -358,6 +370,18 @@ class Console:
             except ServiceError as exc:
                 return self._answer(htmx, back, 503, "bad", str(exc))
             return self._answer(htmx, back, 200, "ok", message)
+
+        @r.get("/incidents/{incident_id:path}/reports/{regime}", response_class=HTMLResponse)
+        async def regulatory_report(request: Request, incident_id: str, regime: str) -> Response:
+            """A regulatory report draft, print-ready (the page's own A4 CSS; print it to PDF)."""
+            self.reader(request)
+            svc = await self.service()
+            drafts = {d.regime.value: d for d in await svc.reports(incident_id)} if svc.store else {}
+            draft = drafts.get(regime)
+            if draft is None:
+                raise _Problem(404, "No such report", f"no {regime!r} report for {incident_id}; drafted: "
+                               f"{', '.join(drafts) or 'none'}")
+            return HTMLResponse(draft.html)
 
         @r.get("/incidents/{incident_id:path}", response_class=HTMLResponse)
         async def incident(request: Request, incident_id: str) -> Response:
