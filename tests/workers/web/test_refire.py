@@ -102,7 +102,8 @@ async def test_an_alert_refired_after_close_opens_a_new_incident_and_keeps_the_r
         stored = await store.events(status.incident_id)
         run = [(e.seq, e.kind, e.message) for e in stored if e.seq < REVIEW_SEQ_BASE]
         assert run == [(e.seq, e.kind, e.message) for e in status.audit]
-        assert [e.kind for e in stored if e.seq >= REVIEW_SEQ_BASE] == ["review_written"]
+        review_events = [e.kind for e in stored if e.seq >= REVIEW_SEQ_BASE]
+        assert review_events.count("review_written") == 1, review_events  # its own review, once
     # The first incident's review is still its own, in the store and on disk.
     assert await store.review(incident) == review_one
     assert (state / "reviews" / "unship_chat-test_refire-v1.md").read_text() == review_one.markdown
