@@ -276,6 +276,36 @@ def test_jwts_expired_forged_or_for_another_audience_are_refused(stack: Stack) -
     assert whoami.returncode == 0 and "U04SAFETY02" in whoami.stdout and "oidc" in whoami.stdout
 
 
+def test_unknown_expired_or_forged_credentials_naming_an_incident_are_recorded_on_it_once_a_minute(
+        stack: Stack) -> None:
+    incident = stack.open("chat-sec", "unidentified-v1")
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    presented = {"unknown": "unship_not-a-token-anyone-was-given-0123456789",
+                 "expired": stack.oidc.token("U04SAFETY01", expires_in=-120),
+                 "forged": stack.oidc.token("U04SAFETY01", key=other)}
+    for token in presented.values():
+        headers = {"Authorization": f"Bearer {token}"}
+        decided = httpx.post(f"{stack.url}/v1/incidents/{incident}/decision", headers=headers, timeout=30,
+                             json={"verdict": "approve", "reason": "me"})
+        operated = httpx.post(f"{stack.url}/v1/incidents/{incident}/revert-now", headers=headers, timeout=30,
+                              json={"reason": "me"})
+        assert decided.status_code == 401 and operated.status_code == 401
+    # A barrier: the API signals each refusal before answering, so once this known caller's refusal is on the
+    # trail, every refusal above that was signalled is there too.
+    assert stack.decide("shared", incident).status_code == 403
+    status = stack.until(incident, lambda s: any(e["actor"] == "shared-token" for e in refusals(s)), "the barrier")
+    recorded = [e for e in refusals(status) if e["actor"] != "shared-token"]
+    assert [(e["actor"], e["data"]["action"]) for e in recorded] == [("unidentified caller from 127.0.0.1",
+                                                                      "approve")]
+    assert "unknown or revoked bearer token" in recorded[0]["message"]
+    assert status["gate"]["approvals"] == [] and status["previous_percent"] == 0
+    trail = json.dumps(status) + json.dumps(stack.cli("audit", "export", incident, "--format", "jsonl",
+                                                      token=stack.tokens["U01ADMIN"]).stdout)
+    for token in presented.values():
+        assert token not in trail and token.split(".")[-1] not in trail
+    stack.act("U05ONCALL7", incident, "abort", "test over")
+
+
 # --- decision rights -----------------------------------------------------------------------------------------
 
 

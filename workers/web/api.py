@@ -37,7 +37,16 @@ from activities.contracts import AuditEvent, ReportDraft, SearchHit
 from playbooks.models import Severity
 from workers.runtime.service import COMMANDS, IncidentService, IncidentSummary, InvalidInput
 from workers.runtime.settings import Settings
-from workers.web.auth import Authenticator, AuthError, Identity, Scope, authenticator, require
+from workers.web.auth import (
+    Authenticator,
+    AuthError,
+    Identity,
+    RefusalThrottle,
+    Scope,
+    authenticator,
+    require,
+    scrub,
+)
 from workers.web.guards import ServiceGetter
 from workers.web.problems import (
     API_PROBLEMS,
@@ -161,6 +170,7 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         metrics.AUTH_FAILURES.labels(endpoint="api").inc()
         return problem(exc.status, exc.detail, instance=request.url.path, headers=exc.headers)
 
+    app.state.refusal_throttle = RefusalThrottle()
     v1 = APIRouter(prefix="/v1", responses=problem_responses(*API_PROBLEMS))
 
     @v1.get("/me", tags=["identity"])
@@ -349,9 +359,22 @@ async def _person(request: Request, svc: IncidentService, incident_id: str, scop
                   claimed: str | None, record: Recorder | None = None) -> Identity:
     """The verified person acting on ``incident_id`` with ``scope``; a refusal of a known caller (shared or
     alert credential, missing scope, a body naming someone else) is audited on the incident (through ``record``,
-    by default the incident's own workflow), then raised."""
+    by default the incident's own workflow), then raised. An unidentified caller (unknown, expired or forged
+    credentials) is audited the same way, throttled per source (``RefusalThrottle``), with why but never what it
+    presented."""
     auth: Authenticator = authenticator(request)
-    identity = await auth.identify(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    try:
+        identity = await auth.identify(authorization)
+    except AuthError as refused:
+        source = request.client.host if request.client else "unknown address"
+        throttle: RefusalThrottle = request.app.state.refusal_throttle
+        count = throttle.admit(incident_id, source)
+        if count is not None:
+            note = f" (and {count - 1} more refused from {source} since the last one recorded)" if count > 1 else ""
+            await (record or svc.record_refusal)(incident_id, f"unidentified caller from {source}", action,
+                                                 scrub(refused.detail, authorization) + note, "api")
+        raise
     try:
         auth.check(identity, scope)
         if claimed is not None and claimed != identity.user:
