@@ -529,6 +529,11 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 self._holding = True
                 if told is not None:
                     self._status.gate = None
+                for dead in result.taken_over:
+                    self._audit("target_hold_taken_over", f"{dead.target} was held by incident {dead.incident}, "
+                                f"whose workflow is {dead.status.replace('_', ' ')} and will never let go: this "
+                                "incident takes the hold over", holder=dead.incident, target=dead.target,
+                                holder_status=dead.status)
                 self._audit("targets_held", "holding " + ", ".join(t.ref for t in request.targets)
                             + " for this incident", targets=[t.ref for t in request.targets])
                 return

@@ -15,6 +15,8 @@ Routes (JSON; every ``/v1`` route needs ``Authorization: Bearer <UNSHIP_API_TOKE
   ``{reason?, reference?}`` -> 200, 403 refused (audited on the review); the actor is the verified caller
 - ``GET /v1/incidents/{id}/reports`` and ``.../reports/{regime}?format=markdown|html``;
   ``GET /v1/reviews/search?q=...`` (read) -> past reviews matching the words
+- ``GET /v1/target-holds``; ``POST /v1/target-holds/release`` ``{target, reason, force?}`` (admin): the holds of
+  flag/serving targets, and letting go of one whose incident ended without closing (audited)
 - ``GET /healthz`` (process alive), ``GET /readyz`` (Temporal reachable): no token needed
 
 Without ``UNSHIP_API_TOKEN`` the API has no authentication, so it may only listen on a loopback address
@@ -35,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from activities import metrics
 from activities.contracts import AuditEvent, ReportDraft, SearchHit
 from playbooks.models import Severity
-from workers.runtime.service import COMMANDS, IncidentService, IncidentSummary, InvalidInput
+from workers.runtime.service import COMMANDS, IncidentService, IncidentSummary, InvalidInput, TargetHoldInfo
 from workers.runtime.settings import Settings
 from workers.web.auth import (
     Authenticator,
@@ -105,6 +107,16 @@ class ReleaseBody(_Body):
     playbook: str = Field(min_length=1, max_length=63)
     release: str = Field(min_length=1, max_length=200)
     stages: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(default=None, min_length=1, max_length=20)
+
+
+class ReleaseHoldBody(_Body):
+    target: str = Field(min_length=1, max_length=500, description="the held target, as `target-holds` lists it")
+    reason: str = Field(min_length=1, max_length=2000, description="why (on the audit trail)")
+    force: bool = Field(default=False, description="release even though the holding incident still runs")
+
+
+class TargetHolds(BaseModel):
+    holds: list[TargetHoldInfo]
 
 
 class Reloaded(BaseModel):
@@ -186,6 +198,20 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         changes = await svc.reload_playbooks(by=identity.label)
         return Reloaded(changes={n: {"old": o, "new": v} for n, (o, v) in changes.items()},
                         playbooks={n: s.version for n, s in sorted(svc.playbooks.items())})
+
+    @v1.get("/target-holds", response_model=TargetHolds, tags=["target holds"],
+            dependencies=[Depends(require(Scope.ADMIN))])
+    async def target_holds() -> TargetHolds:
+        """Which incident holds each flag or serving target, and whether its workflow still runs (admin)."""
+        return TargetHolds(holds=await (await get_service()).target_holds())
+
+    @v1.post("/target-holds/release", response_model=TargetHoldInfo, tags=["target holds"])
+    async def release_target_hold(body: ReleaseHoldBody,
+                                  identity: Identity = Depends(require(Scope.ADMIN))) -> TargetHoldInfo:
+        """Let go of a target hold whose incident ended without closing (admin, with a reason; audited). 409
+        when the holding incident still runs, unless `force`."""
+        return await (await get_service()).release_target_hold(body.target, by=identity.label, reason=body.reason,
+                                                               force=body.force)
 
     @v1.get("/playbooks", tags=["playbooks"], dependencies=[Depends(require(Scope.READ))])
     async def playbooks() -> dict[str, list[dict[str, str]]]:
