@@ -575,6 +575,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         except ActivityError as err:
             self._audit("served_release_unknown", f"could not read which release the targets serve: {_cause(err)}")
             return
+        self._status.served = list(result.states)
         release = self._status.release
         wrong = [s for s in result.states if s.release is not None and s.release != release]
         unknown = [s for s in result.states if s.release is None]
