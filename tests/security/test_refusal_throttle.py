@@ -37,3 +37,12 @@ def test_scrub_removes_the_presented_credential_and_its_jwt_parts() -> None:
     text = f"not valid: header eyJhbGciOiJSUzI1NiJ9 and {token}"
     cleaned = scrub(text, f"Bearer {token}")
     assert "eyJ" not in cleaned and "c2lnbmF0" not in cleaned and cleaned.startswith("not valid: header")
+
+
+def test_one_source_naming_many_incidents_is_recorded_at_most_per_source_times_a_window() -> None:
+    clock = Clock()
+    throttle = RefusalThrottle(window=60, per_source=3, clock=clock)
+    assert [throttle.admit(f"inc-{n}", "10.0.0.9") for n in range(10)] == [1, 1, 1] + [None] * 7
+    assert throttle.admit("inc-0", "10.0.0.8") == 1  # another source is not held back
+    clock.now += 61
+    assert throttle.admit("inc-5", "10.0.0.9") == 1
