@@ -119,10 +119,29 @@ class TargetHold(_Model):
     targets: list[Target] = Field(default_factory=list)
 
 
+class TakenOver(_Model):
+    """A hold this incident took over from an incident whose workflow is no longer running."""
+
+    incident: str = Field(description="the incident that held the target")
+    target: str
+    status: str = Field(description="what Temporal says of its workflow: terminated, timed_out, canceled, "
+                        "failed, completed, not_found")
+
+
 class HoldResult(_Model):
     held: bool = Field(description="True when this incident now holds every target")
     holder: str | None = Field(default=None, description="the active incident holding a target, when not held")
     target: str | None = Field(default=None, description="the target it holds")
+    taken_over: list[TakenOver] = Field(default_factory=list,
+                                        description="holds of incidents that ended without letting go")
+
+
+class StoredHold(_Model):
+    """One row of the target holds: which incident holds a flag or serving target, since when."""
+
+    target: str
+    incident_id: str
+    held_at: datetime
 
 
 class ServedState(_Model):
@@ -531,6 +550,12 @@ class IncidentStore(Protocol):
     async def hold_targets(self, incident_id: str, refs: list[str]) -> tuple[str, str] | None: ...
 
     async def release_targets(self, incident_id: str) -> None: ...
+
+    async def target_holds(self) -> list[StoredHold]: ...
+
+    async def release_target(self, target: str) -> str | None:
+        """Delete the hold of one target; the incident that held it (None: nobody did)."""
+        ...
 
     async def save_report(self, draft: ReportDraft) -> None: ...
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from activities.errors import configuration_error
+from activities.routing import named_release
 from playbooks.models import Target
 
 SCHEMA = "https://flagd.dev/schema/v0/flags.json"
@@ -121,13 +122,11 @@ class FlagdFileProvider:
         flag's ``metadata.candidate_release``. None when the flag does not say."""
         doc = await asyncio.to_thread(self._read, target)
         flag = self._flag(doc, target)
-        value = (flag.get("variants") or {}).get(target.candidate_variant)
-        if isinstance(value, dict):
-            value = next((value[k] for k in ("release", "version", "model") if isinstance(value.get(k), str)), None)
-        if isinstance(value, str) and value and value != target.candidate_variant:
+        value = named_release((flag.get("variants") or {}).get(target.candidate_variant), target.release_key)
+        if value is not None and value != target.candidate_variant:
             return value, f"flagd {target.key}: variant {target.candidate_variant!r} serves {value!r}"
         metadata = flag.get("metadata") or {}
-        stated = metadata.get("candidate_release") if isinstance(metadata, dict) else None
+        stated = metadata.get(target.release_key or "candidate_release") if isinstance(metadata, dict) else None
         if isinstance(stated, str) and stated:
             return stated, f"flagd {target.key}: metadata.candidate_release is {stated!r}"
         return None, f"flagd {target.key}: the candidate variant names no release"

@@ -23,6 +23,12 @@ So:
   show within ``settle_timeout`` the activity fails retryably with the not-ready conditions in the message.
   Writing is skipped when the spec already asks for it and status shows it.
 
+Which release the candidate serves (``served_release``, checked before the first write): the latest revision
+is built from the InferenceService's current spec, so its metadata names it: the label (else annotation)
+``target.release_key or "app.kubernetes.io/version"``; with ``release_key: storageUri``, the last path segment
+of ``spec.<component>.model.storageUri`` (or ``spec.<component>.storageUri``). Otherwise unship cannot tell and
+says so in the audit trail, with the candidate revision and its storage URI as evidence.
+
 Connection: the Kubernetes API base URL with a bearer token and optional CA file (``KServeProvider.in_cluster()``
 reads the service-account mount). RBAC needs ``get`` and ``patch`` on ``inferenceservices`` in
 ``serving.kserve.io``.
@@ -64,6 +70,37 @@ def canary_percent(previous_percent: float) -> int:
 
 def component_of(target: Target) -> str:
     return str(target.component or KServeComponent.PREDICTOR)
+
+
+RELEASE_LABEL = "app.kubernetes.io/version"
+STORAGE_URI = "storageUri"
+
+
+def storage_uri(isvc: dict[str, Any], component: str) -> str | None:
+    spec: dict[str, Any] = (isvc.get("spec") or {}).get(component) or {}
+    model: dict[str, Any] = spec.get("model") or {}
+    uri = model.get("storageUri") or spec.get("storageUri")
+    return uri if isinstance(uri, str) and uri else None
+
+
+def served_by(isvc: dict[str, Any], target: Target) -> tuple[str | None, str]:
+    """(the release the candidate revision serves, or None; where it was found / why not)."""
+    component = component_of(target)
+    revision = candidate_revision(component_status(isvc, component)) or "not known yet"
+    uri = storage_uri(isvc, component)
+    key = target.release_key or RELEASE_LABEL
+    if key == STORAGE_URI:
+        last = (uri or "").rstrip("/").rsplit("/", 1)[-1]
+        if last:
+            return last, f"the {component}'s candidate revision {revision} serves {uri}"
+        return None, f"the {component} has no model storageUri to name the release"
+    metadata = isvc.get("metadata") or {}
+    for kind in ("labels", "annotations"):
+        value = (metadata.get(kind) or {}).get(key)
+        if isinstance(value, str) and value:
+            return value, (f"{kind[:-1]} {key} is {value!r} (candidate revision {revision} of the {component})")
+    return None, (f"no label or annotation {key} names the release (candidate revision {revision} of the "
+                  f"{component}, storageUri {uri or 'none'}); set it, or release_key: storageUri")
 
 
 def component_status(isvc: dict[str, Any], component: str = "predictor") -> dict[str, Any]:
@@ -170,6 +207,11 @@ class KServeProvider(HttpAdapter):
 
     async def get_previous_percent(self, target: Target) -> float | None:
         return previous_share(await self._get(target), component_of(target))
+
+    async def served_release(self, target: Target) -> tuple[str | None, str]:
+        """The release the InferenceService says its latest (candidate) revision serves."""
+        release, evidence = served_by(await self._get(target), target)
+        return release, f"{SYSTEM} {self._obj(target)}: {evidence}"
 
     async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
         obj = self._obj(target)

@@ -13,6 +13,12 @@ back stays back while the previous share grows. Individual targets and rules are
 - ``turn_off_at_full_revert=True`` also turns the flag off at 100% (a kill switch); this needs the flag's off
   variation to be the previous one.
 
+Which release the candidate serves (``served_release``, checked before the first write): the candidate
+variation's value when it names one (a JSON object's ``target.release_key``, default ``release``/``version``/
+``model``; without a ``release_key``, also a string other than the variation's name), else the flag's custom property
+``target.release_key or "candidate_release"`` (``customProperties.<key>.value``, one value). Neither: unship
+cannot tell, and says so in the audit trail.
+
 Pending changes: LaunchDarkly answers 400 to a change that would make a pending scheduled change or approval
 request of the flag fail, unless ``?ignoreConflicts=true`` (API docs, "Update feature flag"). Overriding
 someone's pending release plan is a product decision, so it is the target's ``override_pending_changes``
@@ -43,6 +49,7 @@ from activities.http_providers import (
     segment,
     send,
 )
+from activities.routing import named_release
 from playbooks.models import Target
 
 SYSTEM = "LaunchDarkly"
@@ -210,6 +217,23 @@ class LaunchDarklyProvider(ProjectFlagAdapter):
             raise configuration_error(SYSTEM, self._obj(target),
                                       "previous_variant and candidate_variant name the same variation")
         return found[0], found[1]
+
+    async def served_release(self, target: Target) -> tuple[str | None, str]:
+        """The release the candidate variation names (its value, or the flag's custom property)."""
+        flag, _ = await self._flag(target)
+        _, candidate = self._indexes(target, flag)
+        variation = flag["variations"][candidate]
+        name = variation.get("name") or target.candidate_variant
+        obj = f"{SYSTEM} {self._obj(target)}"
+        release = named_release(variation.get("value"), target.release_key)
+        if release is not None and release not in (name, target.candidate_variant):
+            return release, f"{obj}: variation {name!r} serves {release!r}"
+        key = target.release_key or "candidate_release"
+        stated = ((flag.get("customProperties") or {}).get(key) or {}).get("value")
+        if isinstance(stated, list) and len(stated) == 1 and named_release(stated[0]):
+            return stated[0], f"{obj}: custom property {key} is {stated[0]!r}"
+        return None, (f"{obj}: variation {name!r} names no release and the flag has no single-valued custom "
+                      f"property {key}")
 
     async def get_previous_percent(self, target: Target) -> float | None:
         flag, env = await self._flag(target)

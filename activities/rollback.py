@@ -13,12 +13,14 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities import metrics
 from activities.contracts import (
@@ -51,6 +53,7 @@ from activities.contracts import (
     ServedState,
     SignalObservation,
     SignalSource,
+    TakenOver,
     TargetHold,
     TargetState,
     TasksRequest,
@@ -90,8 +93,10 @@ class RollbackActivities(IncidentActivities):
         outputs: OutputRouter | None = None,
         trackers: TrackerRouter | None = None,
         advisor: ThresholdAdvisor | None = None,
+        holder_status: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.flags = flags
+        self.holder_status = holder_status or workflow_status
         self.signals = signals
         self.chat = chat
         self.store = store
@@ -222,10 +227,20 @@ class RollbackActivities(IncidentActivities):
     @activity.defn(name="hold_targets")
     async def hold_targets(self, req: TargetHold) -> HoldResult:
         """Hold every target for the incident unless another active incident holds one (then: who)."""
-        found = await self.store.hold_targets(req.incident_id, [hold_key(t) for t in req.targets])
-        if found is None:
-            return HoldResult(held=True)
-        return HoldResult(held=False, holder=found[0], target=found[1])
+        refs = [hold_key(t) for t in req.targets]
+        taken: list[TakenOver] = []
+        while True:
+            found = await self.store.hold_targets(req.incident_id, refs)
+            if found is None:
+                return HoldResult(held=True, taken_over=taken)
+            holder, target = found
+            status = await self.holder_status(holder)
+            if status is None or status == "running" or any(t.incident == holder for t in taken):
+                return HoldResult(held=False, holder=holder, target=target, taken_over=taken)
+            # The holder's workflow ended without letting go (terminated, timed out, ...): it never will.
+            log.warning("%s takes over %s from %s, whose workflow is %s", req.incident_id, target, holder, status)
+            await self.store.release_targets(holder)
+            taken.append(TakenOver(incident=holder, target=target, status=status))
 
     @activity.defn(name="release_targets")
     async def release_targets(self, req: TargetHold) -> None:
@@ -335,6 +350,26 @@ class RollbackActivities(IncidentActivities):
     async def learn(self, req: LessonRequest) -> Lesson:
         """First crossings, confirmation time and the advisor's proposal with its playbook diff."""
         return await asyncio.to_thread(learn, req, self.advisor)
+
+
+async def workflow_status(workflow_id: str, client: Client | None = None) -> str | None:
+    """What Temporal says of the workflow ``workflow_id`` (its latest run): ``running``, ``terminated``,
+    ``timed_out``, ``canceled``, ``failed``, ``completed``, ``continued_as_new`` or ``not_found``; None when it
+    cannot say now (Temporal unreachable, or no ``client`` outside an activity), which counts as running."""
+    try:
+        handle = (client or activity.client()).get_workflow_handle(workflow_id)
+        description = await handle.describe(rpc_timeout=timedelta(seconds=10))
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return "not_found"
+        log.warning("cannot tell whether %s is running: %s", workflow_id, exc.message)
+        return None
+    except RuntimeError:  # not in an activity: no client to ask
+        return None
+    status = description.status
+    if status is None or status is WorkflowExecutionStatus.RUNNING:
+        return "running" if status is not None else None
+    return status.name.lower()
 
 
 def _count_retry(system: str) -> None:

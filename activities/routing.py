@@ -66,6 +66,20 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+RELEASE_KEYS = ("release", "version", "model")
+"""The keys of a variant's object value that name its release, when the playbook states none."""
+
+
+def named_release(value: object, key: str | None = None) -> str | None:
+    """The release a variant's value names: the object's ``key`` (default: the first of ``RELEASE_KEYS`` it has
+    as a string), or, when the playbook states no ``key``, a non-empty string value itself. None otherwise."""
+    if isinstance(value, dict):
+        keys = (key,) if key else RELEASE_KEYS
+        found = next((value[k] for k in keys if isinstance(value.get(k), str) and value[k]), None)
+        return found if isinstance(found, str) else None
+    return value if isinstance(value, str) and value and key is None else None
+
+
 def hold_key(target: Target) -> str:
     """What one incident holds at a time: the flag or serving object, wherever it lives."""
     where = "/".join(p for p in (target.project, target.environment, target.namespace) if p)

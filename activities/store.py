@@ -37,6 +37,7 @@ from activities.contracts import (
     ReportDraft,
     ReviewDocument,
     SearchHit,
+    StoredHold,
 )
 from activities.errors import AuditConflict
 from playbooks.models import Regime
@@ -147,6 +148,8 @@ _HOLDER = ("SELECT h.incident_id, i.phase FROM target_holds h LEFT JOIN incident
 _HOLD = ("INSERT INTO target_holds (target, incident_id, held_at) VALUES ({p}, {p}, {p}) "
          "ON CONFLICT (target) DO UPDATE SET incident_id = excluded.incident_id, held_at = excluded.held_at")
 _LET_GO = "DELETE FROM target_holds WHERE incident_id = {p}"
+_HOLDS = "SELECT target, incident_id, held_at FROM target_holds ORDER BY target"
+_LET_GO_OF = "DELETE FROM target_holds WHERE target = {p} RETURNING incident_id"
 
 
 def _active(holder: str | None, phase: str | None, me: str) -> bool:
@@ -470,6 +473,21 @@ class SqliteIncidentStore:
 
         await self._run(let_go)
 
+    async def target_holds(self) -> list[StoredHold]:
+        """Every target hold, by target."""
+        rows = await self._run(lambda c: c.execute(_HOLDS).fetchall())
+        return [StoredHold(target=r["target"], incident_id=r["incident_id"], held_at=r["held_at"]) for r in rows]
+
+    async def release_target(self, target: str) -> str | None:
+        """Delete the hold of ``target``; the incident that held it (None: nobody did)."""
+
+        def let_go(conn: sqlite3.Connection) -> str | None:
+            with conn:
+                row = conn.execute(_LET_GO_OF.format(p="?"), (target,)).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._run(let_go)
+
     async def chained_events(self, incident_id: str) -> list[ChainedEvent]:
         """The incident's audit events in chain order, with their hashes (for ``verify_chain``)."""
         rows = await self._run(lambda c: c.execute(_CHAINED.format(p="?"), (incident_id,)).fetchall())
@@ -757,6 +775,17 @@ class PostgresIncidentStore:
         conn = await self._connect()
         async with conn, conn.transaction():
             await conn.execute(_LET_GO.format(p="%s"), (incident_id,))
+
+    async def target_holds(self) -> list[StoredHold]:
+        """Every target hold, by target."""
+        return [StoredHold(**r) for r in await self._fetch(_HOLDS, ())]
+
+    async def release_target(self, target: str) -> str | None:
+        """Delete the hold of ``target``; the incident that held it (None: nobody did)."""
+        conn = await self._connect()
+        async with conn, conn.transaction():
+            row = await (await conn.execute(_LET_GO_OF.format(p="%s"), (target,))).fetchone()
+        return str(row["incident_id"]) if row is not None else None
 
     async def chained_events(self, incident_id: str) -> list[ChainedEvent]:
         """The incident's audit events in chain order, with their hashes (for ``verify_chain``)."""

@@ -20,12 +20,20 @@ everyone else the previous one. The cohort on the candidate is the rollout perce
   with no enabled strategy on by auto-creating a 100% default strategy, which would send everyone to the
   candidate.
 
+Which release the candidate serves (``served_release``, checked before the first write): the payload of the
+variant the enabled cohort gets: on the managed strategy (strategy variants), else the environment's variants;
+the variant named ``candidate_variant``, else the only one. A ``json`` payload names it under
+``target.release_key`` (default ``release``, ``version`` or ``model``); a ``string`` payload is the release
+itself unless the playbook states a ``release_key``. No such variant
+or payload: unship cannot tell, and says so in the audit trail.
+
 Auth: ``Authorization: <admin or service-account token>``. Unleash has no idempotency keys; writes are
 absolute (read, write only when different, read back).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -40,6 +48,7 @@ from activities.http_providers import (
     segment,
     send,
 )
+from activities.routing import named_release
 from playbooks.models import Target
 
 SYSTEM = "Unleash"
@@ -104,6 +113,50 @@ def previous_share(environment: dict[str, Any]) -> float | None:
     return None if rollout is None else float(100 - rollout)
 
 
+def _candidate_variant(variants: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The variant named ``name``, else the only variant; None when there is neither."""
+    named = [v for v in variants if isinstance(v, dict) and v.get("name") == name]
+    if named:
+        return named[0]
+    return variants[0] if len(variants) == 1 and isinstance(variants[0], dict) else None
+
+
+def payload_release(payload: object, key: str | None) -> str | None:
+    """The release a variant payload ``{type, value}`` names (string: itself; json: the object's key)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("value"), str):
+        return None
+    kind, value = payload.get("type"), payload["value"]
+    if kind == "string":
+        return named_release(value.strip(), key)
+    if kind == "json":
+        try:
+            return named_release(json.loads(value), key)
+        except ValueError:
+            return None
+    return None
+
+
+def served_in(environment: dict[str, Any], target: Target) -> tuple[str | None, str]:
+    """(the release the candidate cohort's variant names, or None; where it was found / why not)."""
+    try:
+        strategy = _managed(environment.get("strategies") or [])
+    except _Ambiguous as exc:
+        return None, f"cannot tell which strategy serves the candidate: {exc}"
+    places = []
+    if strategy is not None:
+        places.append((f"strategy {strategy.get('title') or strategy.get('id')}", strategy.get("variants") or []))
+    places.append(("environment", environment.get("variants") or []))
+    for where, variants in places:
+        variant = _candidate_variant([v for v in variants if isinstance(v, dict)], target.candidate_variant)
+        if variant is None:
+            continue
+        release = payload_release(variant.get("payload"), target.release_key)
+        if release is not None:
+            return release, f"{where} variant {variant.get('name')!r} carries release {release!r}"
+    return None, ("no variant of the candidate cohort carries a release in its payload (give the strategy a "
+                  f"variant {target.candidate_variant!r} with the release as a string payload)")
+
+
 class UnleashProvider(ProjectFlagAdapter):
     """Moves users between a flag's previous (disabled) and candidate (enabled) cohorts in Unleash."""
 
@@ -148,6 +201,11 @@ class UnleashProvider(ProjectFlagAdapter):
 
     async def get_previous_percent(self, target: Target) -> float | None:
         return previous_share(await self._environment(target))
+
+    async def served_release(self, target: Target) -> tuple[str | None, str]:
+        """The release the candidate cohort's variant payload names (None when Unleash does not say)."""
+        release, evidence = served_in(await self._environment(target), target)
+        return release, f"Unleash {self._obj(target)}: {evidence}"
 
     async def set_previous_percent(self, target: Target, percent: float, idempotency_key: str) -> bool:
         obj = self._obj(target)

@@ -122,7 +122,7 @@ _LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "confirmation": {"method": "k_of_m", "sequential": None},
     "signal": {"compare_to": "threshold"},
     "source": {"control": None},
-    "target": {"component": None, "override_pending_changes": False},
+    "target": {"component": None, "override_pending_changes": False, "release_key": None},
     "decision": {"require": {}, "actions": {"revert_now": None, "abort": None, "pause": None, "break_glass": []}},
     "rollback": {"on_target_held": "wait", "check_served_release": True, "on_drift": "gate"},
     # governance (docs/governance.md)

@@ -565,6 +565,18 @@ class Target(_Model):
         description="kserve: the InferenceService component whose canary carries the release "
                     "(predictor | transformer | explainer); default predictor",
     )
+    release_key: str | None = Field(
+        default=None, max_length=253,
+        description="where the target names the release its candidate serves (checked against the alerted release "
+                    "before the first write). flagd/launchdarkly: the key of the candidate variant's object value "
+                    "(default: release, version or model; without release_key a string value is the release "
+                    "itself), else flagd "
+                    "metadata.candidate_release / LaunchDarkly customProperties.candidate_release; unleash: the "
+                    "key of the candidate strategy variant's JSON payload (without release_key, a string payload is the "
+                    "release); "
+                    "kserve: the InferenceService label or annotation (default app.kubernetes.io/version), or "
+                    "`storageUri` for the last path segment of the component's model storageUri",
+    )
     override_pending_changes: bool = Field(
         default=False,
         description="launchdarkly: write even when the flag has pending scheduled changes or approval requests "

@@ -12,7 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.contracts import AuditEvent, CheckResult, IncidentRecord, SignalObservation, TargetState
+from activities.contracts import (
+    AuditEvent,
+    CheckResult,
+    IncidentRecord,
+    ServedState,
+    SignalObservation,
+    TargetState,
+)
 from playbooks.models import PlaybookSnapshot, Severity
 from workflows.sequential import SignalEvidence
 
@@ -229,6 +236,8 @@ class IncidentStatus(_Model):
     flag_read: list[TargetState] = Field(default_factory=list,
                                          description="what the targets served when last read (or written)")
     flag_read_at: datetime | None = None
+    served: list[ServedState] = Field(default_factory=list, description="which release each target's candidate "
+                                      "serves, as read before the first write (release null: it cannot tell)")
     stages: list[StageProgress] = Field(default_factory=list)
     gate: Gate | None = None
     evidence: list[SignalObservation] = Field(default_factory=list)

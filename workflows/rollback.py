@@ -529,6 +529,11 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 self._holding = True
                 if told is not None:
                     self._status.gate = None
+                for dead in result.taken_over:
+                    self._audit("target_hold_taken_over", f"{dead.target} was held by incident {dead.incident}, "
+                                f"whose workflow is {dead.status.replace('_', ' ')} and will never let go: this "
+                                "incident takes the hold over", holder=dead.incident, target=dead.target,
+                                holder_status=dead.status)
                 self._audit("targets_held", "holding " + ", ".join(t.ref for t in request.targets)
                             + " for this incident", targets=[t.ref for t in request.targets])
                 return
@@ -570,6 +575,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         except ActivityError as err:
             self._audit("served_release_unknown", f"could not read which release the targets serve: {_cause(err)}")
             return
+        self._status.served = list(result.states)
         release = self._status.release
         wrong = [s for s in result.states if s.release is not None and s.release != release]
         unknown = [s for s in result.states if s.release is None]

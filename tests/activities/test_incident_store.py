@@ -209,3 +209,17 @@ async def test_the_store_recreates_its_tables_after_its_file_vanished(tmp_path: 
     path.unlink()
     assert await store.events("unship:chat:r42") == []
     assert await store.incidents() == []
+
+
+async def test_target_holds_are_listed_and_one_can_be_let_go(tmp_path: Path) -> None:
+    store = SqliteIncidentStore(tmp_path / "unship.db")
+    assert await store.target_holds() == []
+    assert await store.hold_targets("unship:a:1", ["flag:flagd:chat-model", "serving:kserve:ns/chat"]) is None
+    holds = await store.target_holds()
+    assert [(h.target, h.incident_id) for h in holds] == [("flag:flagd:chat-model", "unship:a:1"),
+                                                          ("serving:kserve:ns/chat", "unship:a:1")]
+    assert abs((holds[0].held_at - datetime.now(UTC)).total_seconds()) < 3600
+    assert await store.release_target("flag:flagd:chat-model") == "unship:a:1"
+    assert await store.release_target("flag:flagd:chat-model") is None
+    assert [h.target for h in await store.target_holds()] == ["serving:kserve:ns/chat"]
+    assert await store.hold_targets("unship:b:2", ["flag:flagd:chat-model"]) is None  # free again

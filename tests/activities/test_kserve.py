@@ -238,3 +238,20 @@ async def test_the_component_the_playbook_names_is_the_one_read_and_moved(fake: 
 def test_component_is_a_kserve_option_only() -> None:
     with pytest.raises(ValueError, match="component applies to provider kserve only"):
         Target(kind=TargetKind.FLAG, provider="flagd", key="f", component="predictor")
+
+
+async def test_the_release_the_candidate_revision_serves_comes_from_a_label_or_the_storage_uri(
+        fake: FakeKubernetes, provider: KServeProvider) -> None:
+    release, evidence = await provider.served_release(TARGET)
+    assert release is None  # no label: KServe cannot say which release; the evidence says what it knows
+    assert "candidate revision chat-llm-predictor-00002" in evidence
+    assert "storageUri s3://models/chat-llm-predictor-00002" in evidence
+    fake.add_inference_service("ml", "chat-v3", previous="chat-v3-predictor-00001", latest="chat-v3-predictor-00002",
+                               labels={"app.kubernetes.io/version": "chat-v3.0.0", "release": "chat-v3.0.0-rc1"})
+    labelled = TARGET.model_copy(update={"key": "chat-v3"})
+    release, evidence = await provider.served_release(labelled)
+    assert release == "chat-v3.0.0" and "label app.kubernetes.io/version" in evidence
+    assert (await provider.served_release(labelled.model_copy(update={"release_key": "release"})))[0] == \
+        "chat-v3.0.0-rc1"
+    by_uri = await provider.served_release(labelled.model_copy(update={"release_key": "storageUri"}))
+    assert by_uri[0] == "chat-v3-predictor-00002" and "serves s3://models/chat-v3-predictor-00002" in by_uri[1]

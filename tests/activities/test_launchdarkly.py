@@ -245,3 +245,24 @@ async def test_when_pending_changes_cannot_be_listed_the_400_says_so(fake: FakeL
         await provider.set_previous_percent(TARGET, 10, "k")
     assert caught.value.non_retryable and "could not list the flag's pending changes" in caught.value.message
     assert "403" in caught.value.message
+
+
+async def test_the_candidate_variation_names_the_release_it_serves(fake: FakeLaunchDarkly,
+                                                                    provider: LaunchDarklyProvider) -> None:
+    release, evidence = await provider.served_release(TARGET)
+    assert release == "gpt-5-2025-08" and "variation 'gpt-5' serves 'gpt-5-2025-08'" in evidence
+    fake.add_flag("assistant", "json-model", [("previous", {"model": "gpt-4o", "release": "chat-v2.4.0"}),
+                                              ("candidate", {"model": "gpt-5", "release": "chat-v3.0.0"})])
+    assert (await provider.served_release(Target(provider="launchdarkly", key="json-model",
+                                                 project="assistant")))[0] == "chat-v3.0.0"
+    fake.add_flag("assistant", "bool-model", [("previous", False), ("candidate", True)],
+                  custom_properties={"candidate_release": ["chat-v3.0.0"], "jira": ["ML-1", "ML-2"]})
+    stated = Target(provider="launchdarkly", key="bool-model", project="assistant")
+    assert await provider.served_release(stated) == (
+        "chat-v3.0.0", "LaunchDarkly flag 'bool-model' (project 'assistant', environment 'production'): custom "
+        "property candidate_release is 'chat-v3.0.0'")
+    # a playbook-stated key: a plain string value is then not taken as the release
+    assert (await provider.served_release(stated.model_copy(update={"release_key": "jira"})))[0] is None
+    keyed = TARGET.model_copy(update={"release_key": "release"})
+    release, evidence = await provider.served_release(keyed)
+    assert release is None and "names no release" in evidence and "custom property release" in evidence

@@ -170,3 +170,14 @@ async def test_a_database_from_before_the_console_gains_the_new_columns(dsn: str
     store = PostgresIncidentStore(dsn)
     [old] = await store.incidents()
     assert (old.incident_id, old.previous_percent, old.awaiting, old.decide_by) == ("unship:chat:r1", 0, [], None)
+
+
+async def test_target_holds_are_listed_and_one_can_be_let_go(dsn: str) -> None:
+    store = open_store(dsn)
+    assert await store.target_holds() == []
+    assert await store.hold_targets("unship:a:1", ["flag:flagd:chat-model", "serving:kserve:ns/chat"]) is None
+    assert [(h.target, h.incident_id) for h in await store.target_holds()] == [
+        ("flag:flagd:chat-model", "unship:a:1"), ("serving:kserve:ns/chat", "unship:a:1")]
+    assert await store.release_target("flag:flagd:chat-model") == "unship:a:1"
+    assert await store.release_target("flag:flagd:chat-model") is None
+    assert await store.hold_targets("unship:b:2", ["flag:flagd:chat-model"]) is None

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import FlagProvider
+from activities.contracts import FlagProvider, ServedReleaseReader
 from activities.flagd import FlagdFileProvider
 from activities.http_providers import HttpProvider
 from activities.kserve import KServeProvider
@@ -176,3 +176,17 @@ async def test_a_refused_write_is_not_retried_and_changes_nothing(harness: Harne
     assert caught.value.message.startswith(harness.system)
     assert await harness.writes() == before
     assert await provider.get_previous_percent(harness.target) == 20
+
+
+async def test_every_flag_system_can_say_which_release_its_candidate_serves(harness: Harness) -> None:
+    """The check before the first write: each system answers (release or None, evidence naming it), and asking
+    writes nothing. Only the generic HTTP contract has no field for it."""
+    provider = harness.provider
+    if not isinstance(provider, ServedReleaseReader):
+        assert isinstance(provider, HttpProvider)
+        return
+    before = await harness.writes()
+    release, evidence = await provider.served_release(harness.target)
+    assert release is None or isinstance(release, str)
+    assert evidence and (harness.system in evidence or "flagd" in evidence)
+    assert await harness.writes() == before

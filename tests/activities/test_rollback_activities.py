@@ -28,10 +28,11 @@ from activities.contracts import (
     ReadbackRequest,
     ReviewRequest,
     SignalObservation,
+    TargetHold,
 )
 from activities.flagd import FlagdFileProvider
 from activities.rollback import RollbackActivities
-from activities.routing import FlagRouter, SignalRouter
+from activities.routing import FlagRouter, SignalRouter, hold_key
 from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from playbooks.models import ReadbackCheck, Signal, Target
@@ -264,3 +265,27 @@ async def test_flag_file_written_by_the_activity_stays_valid_json(tmp_path: Path
             incident_id="i", idempotency_key=f"k:{i}", targets=TARGETS, previous_percent=percent))
         doc = json.loads((tmp_path / "flags.json").read_text())
         assert doc["flags"]["chat-model"]["metadata"]["unship_previous_percent"] == percent
+
+
+async def test_a_hold_of_an_incident_whose_workflow_ended_is_taken_over_and_a_running_ones_is_not(
+        tmp_path: Path) -> None:
+    statuses = {"unship:dead:1": "terminated", "unship:live:2": "running"}
+
+    async def holder_status(incident: str) -> str | None:
+        return statuses.get(incident)
+
+    acts = activities(tmp_path)
+    acts.holder_status = holder_status
+    store = acts.store
+    flag, other = Target(key="chat-model"), Target(key="chat-router")
+    assert await store.hold_targets("unship:dead:1", [hold_key(flag), hold_key(other)]) is None
+    taken = await acts.hold_targets(TargetHold(incident_id="unship:new:3", targets=[flag]))
+    assert taken.held and [(t.incident, t.target, t.status) for t in taken.taken_over] == [
+        ("unship:dead:1", hold_key(flag), "terminated")]
+    assert {h.target: h.incident_id for h in await store.target_holds()} == {hold_key(flag): "unship:new:3"}
+    await store.release_targets("unship:new:3")
+    assert await store.hold_targets("unship:live:2", [hold_key(flag)]) is None
+    waiting = await acts.hold_targets(TargetHold(incident_id="unship:new:3", targets=[flag]))
+    assert not waiting.held and waiting.holder == "unship:live:2" and waiting.taken_over == []
+    statuses.pop("unship:live:2")  # Temporal cannot say: the holder counts as running
+    assert not (await acts.hold_targets(TargetHold(incident_id="unship:new:3", targets=[flag]))).held

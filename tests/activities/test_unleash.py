@@ -280,3 +280,26 @@ def test_bootstrap_is_named_when_unleash_is_not_installed(tmp_path: Path, monkey
     monkeypatch.setattr(support, "SERVICE_DIR", tmp_path)
     with pytest.raises(RuntimeError, match="npm ci --prefix services/unleash"):
         support.start_unleash(tmp_path, pg_host="127.0.0.1", pg_port=1, pg_database="x")
+
+
+async def test_the_candidate_cohorts_variant_payload_names_the_release(admin: httpx.AsyncClient,
+                                                                       provider: UnleashProvider) -> None:
+    bare = await released_flag(admin, rollout=100)
+    release, evidence = await provider.served_release(bare)
+    assert release is None and "no variant of the candidate cohort carries a release" in evidence
+    name = f"chat-model-{next(_names)}"
+    (await admin.post("", json={"name": name})).raise_for_status()
+    variants = [{"name": "gpt-5", "weight": 1000, "weightType": "variable", "stickiness": "default",
+                 "payload": {"type": "json", "value": '{"model": "gpt-5", "release": "chat-v3.0.0"}'}}]
+    (await admin.post(f"/{name}/environments/development/strategies", json={
+        "name": "flexibleRollout", "title": "release", "constraints": [], "variants": variants,
+        "parameters": {"rollout": "100", "stickiness": "userId", "groupId": name},
+    })).raise_for_status()
+    (await admin.post(f"/{name}/environments/development/on")).raise_for_status()
+    target = Target(provider="unleash", key=name, previous_variant="gpt-4o", candidate_variant="gpt-5")
+    release, evidence = await provider.served_release(target)
+    assert release == "chat-v3.0.0" and "strategy release variant 'gpt-5' carries release 'chat-v3.0.0'" in evidence
+    assert (await provider.served_release(target.model_copy(update={"release_key": "model"})))[0] == "gpt-5"
+    # moving users keeps the strategy's variants, so the check reads the same after a stage
+    assert await provider.set_previous_percent(target, 50, "wf:revert:0") is True
+    assert (await provider.served_release(target))[0] == "chat-v3.0.0"

@@ -9,6 +9,7 @@ serves as a JWKS on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -27,6 +28,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from temporalio.client import Client
 
 from playbooks.rendering import render_message
 from tests.support.processes import ctrl_c
@@ -174,6 +176,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, jwks: Oidc) -> Iterator[Stac
     library.mkdir()
     (library / "chat-sec.yaml").write_text(json.dumps(playbook("chat-sec", "chat-model")))
     (library / "chat-served.yaml").write_text(json.dumps(playbook("chat-served", "chat-served-model")))
+    (library / "chat-holds.yaml").write_text(json.dumps(playbook("chat-holds", "chat-holds-model")))
     # The served flag names its releases: the candidate variant serves chat-v3.0.0.
     variants = {"previous": "chat-v2.4.0", "candidate": "chat-v3.0.0"}
     (state / "flags.json").write_text(json.dumps({"$schema": "https://flagd.dev/schema/v0/flags.json", "flags": {
@@ -274,6 +277,36 @@ def test_jwts_expired_forged_or_for_another_audience_are_refused(stack: Stack) -
     assert good["scopes"] == ["decide", "operate", "read"]  # openid is not an unship scope
     whoami = stack.cli("whoami", token=oidc.token("U04SAFETY02"))
     assert whoami.returncode == 0 and "U04SAFETY02" in whoami.stdout and "oidc" in whoami.stdout
+
+
+def test_unknown_expired_or_forged_credentials_naming_an_incident_are_recorded_on_it_once_a_minute(
+        stack: Stack) -> None:
+    incident = stack.open("chat-sec", "unidentified-v1")
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    presented = {"unknown": "unship_not-a-token-anyone-was-given-0123456789",
+                 "expired": stack.oidc.token("U04SAFETY01", expires_in=-120),
+                 "forged": stack.oidc.token("U04SAFETY01", key=other)}
+    for token in presented.values():
+        headers = {"Authorization": f"Bearer {token}"}
+        decided = httpx.post(f"{stack.url}/v1/incidents/{incident}/decision", headers=headers, timeout=30,
+                             json={"verdict": "approve", "reason": "me"})
+        operated = httpx.post(f"{stack.url}/v1/incidents/{incident}/revert-now", headers=headers, timeout=30,
+                              json={"reason": "me"})
+        assert decided.status_code == 401 and operated.status_code == 401
+    # A barrier: the API signals each refusal before answering, so once this known caller's refusal is on the
+    # trail, every refusal above that was signalled is there too.
+    assert stack.decide("shared", incident).status_code == 403
+    status = stack.until(incident, lambda s: any(e["actor"] == "shared-token" for e in refusals(s)), "the barrier")
+    recorded = [e for e in refusals(status) if e["actor"] != "shared-token"]
+    assert [(e["actor"], e["data"]["action"]) for e in recorded] == [("unidentified caller from 127.0.0.1",
+                                                                      "approve")]
+    assert "unknown or revoked bearer token" in recorded[0]["message"]
+    assert status["gate"]["approvals"] == [] and status["previous_percent"] == 0
+    trail = json.dumps(status) + json.dumps(stack.cli("audit", "export", incident, "--format", "jsonl",
+                                                      token=stack.tokens["U01ADMIN"]).stdout)
+    for token in presented.values():
+        assert token not in trail and token.split(".")[-1] not in trail
+    stack.act("U05ONCALL7", incident, "abort", "test over")
 
 
 # --- decision rights -----------------------------------------------------------------------------------------
@@ -383,6 +416,73 @@ def test_a_second_incident_on_a_held_flag_waits_and_never_writes_it(stack: Stack
     stack.act("U05ONCALL7", first, "abort", "test over")
     done = stack.until(second, lambda s: s["outcome"] is not None, "the abort")
     assert done["outcome"] == "aborted" and not any(e["kind"] == "stage_applied" for e in done["audit"])
+
+
+def terminate(stack: Stack, incident: str) -> None:
+    """End an incident the way an operator with Temporal access might: terminated, so it never lets go."""
+
+    async def main() -> None:
+        client = await Client.connect(f"127.0.0.1:{stack.env['UNSHIP_TEMPORAL_PORT']}")
+        await client.get_workflow_handle(incident).terminate(reason="attack suite: ended without closing")
+
+    asyncio.run(main())
+
+
+def test_a_terminated_holder_does_not_block_its_flag_forever(stack: Stack) -> None:
+    first = stack.open("chat-holds", "held-v1")
+    stack.decide("U04SAFETY01", first)
+    stack.decide("U05ONCALL7", first)
+    stack.until(first, lambda s: s["previous_percent"] == 10, "the first incident's first stage")
+    terminate(stack, first)
+    listed = stack.cli("target-holds", "list", "--json", token=stack.tokens["U01ADMIN"])
+    assert listed.returncode == 0, listed.stderr
+    assert {"target": "flag:flagd:chat-holds-model", "incident_id": first, "holder_status": "terminated"}.items() \
+        <= json.loads(listed.stdout)[0].items()
+    second = stack.open("chat-holds", "held-v1-again")
+    stack.decide("U04SAFETY02", second)
+    stack.decide("U05ONCALL7", second)
+    status = stack.until(second, lambda s: any(e["kind"] == "targets_held" for e in s["audit"]), "the hold")
+    taken = next(e for e in status["audit"] if e["kind"] == "target_hold_taken_over")
+    assert taken["data"] == {"holder": first, "target": "flag:flagd:chat-holds-model", "holder_status": "terminated"}
+    assert f"held by incident {first}, whose workflow is terminated" in taken["message"]
+    stack.until(second, lambda s: any(e["kind"] == "stage_skipped" or e["kind"] == "stage_applied"
+                                      for e in s["audit"]), "the second incident writing the flag")
+    # The holds are an administrator's business: listing and releasing them needs admin, with a reason.
+    with stack.as_("U09INTERN1") as api:
+        assert api.get("/v1/target-holds").status_code == 403
+    running = stack.cli("target-holds", "release", "flag:flagd:chat-holds-model", "--reason", "stuck?",
+                        token=stack.tokens["U01ADMIN"])
+    assert running.returncode == 1 and f"incident {second} is still running" in running.stderr
+    stack.act("U05ONCALL7", second, "abort", "test over")
+    stack.until(second, lambda s: s["outcome"] is not None, "the abort")
+
+
+def test_an_admin_releases_a_dead_incidents_target_hold_on_the_record(stack: Stack) -> None:
+    first = stack.open("chat-holds", "held-v2")
+    stack.decide("U04SAFETY01", first)
+    stack.decide("U05ONCALL7", first)
+    stack.until(first, lambda s: any(e["kind"] == "targets_held" for e in s["audit"]), "the hold")
+    terminate(stack, first)
+    assert stack.cli("target-holds", "release", "flag:flagd:chat-holds-model", token=stack.tokens["U01ADMIN"]) \
+        .returncode == 2  # --reason is required
+    with stack.as_("U09INTERN1") as api:
+        refused = api.post("/v1/target-holds/release", json={"target": "flag:flagd:chat-holds-model",
+                                                              "reason": "mine now"})
+    assert refused.status_code == 403 and "lacks the 'admin' scope" in refused.json()["detail"]
+    released = stack.cli("target-holds", "release", "flag:flagd:chat-holds-model", "--reason", "its pod was "
+                         "killed", "--json", token=stack.tokens["U01ADMIN"])
+    assert released.returncode == 0, (released.stderr, [e["message"] for e in stack.status(first)["audit"]])
+    assert json.loads(released.stdout)["incident_id"] == first
+    again = stack.cli("target-holds", "release", "flag:flagd:chat-holds-model", "--reason", "twice",
+                      token=stack.tokens["U01ADMIN"])
+    assert again.returncode == 4 and "no incident holds" in again.stderr
+    with sqlite3.connect(stack.state / "unship.db") as db:
+        rows = db.execute("SELECT actor, message FROM audit_events WHERE incident_id = 'unship:target-holds'") \
+            .fetchall()
+    assert ("U01ADMIN", f"released the hold of incident {first} (terminated) on flag:flagd:chat-holds-model: its "
+            "pod was killed") in rows
+    assert "flag:flagd:chat-holds-model" not in stack.cli("target-holds", "list",
+                                                          token=stack.tokens["U01ADMIN"]).stdout
 
 
 def test_a_release_that_is_not_the_served_candidate_stops_at_a_gate(stack: Stack) -> None:

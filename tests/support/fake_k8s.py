@@ -114,7 +114,7 @@ class FakeKubernetes(FakeServer):
 
     def add_inference_service(self, namespace: str, name: str, *, previous: str, latest: str,
                               canary: int | None = None, promoted: bool = True,
-                              transformer: str | None = None) -> None:
+                              transformer: str | None = None, labels: dict[str, str] | None = None) -> None:
         """An isvc whose predictor has revisions ``previous`` then ``latest`` (already reconciled).
 
         ``promoted=True``: ``latest`` was rolled out and ``previous`` is ``previousRolledoutRevision``;
@@ -138,7 +138,7 @@ class FakeKubernetes(FakeServer):
             "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
             # two spec versions so far: the first model, then the latest one
             "metadata": {"name": name, "namespace": namespace, "generation": 2,
-                         "resourceVersion": self._next_version()},
+                         "resourceVersion": self._next_version(), **({"labels": dict(labels)} if labels else {})},
             "spec": spec,
             "status": {"observedGeneration": 0, "conditions": [{"type": "Ready", "status": "True"}],
                        "components": components},

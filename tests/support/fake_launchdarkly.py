@@ -3,8 +3,9 @@
 Only what unship uses, as documented (sources: LaunchDarkly's OpenAPI spec as rendered at
 https://launchdarkly.com/docs/api and in ``launchdarkly/api-client-python`` ``docs/FeatureFlagsApi.md``):
 
-- ``GET /api/v2/flags/{project}/{flag}?env=`` returns the flag with ``variations[{_id, value, name}]`` and
-  ``environments.<env>.{on, offVariation, fallthrough}`` ("Get feature flag").
+- ``GET /api/v2/flags/{project}/{flag}?env=`` returns the flag with ``variations[{_id, value, name}]``,
+  ``environments.<env>.{on, offVariation, fallthrough}`` and, when set, ``customProperties`` (a mapping of keys to
+  ``{name, value: [strings]}``) ("Get feature flag"; the API clients' ``FeatureFlag.custom_properties``).
 - ``PATCH /api/v2/flags/{project}/{flag}`` with ``Content-Type: application/json; domain-model=
   launchdarkly.semanticpatch`` applies ``turnFlagOn``, ``turnFlagOff`` and ``updateFallthroughVariationOrRollout``
   (weights in thousandths adding up to 100000) ("Update feature flag", "Using semantic patches").
@@ -53,9 +54,11 @@ class FakeLaunchDarkly(FakeServer):
 
     def add_flag(self, project: str, key: str, variations: list[tuple[str, Any]],
                  environments: tuple[str, ...] = ("production", "test"), *, on: bool = True,
-                 fallthrough_variation: int = 1, off_variation: int = 0) -> dict[str, Any]:
-        """A flag whose fallthrough serves ``variations[fallthrough_variation]`` to everyone."""
-        flag = {
+                 fallthrough_variation: int = 1, off_variation: int = 0,
+                 custom_properties: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        """A flag whose fallthrough serves ``variations[fallthrough_variation]`` to everyone; ``custom_properties``
+        become the flag's ``customProperties`` (``{key: {name, value: [...]}}``, as "Get feature flag" shows)."""
+        flag: dict[str, Any] = {
             "key": key, "name": key, "kind": "multivariate", "_version": 1,
             "variations": [{"_id": str(uuid.uuid4()), "name": name, "value": value} for name, value in variations],
             "environments": {
@@ -65,6 +68,8 @@ class FakeLaunchDarkly(FakeServer):
                 for env in environments
             },
         }
+        if custom_properties:
+            flag["customProperties"] = {k: {"name": k, "value": list(v)} for k, v in custom_properties.items()}
         with self.lock:
             self.flags[(project, key)] = flag
         return flag

@@ -28,6 +28,7 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.routing import hold_key
 from tests.support.playbooks import sequential_snapshot, snapshot
 from tests.support.world import World, running_world
 from tests.workflows.test_governance import GOVERNED, incident, outputs_db
@@ -67,6 +68,9 @@ async def recording_world() -> AsyncIterator[World]:
 async def record(prefix: str) -> None:
     async with recording_world() as world:
         world.signals.timeline = SUSTAINED
+        # a hold left by an incident whose workflow is gone: the approved incident takes it over
+        await world.store.hold_targets("unship:chat-test:gone-v0",
+                                       [hold_key(t) for t in snapshot().playbook.rollback.targets])
         approved = await world.start(snapshot(), release="approved-v1")
         await world.at_phase(approved, Phase.AWAITING_DECISION)
         await approved.execute_update(RollbackWorkflow.decide, DecisionRequest(

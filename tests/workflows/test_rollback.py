@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.contracts import MessageRef, Notification
+from activities.kserve import KServeProvider
+from activities.launchdarkly import LaunchDarklyProvider
+from activities.routing import FlagRouter
 from activities.scripted import ScriptedFlagProvider
+from tests.support.fake_k8s import FakeKubernetes
+from tests.support.fake_launchdarkly import FakeLaunchDarkly
 from tests.support.playbooks import snapshot
 from tests.support.world import WORKFLOWS, World, make_world
 from workflows.messages import (
@@ -543,3 +551,44 @@ async def test_a_release_that_is_not_the_served_candidate_stops_at_a_gate(world:
     done = await world.result(served)
     assert done.outcome is Outcome.REVERTED
     assert any(e.kind == "served_release_checked" for e in done.audit)
+
+
+async def test_launchdarkly_and_kserve_targets_refuse_to_move_users_for_a_release_they_do_not_serve(
+        time_skipping_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """The served-release check over real adapters (the LaunchDarkly and Kubernetes API fakes), not the script."""
+    with FakeLaunchDarkly() as ld, FakeKubernetes() as k8s:
+        ld.add_flag("default", "chat-model", [("previous", {"release": "chat-v2.4.0"}),
+                                              ("candidate", {"release": "chat-v3.0.0"})])
+        k8s.add_inference_service("ml", "chat-llm", previous="chat-llm-predictor-00001",
+                                  latest="chat-llm-predictor-00002",
+                                  labels={"app.kubernetes.io/version": "chat-v3.0.0"})
+        async with httpx.AsyncClient(timeout=5) as client:
+            flags = FlagRouter({
+                "launchdarkly": LaunchDarklyProvider(ld.token, url=ld.url, client=client),
+                "kserve": KServeProvider(k8s.url, k8s.token, client=client, poll_interval=0.01, settle_timeout=5),
+            })
+            made = await make_world(time_skipping_env, tmp_path, flags=flags)
+            made.world.signals.timeline = SUSTAINED
+            targets = {"targets": [{"kind": "flag", "provider": "launchdarkly", "key": "chat-model"},
+                                   {"kind": "serving", "provider": "kserve", "key": "chat-llm", "namespace": "ml"}]}
+            async with Worker(time_skipping_env.client, task_queue=made.world.task_queue, workflows=WORKFLOWS,
+                              activities=made.activities.all()):
+                wrong = await made.world.start(snapshot(decision={"mode": "automatic"}, rollback=targets),
+                                               release="chat-v9.9.9")
+                status = await made.world.until(
+                    wrong, lambda s: s.gate is not None and s.gate.purpose == "release_mismatch")
+                mismatch = next(e for e in status.audit if e.kind == "release_mismatch")
+                assert "variation 'candidate' serves 'chat-v3.0.0'" in mismatch.message
+                assert "label app.kubernetes.io/version is 'chat-v3.0.0'" in mismatch.message
+                assert {s.target: s.release for s in status.served} == {
+                    "flag:launchdarkly:chat-model": "chat-v3.0.0", "serving:kserve:chat-llm": "chat-v3.0.0"}
+                assert ld.patches_applied == 0 and k8s.patches_applied == 0  # no user moved
+                await wrong.execute_update(RollbackWorkflow.decide, DecisionRequest(
+                    user="U_SAFETY", verdict=Verdict.REJECT, reason="chat-v9.9.9 was never released"))
+                assert (await made.world.result(wrong)).outcome is Outcome.REJECTED
+                right = await made.world.start(snapshot(decision={"mode": "automatic"}, rollback=targets),
+                                               release="chat-v3.0.0")
+                done = await made.world.result(right)
+                await made.world.terminate_leftovers()
+    assert done.outcome is Outcome.REVERTED and any(e.kind == "served_release_checked" for e in done.audit)
+    assert ld.patches_applied > 0 and k8s.patches_applied > 0

@@ -1,9 +1,11 @@
 """Administration on the server's machine: personal API tokens (``unship users``), the tamper-evident audit
-trail (``unship audit verify|export``) and reloading the playbook library (``unship playbooks reload``)."""
+trail (``unship audit verify|export``), reloading the playbook library (``unship playbooks reload``) and the
+holds of flag/serving targets (``unship target-holds list|release``; not the legal hold of ``unship hold``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -29,7 +31,12 @@ audit_app = typer.Typer(help="The tamper-evident audit trail in the incident sto
 playbooks_app = typer.Typer(help="The server's playbook library.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+target_holds_app = typer.Typer(
+    help="Which incident holds each flag or serving target (one active incident per target), and letting go of "
+         "a hold whose incident ended without closing (admin scope). Not the legal hold (`unship hold`).",
+    no_args_is_help=True)
 app.add_typer(playbooks_app, name="playbooks")
+app.add_typer(target_holds_app, name="target-holds")
 
 SCOPE_HELP = f"Scopes to grant (repeat): {', '.join(s.value for s in Scope)}. Default: read, trigger, decide, operate."
 
@@ -139,14 +146,19 @@ async def _incident(store: Any, incident: str) -> Any:
     return record
 
 
-@playbooks_app.command("reload")
-def playbooks_reload() -> None:
-    """Ask the server to load its playbook library again (admin scope); prints the versions that changed."""
+def _through_api(call: Callable[[Api], Any]) -> Any:
+    """``call`` with the API client of your token; a refusal or an unreachable server exits with its code."""
     try:
-        result = Api(load_settings()).post("/v1/playbooks/reload")
+        return call(Api(load_settings()))
     except ApiError as exc:
         code, message = exit_code_for(exc) or (EXIT_REFUSED, str(exc))
         fail(code, message)
+
+
+@playbooks_app.command("reload")
+def playbooks_reload() -> None:
+    """Ask the server to load its playbook library again (admin scope); prints the versions that changed."""
+    result = _through_api(lambda api: api.post("/v1/playbooks/reload"))
     for name, change in sorted(result["changes"].items()):
         out.print(f"{name}: {change['old'] or '-'} -> {change['new'] or '-'}")
     if not result["changes"]:
@@ -156,11 +168,47 @@ def playbooks_reload() -> None:
 @playbooks_app.command("list")
 def playbooks_list() -> None:
     """The playbooks the server runs, with the version a new incident would use."""
-    try:
-        result = Api(load_settings()).get("/v1/playbooks")
-    except ApiError as exc:
-        code, message = exit_code_for(exc) or (EXIT_REFUSED, str(exc))
-        fail(code, message)
+    result = _through_api(lambda api: api.get("/v1/playbooks"))
     for item in result["playbooks"]:
         out.print(f"{item['name']}\t{item['version']}\t{item['scenario']}")
 
+
+
+@target_holds_app.command("list")
+def target_holds_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every target hold: the target, the incident holding it, since when, and whether its workflow still runs
+    (a hold of a terminated, timed-out, cancelled or failed incident is stale: the next incident takes it over,
+    or release it here)."""
+    holds = _through_api(lambda api: api.get("/v1/target-holds"))["holds"]
+    if as_json:
+        out.print_json(data=holds)
+        return
+    if not holds:
+        out.print("no target is held")
+    for hold in holds:
+        status = hold["holder_status"] or "unknown"
+        stale = "" if status == "running" else "  (stale: its workflow is not running)" if hold["holder_status"] \
+            else "  (Temporal cannot say whether it runs)"
+        out.print(f"{hold['target']}\t{hold['incident_id']}\t{hold['held_at']}\t{status}{stale}", markup=False,
+                  highlight=False)
+
+
+@target_holds_app.command("release")
+def target_holds_release(
+    target: Annotated[str, typer.Argument(help="The held target, as `unship target-holds list` shows it.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; goes on the audit trail).")],
+    force: Annotated[bool, typer.Option("--force", help="Release even though the holding incident still runs "
+                                                        "(prefer aborting it).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Let go of a target hold (admin scope; audited with your identity and the reason). Refused (exit 1) while
+    the holding incident still runs, unless --force; exit 4 when nothing holds the target."""
+    released = _through_api(lambda api: api.post("/v1/target-holds/release",
+                                                 {"target": target, "reason": reason, "force": force}))
+    if as_json:
+        out.print_json(data=released)
+        return
+    out.print(f"released {released['target']} (held by {released['incident_id']}, "
+              f"{released['holder_status'] or 'status unknown'})", markup=False, highlight=False)

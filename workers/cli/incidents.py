@@ -170,6 +170,9 @@ def _print_incident(s: Any, link: str) -> None:
     phase = s.phase.value + (" (paused)" if s.paused else "")
     head.add_row("Phase", phase + (f" -> {s.outcome.value}" if s.outcome else ""))
     head.add_row("Users on previous", _users_on_previous(s))
+    for served in s.served:
+        what = f"serves {escape(served.release)}" if served.release else "[yellow]cannot tell which release it serves[/]"
+        head.add_row("Served candidate", f"{escape(served.target)} {what}: {escape(served.evidence)}")
     for label, value in (("Started", s.started_at), ("Detected", s.detected_at), ("Decided", s.decided_at),
                          ("First revert", s.first_revert_at), ("Full revert", s.full_revert_at),
                          ("Closed", s.closed_at)):

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -35,6 +35,7 @@ from activities.contracts import (
     ReviewDocument,
     SearchHit,
 )
+from activities.rollback import workflow_status
 from playbooks.loader import PlaybookError
 from playbooks.models import PlaybookSnapshot, Severity
 from workers.runtime.settings import Settings
@@ -79,6 +80,8 @@ COMMANDS = {
 
 LIBRARY_AUDIT_ID = "unship:library"
 """The incident-store id under which playbook library reloads are audited (old and new versions, who)."""
+TARGET_HOLDS_AUDIT_ID = "unship:target-holds"
+"""The incident-store id under which an administrator's release of a target hold is audited."""
 
 # A release names a model/prompt version; it becomes part of the workflow id, so keep it printable.
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,199}$")
@@ -139,8 +142,22 @@ class IncidentClosed(Refused):
         self.incident_id = incident
 
 
+class HolderRunning(Refused):
+    """A target hold an administrator asked to release belongs to an incident that is still running."""
+
+
 class TemporalUnavailable(ServiceError):
     """Temporal (or a worker answering for the workflow) did not respond."""
+
+
+class TargetHoldInfo(BaseModel):
+    """Which incident holds a flag or serving target (``unship target-holds list``)."""
+
+    target: str
+    incident_id: str
+    held_at: datetime
+    holder_status: str | None = Field(description="the holder's workflow: running, terminated, timed_out, "
+                                      "canceled, failed, completed, not_found; null: Temporal cannot say now")
 
 
 class IncidentSummary(BaseModel):
@@ -218,16 +235,46 @@ class IncidentService:
             listing = "; ".join(f"{n}: {o or '-'} -> {v or '-'}" for n, (o, v) in changes.items()) or "no change"
             log.info("playbook library reloaded by %s: %s", by, listing)
             if self.store is not None:
-                now = datetime.now(UTC)
-                previous = await self.store.events(LIBRARY_AUDIT_ID)
-                event = AuditEvent(seq=len(previous) + 1, at=now, kind="playbooks_reloaded", actor=by,
-                                   message=f"playbook library reloaded: {listing}",
-                                   data={"changes": {n: {"old": o, "new": v} for n, (o, v) in changes.items()},
-                                         "versions": {n: s.version for n, s in sorted(fresh.items())}})
-                await self.store.write(AuditBatch(incident=IncidentRecord(
-                    incident_id=LIBRARY_AUDIT_ID, playbook="*", playbook_hash="library", release="-",
-                    phase="library", outcome=None, started_at=now, updated_at=now), events=[event]))
+                await _admin_audit(self.store, LIBRARY_AUDIT_ID, "library", "playbooks_reloaded", by,
+                                   f"playbook library reloaded: {listing}",
+                                   changes={n: {"old": o, "new": v} for n, (o, v) in changes.items()},
+                                   versions={n: s.version for n, s in sorted(fresh.items())})
             return changes
+
+    # --- target holds (one active incident per flag or serving target) -----------------------------------
+
+    async def target_holds(self) -> list[TargetHoldInfo]:
+        """Every target hold, with what Temporal says of the holder's workflow."""
+        store = self._store_for("the target holds")
+        holds = await self._read(store.target_holds())
+        statuses = await asyncio.gather(*(workflow_status(h.incident_id, self.client) for h in holds))
+        return [TargetHoldInfo(target=h.target, incident_id=h.incident_id, held_at=h.held_at, holder_status=s)
+                for h, s in zip(holds, statuses, strict=True)]
+
+    async def release_target_hold(self, target: str, by: str, reason: str, force: bool = False) -> TargetHoldInfo:
+        """Let go of ``target``'s hold for an administrator (audited under ``TARGET_HOLDS_AUDIT_ID``). A hold
+        of a running incident is released only with ``force`` (abort the incident instead)."""
+        if not reason.strip():
+            raise InvalidInput("reason", "say why the hold is released (it goes on the audit trail)")
+        store = self._store_for("the target holds")
+        hold = next((h for h in await self._read(store.target_holds()) if h.target == target), None)
+        if hold is None:
+            raise NotRecorded(f"no incident holds {target!r} (`unship target-holds list` shows the holds)")
+        status = await workflow_status(hold.incident_id, self.client)
+        if status in (None, "running") and not force:
+            state = "is still running" if status else "may still be running (Temporal cannot say now)"
+            raise HolderRunning(f"incident {hold.incident_id} {state} and holds {target}: abort it instead, or "
+                                "release with force if you know better")
+        if await self._read(store.release_target(target)) is None:
+            raise NotRecorded(f"no incident holds {target!r} any more")
+        log.warning("target hold on %s (incident %s, %s) released by %s: %s", target, hold.incident_id,
+                    status or "status unknown", by, reason)
+        await _admin_audit(store, TARGET_HOLDS_AUDIT_ID, "target-holds", "target_hold_released", by,
+                           f"released the hold of incident {hold.incident_id} ({status or 'status unknown'}) on "
+                           f"{target}: {reason}", target=target, holder=hold.incident_id, holder_status=status,
+                           forced=force)
+        return TargetHoldInfo(target=target, incident_id=hold.incident_id, held_at=hold.held_at,
+                              holder_status=status)
 
     # --- starting -----------------------------------------------------------------------------------------
 
@@ -603,3 +650,14 @@ class IncidentService:
         except RPCError:
             return False
         return True
+
+
+async def _admin_audit(store: IncidentStore, audit_id: str, phase: str, kind: str, actor: str, message: str,
+                       **data: Any) -> None:
+    """Append an administrator's action to the store's audit trail ``audit_id`` (not an incident's)."""
+    now = datetime.now(UTC)
+    previous = await store.events(audit_id)
+    event = AuditEvent(seq=len(previous) + 1, at=now, kind=kind, actor=actor, message=message, data=data)
+    await store.write(AuditBatch(incident=IncidentRecord(
+        incident_id=audit_id, playbook="*", playbook_hash=phase, release="-", phase=phase, outcome=None,
+        started_at=now, updated_at=now), events=[event]))

@@ -15,6 +15,8 @@ Routes (JSON; every ``/v1`` route needs ``Authorization: Bearer <UNSHIP_API_TOKE
   ``{reason?, reference?}`` -> 200, 403 refused (audited on the review); the actor is the verified caller
 - ``GET /v1/incidents/{id}/reports`` and ``.../reports/{regime}?format=markdown|html``;
   ``GET /v1/reviews/search?q=...`` (read) -> past reviews matching the words
+- ``GET /v1/target-holds``; ``POST /v1/target-holds/release`` ``{target, reason, force?}`` (admin): the holds of
+  flag/serving targets, and letting go of one whose incident ended without closing (audited)
 - ``GET /healthz`` (process alive), ``GET /readyz`` (Temporal reachable): no token needed
 
 Without ``UNSHIP_API_TOKEN`` the API has no authentication, so it may only listen on a loopback address
@@ -35,9 +37,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from activities import metrics
 from activities.contracts import AuditEvent, ReportDraft, SearchHit
 from playbooks.models import Severity
-from workers.runtime.service import COMMANDS, IncidentService, IncidentSummary, InvalidInput
+from workers.runtime.service import COMMANDS, IncidentService, IncidentSummary, InvalidInput, TargetHoldInfo
 from workers.runtime.settings import Settings
-from workers.web.auth import Authenticator, AuthError, Identity, Scope, authenticator, require
+from workers.web.auth import (
+    Authenticator,
+    AuthError,
+    Identity,
+    RefusalThrottle,
+    Scope,
+    authenticator,
+    require,
+    scrub,
+)
 from workers.web.guards import ServiceGetter
 from workers.web.problems import (
     API_PROBLEMS,
@@ -96,6 +107,16 @@ class ReleaseBody(_Body):
     playbook: str = Field(min_length=1, max_length=63)
     release: str = Field(min_length=1, max_length=200)
     stages: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(default=None, min_length=1, max_length=20)
+
+
+class ReleaseHoldBody(_Body):
+    target: str = Field(min_length=1, max_length=500, description="the held target, as `target-holds` lists it")
+    reason: str = Field(min_length=1, max_length=2000, description="why (on the audit trail)")
+    force: bool = Field(default=False, description="release even though the holding incident still runs")
+
+
+class TargetHolds(BaseModel):
+    holds: list[TargetHoldInfo]
 
 
 class Reloaded(BaseModel):
@@ -161,6 +182,7 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         metrics.AUTH_FAILURES.labels(endpoint="api").inc()
         return problem(exc.status, exc.detail, instance=request.url.path, headers=exc.headers)
 
+    app.state.refusal_throttle = RefusalThrottle()
     v1 = APIRouter(prefix="/v1", responses=problem_responses(*API_PROBLEMS))
 
     @v1.get("/me", tags=["identity"])
@@ -176,6 +198,20 @@ def mount_api(app: FastAPI, get_service: ServiceGetter, settings: Settings) -> N
         changes = await svc.reload_playbooks(by=identity.label)
         return Reloaded(changes={n: {"old": o, "new": v} for n, (o, v) in changes.items()},
                         playbooks={n: s.version for n, s in sorted(svc.playbooks.items())})
+
+    @v1.get("/target-holds", response_model=TargetHolds, tags=["target holds"],
+            dependencies=[Depends(require(Scope.ADMIN))])
+    async def target_holds() -> TargetHolds:
+        """Which incident holds each flag or serving target, and whether its workflow still runs (admin)."""
+        return TargetHolds(holds=await (await get_service()).target_holds())
+
+    @v1.post("/target-holds/release", response_model=TargetHoldInfo, tags=["target holds"])
+    async def release_target_hold(body: ReleaseHoldBody,
+                                  identity: Identity = Depends(require(Scope.ADMIN))) -> TargetHoldInfo:
+        """Let go of a target hold whose incident ended without closing (admin, with a reason; audited). 409
+        when the holding incident still runs, unless `force`."""
+        return await (await get_service()).release_target_hold(body.target, by=identity.label, reason=body.reason,
+                                                               force=body.force)
 
     @v1.get("/playbooks", tags=["playbooks"], dependencies=[Depends(require(Scope.READ))])
     async def playbooks() -> dict[str, list[dict[str, str]]]:
@@ -349,9 +385,22 @@ async def _person(request: Request, svc: IncidentService, incident_id: str, scop
                   claimed: str | None, record: Recorder | None = None) -> Identity:
     """The verified person acting on ``incident_id`` with ``scope``; a refusal of a known caller (shared or
     alert credential, missing scope, a body naming someone else) is audited on the incident (through ``record``,
-    by default the incident's own workflow), then raised."""
+    by default the incident's own workflow), then raised. An unidentified caller (unknown, expired or forged
+    credentials) is audited the same way, throttled per source (``RefusalThrottle``), with why but never what it
+    presented."""
     auth: Authenticator = authenticator(request)
-    identity = await auth.identify(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    try:
+        identity = await auth.identify(authorization)
+    except AuthError as refused:
+        source = request.client.host if request.client else "unknown address"
+        throttle: RefusalThrottle = request.app.state.refusal_throttle
+        count = throttle.admit(incident_id, source)
+        if count is not None:
+            note = f" (and {count - 1} more refused from {source} since the last one recorded)" if count > 1 else ""
+            await (record or svc.record_refusal)(incident_id, f"unidentified caller from {source}", action,
+                                                 scrub(refused.detail, authorization) + note, "api")
+        raise
     try:
         auth.check(identity, scope)
         if claimed is not None and claimed != identity.user:

@@ -382,6 +382,57 @@ class Authenticator:
             raise AuthError(403, f"{identity.label} lacks the {scope.value!r} scope (holds: {held})")
 
 
+@dataclass
+class RefusalThrottle:
+    """Which refusals of unidentified callers (unknown, expired or forged credentials naming an incident) go on
+    that incident's audit trail: at most one per incident and source per ``window`` seconds, the next one
+    carrying how many were refused meanwhile, so an attacker cannot flood the trail (every refusal is still
+    logged and counted in ``unship_auth_failures``). One source naming many incidents gets at most
+    ``per_source`` records a window (so made-up incident ids cannot turn into a stream of Temporal calls).
+    Bounded memory: the oldest of ``limit`` keys is dropped."""
+
+    window: float = 60.0
+    per_source: int = 20
+    limit: int = 4096
+    clock: Callable[[], float] = time.monotonic
+    _seen: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict, init=False)
+    _sources: dict[str, tuple[float, int]] = field(default_factory=dict, init=False)
+
+    def admit(self, incident: str, source: str) -> int | None:
+        """The number of refusals from ``source`` on ``incident`` not yet on its trail (this one included), when
+        this one should be recorded; None when it is only counted."""
+        now = self.clock()
+        key = (incident, source)
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        started, recorded = self._sources.get(source, (now, 0))
+        if now - started >= self.window:
+            started, recorded = now, 0
+        if recorded >= self.per_source:
+            self._sources[source] = (started, recorded)
+            return None
+        self._sources.pop(source, None)
+        self._seen.pop(key, None)
+        while len(self._seen) >= self.limit:
+            self._seen.pop(next(iter(self._seen)))
+        while len(self._sources) >= self.limit:
+            self._sources.pop(next(iter(self._sources)))
+        self._sources[source] = (started, recorded + 1)
+        self._seen[key] = (now, 0)
+        return 1 + (last[1] if last is not None else 0)
+
+
+def scrub(text: str, authorization: str | None) -> str:
+    """``text`` without the presented credential (nor any long piece of it), for logs and audit trails."""
+    presented = (authorization or "").partition(" ")[2].strip() or (authorization or "").strip()
+    for piece in {presented, *presented.split(".")}:
+        if len(piece) >= 8:
+            text = text.replace(piece, "[credential]")
+    return text
+
+
 def authenticator(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.authenticator
     return auth
@@ -404,5 +455,5 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[Identity]]:
     return dependency
 
 
-__all__ = ["AuthError", "Authenticator", "Identity", "Scope", "add_user", "load_users", "remove_user", "require",
-           "token_hash"]
+__all__ = ["AuthError", "Authenticator", "Identity", "RefusalThrottle", "Scope", "add_user", "load_users", "remove_user",
+           "require", "scrub", "token_hash"]

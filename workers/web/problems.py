@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workers.runtime.service import (
+    HolderRunning,
     IncidentClosed,
     IncidentNotFound,
     InvalidInput,
@@ -124,7 +125,7 @@ def service_problem(exc: ServiceError, instance: str | None = None) -> JSONRespo
         return problem(422, str(exc), instance=instance, field=exc.field)
     if isinstance(exc, (IncidentNotFound, NotRecorded)):
         return problem(404, str(exc), instance=instance)
-    if isinstance(exc, (IncidentClosed, NoOpenGate)):
+    if isinstance(exc, (IncidentClosed, NoOpenGate, HolderRunning)):
         return problem(409, str(exc), instance=instance)
     if isinstance(exc, Refused):
         return problem(403, exc.reason, instance=instance)
