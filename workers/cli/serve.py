@@ -8,6 +8,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+import uvloop
 from rich.table import Table
 
 from playbooks.models import PlaybookSnapshot
@@ -159,7 +160,7 @@ def gateway() -> None:
             finally:
                 sock.close()
 
-    run(main)
+    run(main, loop_factory=uvloop.new_event_loop)  # libuv's loop: the gateway only serves HTTP and calls Temporal
 
 
 @app.command(epilog=settings_help(SERVER_SETTINGS, WORKER_SETTINGS))
