@@ -1,18 +1,24 @@
 """Alert storm: N incidents x M distinct alerts each, all posted to the gateway at once, over real HTTP.
 
-The gateway (uvicorn, the real routes and router) runs against the embedded Temporal dev server (SQLite) with
-a worker running the real RollbackWorkflow (a long confirmation window, so every incident stays open). Each
-alert is its own Alertmanager webhook request with its own fingerprint. Measured twice in the same run:
+The gateway (uvicorn, the real routes and router, the heap frozen as `unship gateway` does) runs in this process
+against the embedded Temporal dev server (SQLite); the load generator (bench/_load.py) runs in its own process, so
+it neither shares the gateway's event loop nor hides its cost in the gateway's figure. Each alert is its own
+Alertmanager webhook request with its own fingerprint. Measured in the same run:
 
-- group commit (the gateway's default): alerts for one incident that arrive together share one
-  signal-with-start;
-- baseline: one signal-with-start per alert.
+- the load generator's ceiling: the same requests against a raw server answering 202 at once, and against uvicorn
+  with an empty ASGI app;
+- group commit (the gateway's default): alerts for one incident that arrive together share one signal;
+- baseline (skip with --no-baseline): one signal-with-start per alert.
 
-For each: alerts/s accepted (first request sent -> last 202), signals sent, that exactly N workflows exist,
-and that every alert's fingerprint is in its incident's evidence (zero lost). Append the output to
-BENCHMARKS.md with the machine and date.
+For each: alerts/s accepted (first request sent -> last answer read), the CPU seconds the load generator, this
+process (the gateway with its Temporal client) and the Temporal server used meanwhile, signals sent, that exactly
+N workflows exist, and that every alert's fingerprint is in its incident's evidence (zero lost; a worker running
+the real RollbackWorkflow with a long confirmation window applies the signals afterwards). Append the output to
+BENCHMARKS.md with the machine, the date and the load (`uptime`). Profile the gateway with
+`py-spy record -r 250 -f raw -- python bench/alert_storm.py --no-baseline` (the load generator is a child
+process and is not sampled).
 
-    ./dev bench alert_storm [--incidents 20] [--alerts 50] [--concurrency 100]
+    ./dev bench alert_storm [--incidents 20] [--alerts 50] [--concurrency 100] [--no-baseline]
 """
 
 from __future__ import annotations
