@@ -47,6 +47,7 @@ try:
     HTTPTOOLS = True
 except ImportError:
     HTTPTOOLS = False
+from ruamel.yaml import YAML
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -222,6 +223,56 @@ async def storm(client: Client, settings: Settings, snapshot: PlaybookSnapshot, 
         "signals": router.signals_sent}
 
 
+async def _answers(port: int, path: str) -> bool:
+    """True once ``GET path`` on 127.0.0.1:port answers 200."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    answer = await reader.read()
+    writer.close()
+    return answer.startswith(b"HTTP/1.1 200")
+
+
+async def storm_process(client: Client, settings: Settings, snapshot: PlaybookSnapshot, *, incidents: int,
+                        alerts: int, concurrency: int, tag: str, server_pid: int | None,
+                        temporal: str) -> dict[str, Any]:
+    """The storm against `unship gateway` as its own process (the same playbook, as a playbook file)."""
+    folder = settings.state_dir / f"playbooks-{tag}"
+    folder.mkdir()
+    with (folder / "bench.yaml").open("w") as file:
+        YAML().dump(snapshot.playbook.model_dump(mode="json", exclude_none=True), file)
+    port = free_port("127.0.0.1")
+    env = {**os.environ, "TEMPORAL_ADDRESS": temporal, "UNSHIP_HTTP_ADDR": f"127.0.0.1:{port}",
+           "UNSHIP_PLAYBOOKS_DIR": str(folder), "UNSHIP_TASK_QUEUE": settings.task_queue,
+           "UNSHIP_STATE_DIR": str(settings.state_dir / f"gateway-{tag}"), "UNSHIP_ALERT_BEARER_TOKEN": TOKEN}
+    gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "workers.cli", "gateway", env=env,
+                                                   stdout=asyncio.subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not await _answers(port, "/readyz"):
+            if gateway.returncode is not None or time.monotonic() > deadline:
+                raise SystemExit(f"`unship gateway` did not become ready (exit {gateway.returncode})")
+            await asyncio.sleep(0.1)
+        releases = [f"{tag}-{n}" for n in range(incidents)]
+        requests = [(r, f"{tag}-{n:03d}-{m:04d}") for m in range(alerts) for n, r in enumerate(releases)]
+        bodies = [webhook(r, f) for r, f in requests]
+        cpu, server_cpu = process_cpu(gateway.pid), process_cpu(server_pid)
+        load = await run_load(port, "/v1/alerts/alertmanager", bodies, concurrency)
+        cpu, server_cpu = process_cpu(gateway.pid) - cpu, process_cpu(server_pid) - server_cpu
+    finally:
+        if gateway.returncode is None:
+            gateway.terminate()
+        await gateway.wait()
+    ids = {incident_id(snapshot.playbook.name, r) for r in releases}
+    return {"check": lambda: verify(client, snapshot, tag, releases, requests, ids),
+        "mode": "group commit, `unship gateway`", "requests": len(requests),
+        "accepted": load["accepted"], "other_status": len(requests) - load["accepted"], "seconds": load["seconds"],
+        "alerts_per_s": load["accepted"] / load["seconds"], "client_cpu": load["cpu_seconds"],
+        "gateway_cpu": cpu, "server_cpu": server_cpu, "signals": "?"}
+
+
 async def verify(client: Client, snapshot: PlaybookSnapshot, tag: str, releases: list[str],
                  requests: list[tuple[str, str]], ids: set[str]) -> dict[str, Any]:
     """Exactly one workflow per incident, and every alert's fingerprint in its incident's evidence."""
@@ -252,7 +303,7 @@ async def _ready(service: IncidentService) -> IncidentService:
     return service
 
 
-async def main(incidents: int, alerts: int, concurrency: int, baseline: bool) -> None:
+async def main(incidents: int, alerts: int, concurrency: int, baseline: bool, process: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         async with EmbeddedTemporal(state, port=free_port("127.0.0.1"), ui_port=0) as server:
@@ -275,6 +326,10 @@ async def main(incidents: int, alerts: int, concurrency: int, baseline: bool) ->
                 results.append(await storm(client, settings, snapshot, batching=batching, incidents=incidents,
                                            alerts=alerts, concurrency=concurrency, tag=tag,
                                            server_pid=server.pid))
+            if process:
+                results.append(await storm_process(client, settings, snapshot, incidents=incidents, alerts=alerts,
+                                                   concurrency=concurrency, tag=f"proc{uuid.uuid4().hex[:4]}",
+                                                   server_pid=server.pid, temporal=server.target))
             async with worker:
                 for r in results:
                     r.update(await r.pop("check")())
@@ -313,6 +368,8 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=100, help="requests in flight at once")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the one-signal-per-alert baseline")
+    parser.add_argument("--process", action="store_true",
+                        help="also storm `unship gateway` run as its own process (signals are not counted there)")
     args = parser.parse_args()
     run = uvloop.run if uvloop is not None else asyncio.run
-    run(main(args.incidents, args.alerts, args.concurrency, args.baseline))
+    run(main(args.incidents, args.alerts, args.concurrency, args.baseline, args.process))
