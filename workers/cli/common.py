@@ -147,10 +147,13 @@ def exit_code_for(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``coro_fn`` in a fresh event loop and turn expected failures into one line and an exit code."""
+def run(coro_fn: Callable[[], Awaitable[T]], *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> T:
+    """Run ``coro_fn`` in a fresh event loop (``loop_factory``'s, e.g. ``uvloop.new_event_loop``) and turn
+    expected failures into one line and an exit code."""
     try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro_fn())  # type: ignore[arg-type]
     except typer.Exit:
         raise
     except KeyboardInterrupt:

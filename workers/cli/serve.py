@@ -8,6 +8,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+import uvloop
 from rich.table import Table
 
 from playbooks.models import PlaybookSnapshot
@@ -113,7 +114,7 @@ async def _up(settings: Settings, playbooks: dict[str, PlaybookSnapshot]) -> Non
             worker_task = asyncio.create_task(run_worker(client, settings, activities, stop, **REHEARSALS))
             try:
                 await serve(create_app(service, settings), settings, sock, stop, alongside=[worker_task],
-                            on_started=lambda: _print_up(settings, ui_url, playbooks), force=force)
+                            on_started=lambda: _print_up(settings, ui_url, playbooks), force=force, freeze=True)
             finally:
                 sock.close()
     err.print("unship stopped")
@@ -155,11 +156,11 @@ def gateway() -> None:
             out.print(f"gateway listening on http://{host}:{port} (alerts: /v1/alerts/<source>, Slack: "
                       f"/v1/slack/interactivity); Temporal {settings.temporal_target}")
             try:
-                await serve(create_app(service, settings, api=False), settings, sock, stop)
+                await serve(create_app(service, settings, api=False), settings, sock, stop, freeze=True)
             finally:
                 sock.close()
 
-    run(main)
+    run(main, loop_factory=uvloop.new_event_loop)  # libuv's loop: the gateway only serves HTTP and calls Temporal
 
 
 @app.command(epilog=settings_help(SERVER_SETTINGS, WORKER_SETTINGS))

@@ -87,7 +87,8 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 class EmbeddedTemporal:
     """Async context manager running ``temporal server start-dev`` until exit.
 
-    ``state_dir`` holds ``temporal.db`` (workflows survive restarts) and ``temporal.log``. ``ui_port`` 0
+    ``state_dir`` holds ``temporal.db`` (workflows survive restarts; SQLite in WAL mode, so ``temporal.db-wal``
+    and ``-shm`` beside it while it runs) and ``temporal.log``. ``ui_port`` 0
     runs the server headless. ``reused`` tells whether an already-running server was adopted instead.
     """
 
@@ -146,6 +147,10 @@ class EmbeddedTemporal:
             "--http-port", str(free_port(self.ip)),
             "--metrics-port", str(free_port(self.ip)),
             "--db-filename", str(self.db_path),
+            # SQLite's write-ahead log: each accepted signal is one transaction, and in WAL mode it costs the
+            # server about half the CPU of the default rollback journal (BENCHMARKS.md, alert storm).
+            # synchronous=FULL syncs the log on every commit: what Temporal accepted survives a power cut too.
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=full",
             "--log-level", "warn",
         ]
         if self.namespace != "default":

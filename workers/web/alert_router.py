@@ -34,6 +34,9 @@ from workflows.messages import Alert, RollbackInput, incident_id
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 200  # alerts per signal: keeps one signal far below Temporal's payload limits
+MAX_SENDS = 4
+"""Signals (group commits) in flight to Temporal at once, across incidents. More would not be accepted sooner:
+the server commits them one by one; fewer slots make every lane wait longer and send fuller batches."""
 
 Sender = Callable[[str, PlaybookSnapshot, str, list[Alert]], Awaitable[str]]
 """Delivers alerts for (workflow id, playbook, release); returns the incident they reached (a re-fire after the
@@ -118,8 +121,9 @@ class AlertRouter:
     """Match alerts to playbooks and deliver them, coalescing concurrent alerts per incident.
 
     ``window`` is how long the first alert for an idle incident waits for company (seconds; 0 still
-    coalesces everything that arrives while a send for that incident is in flight). ``batching=False``
-    sends one signal-with-start per alert (the benchmark's baseline).
+    coalesces everything that arrives while a send for that incident is in flight). At most ``max_sends``
+    batches are in flight at once; a lane waiting for a slot keeps collecting its incident's alerts.
+    ``batching=False`` sends one signal-with-start per alert (the benchmark's baseline).
     """
 
     def __init__(
@@ -130,11 +134,13 @@ class AlertRouter:
         window: float = 0.005,
         batching: bool = True,
         unmatched: UnmatchedLog | None = None,
+        max_sends: int = MAX_SENDS,
     ) -> None:
         self.playbooks = playbooks
         self.send = send
         self.window = window
         self.batching = batching
+        self._slots = asyncio.Semaphore(max_sends)
         self.unmatched = unmatched or UnmatchedLog()
         self.signals_sent = 0
         self._lanes: dict[str, _Lane] = {}
@@ -199,21 +205,24 @@ class AlertRouter:
             if self.window > 0:
                 await asyncio.sleep(self.window)
             while lane.alerts:
-                alerts, waiters = lane.alerts, lane.waiters
-                lane.alerts, lane.waiters = [], []
-                reached = workflow_id
-                try:
-                    for start in range(0, len(alerts), MAX_BATCH):
-                        reached = await self._send(workflow_id, lane.snapshot, lane.release,
-                                                   alerts[start:start + MAX_BATCH])
-                except Exception as exc:  # noqa: BLE001 - handed to every caller waiting on this batch
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                else:
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(reached)
+                # Take the batch only once a send slot is free: under load, lanes wait for a slot and their
+                # batches grow (fewer, fuller signals); when idle, nothing waits.
+                async with self._slots:
+                    alerts, waiters = lane.alerts, lane.waiters
+                    lane.alerts, lane.waiters = [], []
+                    reached = workflow_id
+                    try:
+                        for start in range(0, len(alerts), MAX_BATCH):
+                            reached = await self._send(workflow_id, lane.snapshot, lane.release,
+                                                       alerts[start:start + MAX_BATCH])
+                    except Exception as exc:  # noqa: BLE001 - handed to every caller waiting on this batch
+                        for waiter in waiters:
+                            if not waiter.done():
+                                waiter.set_exception(exc)
+                    else:
+                        for waiter in waiters:
+                            if not waiter.done():
+                                waiter.set_result(reached)
         finally:
             lane.task = None
             if self._lanes.get(workflow_id) is lane and not lane.alerts:

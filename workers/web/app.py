@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import Callable, Iterator
 
@@ -36,13 +37,16 @@ def create_app(service: IncidentService | ServiceFactory, settings: Settings, *,
     ``api=False`` serves only the gateway (alerts, Slack, health): ``unship gateway``; ``api=True`` adds the
     operator API and the console at ``/``.
     """
+    traced = tracing()
+    # Traces come from unship's own instrumentation (``configure_tracing``); FastAPI's native telemetry stays
+    # off: without a provider it would only ask OpenTelemetry on every request whether one appeared.
     app = FastAPI(title="unship" if api else "unship gateway", version="1",
                   summary="Revert problematic generative-model releases" if api
-                  else "Alert webhooks in, Slack approvals in")
+                  else "Alert webhooks in, Slack approvals in",
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.state.stopping = asyncio.Event()  # set by ``serve`` when it stops: ends the console's live streams
     install_problems(app)
-    traced = tracing()
     if traced is not None:
         traced.instrument_app(app)
     app.state.authenticator = Authenticator(settings)
@@ -68,6 +72,19 @@ def socket_mode_task(app: FastAPI, settings: Settings, stop: asyncio.Event) -> a
                                                stop))
 
 
+def freeze_heap() -> None:
+    """Move everything allocated so far (modules, playbooks, pydantic schemas, the app) out of the garbage
+    collector's reach, once the process is set up and before it serves.
+
+    The cyclic collector otherwise walks that whole heap in every full collection, and an alert storm allocates
+    fast enough to trigger them often: a quarter of the gateway's CPU per request went to it
+    (BENCHMARKS.md, alert storm). Objects created later are collected as usual; what was frozen stays in
+    memory, which for a serving process is what happens to it anyway.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # unship's CLI handles signals itself
@@ -76,12 +93,17 @@ class _Server(uvicorn.Server):
 
 async def serve(app: FastAPI, settings: Settings, sock: socket.socket, stop: asyncio.Event, *,
                 alongside: list[asyncio.Task[None]] | None = None,
-                on_started: Callable[[], None] | None = None, force: asyncio.Event | None = None) -> None:
+                on_started: Callable[[], None] | None = None, force: asyncio.Event | None = None,
+                freeze: bool = False) -> None:
     """Serve ``app`` on ``sock`` until ``stop`` is set or any task ends (the HTTP server, Socket Mode or one
     of ``alongside``, e.g. the worker); then stop them all and re-raise the first failure.
 
     ``on_started`` is called once the server accepts connections; setting ``force`` drops open connections.
+    ``freeze`` calls ``freeze_heap`` before serving (the CLI's long-lived servers; not in tests that serve
+    many apps in one process).
     """
+    if freeze:
+        freeze_heap()
     http = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
 
     async def force_exit() -> None:

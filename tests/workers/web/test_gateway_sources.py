@@ -175,6 +175,47 @@ async def test_concurrent_alerts_for_one_incident_share_signals() -> None:
     assert {wid for wid, _ in send.batches} == {"unship:chat-test:r0", "unship:chat-test:r1", "unship:chat-test:r2"}
 
 
+class Gauge(Recorder):
+    """A recorder that also notes how many sends were in flight at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.in_flight = self.peak = 0
+
+    async def __call__(self, workflow_id, snapshot, release, alerts) -> str:  # type: ignore[no-untyped-def]
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await super().__call__(workflow_id, snapshot, release, alerts)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_storm_over_many_incidents_keeps_few_signals_in_flight_and_loses_nothing() -> None:
+    send = Gauge(delay=0.01)
+    router = AlertRouter({"chat-test": snapshot()}, send, window=0, max_sends=3)
+
+    async def sender(n: int) -> list[str]:  # one alert sender: its next alert once the last one was accepted
+        reached = []
+        for m in range(8):
+            result = await router.route([_alert(f"r{(n + m) % 12}", n * 100 + m)])
+            assert result.accepted == 1
+            reached += result.incidents
+        return reached
+
+    reached = await asyncio.gather(*(sender(n) for n in range(30)))
+    assert send.peak <= 3, f"{send.peak} signals in flight at once (at most 3)"
+    delivered = [a.fingerprint for _, alerts in send.batches for a in alerts]
+    assert sorted(delivered) == sorted(f"r{(n + m) % 12}-{n * 100 + m}" for n in range(30) for m in range(8)), \
+        "each alert is delivered exactly once"
+    assert all(wid == f"unship:chat-test:{a.labels['release']}" for wid, alerts in send.batches for a in alerts)
+    assert [r for rs in reached for r in rs] == [f"unship:chat-test:r{(n + m) % 12}" for n in range(30)
+                                                 for m in range(8)]
+    # 30 senders over 12 incidents: 2.5 alerts of an incident wait at a time, so 96 full signals carry all 240
+    assert len(send.batches) <= 100, f"{len(send.batches)} signals for 240 alerts: a lane waiting for a slot " \
+                                     "should send every alert of its incident that waits"
+
+
 async def test_without_batching_every_alert_is_its_own_signal() -> None:
     send = Recorder(delay=0)
     router = AlertRouter({"chat-test": snapshot()}, send, batching=False)
