@@ -62,6 +62,12 @@ class PollResult(_Model):
 # --- cohorts (flags / serving) ---------------------------------------------------------------------------
 
 
+class ServedState(_Model):
+    target: str
+    release: str | None = Field(description="the candidate release the target serves (None: cannot tell)")
+    evidence: str = ""
+
+
 class CohortChange(_Model):
     """Absolute desired state: ``previous_percent`` of users on the previous model, the rest on the candidate.
 
@@ -76,6 +82,13 @@ class CohortChange(_Model):
     previous_percent: float = Field(ge=0, le=100)
     expected: dict[str, float] = Field(default_factory=dict,
                                        description="target ref -> share the incident last wrote or read there")
+    forward_only: bool = Field(default=False, description=(
+        "read every target first and expect what was read (compare-and-set in the same activity); write nothing "
+        "if all already have more than previous_percent on the previous model (a revert never moves users back "
+        "toward the release under suspicion)"))
+    check_release: str | None = Field(default=None, description=(
+        "before anything else, check that every target serves this release as the candidate (as served_release "
+        "does); a target serving another writes nothing (release_mismatch)"))
 
 
 class TargetState(_Model):
@@ -93,6 +106,11 @@ class CohortResult(_Model):
     states: list[TargetState]
     applied: bool = Field(description="False when the store already had this idempotency key applied")
     attempt: int = Field(default=1, description="the activity attempt that returned this result")
+    skipped: bool = Field(default=False, description=(
+        "forward_only: nothing written, every target already had more than previous_percent (states[].found)"))
+    served: list[ServedState] = Field(default_factory=list, description="check_release: what each target serves")
+    release_mismatch: bool = Field(default=False, description=(
+        "check_release: a target serves another release as the candidate: nothing was read or written"))
 
     @property
     def matches(self) -> bool:
@@ -142,12 +160,6 @@ class StoredHold(_Model):
     target: str
     incident_id: str
     held_at: datetime
-
-
-class ServedState(_Model):
-    target: str
-    release: str | None = Field(description="the candidate release the target serves (None: cannot tell)")
-    evidence: str = ""
 
 
 class ServedResult(_Model):

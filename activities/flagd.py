@@ -9,6 +9,10 @@ split is written as flagd ``fractional`` targeting::
 Every write replaces the file atomically (temp file in the same folder, fsync, ``os.replace``) because flagd
 watches it and a plain write would be seen half-done. Writers hold an exclusive ``flock`` on a sidecar
 ``<file>.lock`` so concurrent writers, in this process or another, never lose each other's updates.
+
+Group commit: splits requested while a rewrite is under way are applied together by the next one (in the order
+they were asked for, each with its own idempotency check and its own answer or error), so many incidents
+reverting at once cost a few rewrites of the file, not one synced rewrite each.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,16 @@ BUCKETING = {"cat": [{"var": "$flagd.flagKey"}, {"var": "targetingKey"}]}
 KEY_FIELD = "unship_idempotency_key"
 PERCENT_FIELD = "unship_previous_percent"
 WRITTEN_AT_FIELD = "unship_written_at"
+
+
+@dataclass
+class _Write:
+    """One requested split, waiting for the next rewrite of the file."""
+
+    target: Target
+    percent: float
+    key: str
+    done: asyncio.Future[bool]
 
 
 def split_weights(percent: float) -> tuple[int, int]:
@@ -88,6 +103,8 @@ class FlagdFileProvider:
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock = asyncio.Lock()
+        self._pending: list[_Write] = []
+        self._committer: asyncio.Task[None] | None = None
 
     # --- FlagProvider -----------------------------------------------------------------------------------
 
@@ -95,8 +112,11 @@ class FlagdFileProvider:
         """Write the split for ``target``; False (nothing written) if this key already applied this split."""
         if not 0 <= percent <= 100:
             raise configuration_error("flagd", self._obj(target), f"percent must be within 0..100, got {percent}")
-        async with self._lock:
-            return await asyncio.to_thread(self._set_sync, target, float(percent), idempotency_key)
+        write = _Write(target, float(percent), idempotency_key, asyncio.get_running_loop().create_future())
+        self._pending.append(write)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit())
+        return await write.done
 
     async def get_previous_percent(self, target: Target) -> float | None:
         """Read the file back: the percent of users the flag sends to the previous variant."""
@@ -146,34 +166,70 @@ class FlagdFileProvider:
     def _obj(self, target: Target) -> str:
         return f"{self.path} flag {target.key!r}"
 
-    def _set_sync(self, target: Target, percent: float, key: str) -> bool:
+    async def _commit(self) -> None:
+        """Apply every pending write, a batch per rewrite of the file, until none is left."""
+        async with self._lock:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes = await asyncio.to_thread(self._set_many_sync, batch)
+                except Exception as exc:  # noqa: BLE001 - the file could not be read or replaced: all of them failed
+                    for write in batch:
+                        if not write.done.done():
+                            write.done.set_exception(exc)
+                    continue
+                except BaseException:  # cancelled (the loop is closing): nobody is left to answer
+                    for write in batch + self._pending:
+                        write.done.cancel()
+                    raise
+                for write, outcome in zip(batch, outcomes, strict=True):
+                    if write.done.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        write.done.set_exception(outcome)
+                    else:
+                        write.done.set_result(outcome)
+
+    def _set_many_sync(self, batch: list[_Write]) -> list[bool | BaseException]:
+        """One read-modify-write of the file for ``batch``: each write's answer, or its own error."""
         with self._file_lock():
-            doc = self._read(target)
-            flag = self._flag(doc, target)
-            variants = flag.get("variants") or {}
-            missing = [v for v in (target.previous_variant, target.candidate_variant) if v not in variants]
-            if missing:
-                raise configuration_error(
-                    "flagd", self._obj(target),
-                    f"the flag has no variant(s) {missing} (it has {sorted(variants)}); fix previous_variant/"
-                    "candidate_variant in the playbook or the flag file",
-                )
-            targeting = fractional_targeting(target, percent)
-            metadata = flag.setdefault("metadata", {})
-            if metadata.get(KEY_FIELD) == key and flag.get("targeting") == targeting:
-                return False
-            flag["targeting"] = targeting
-            # At the ends, defaultVariant agrees with the split, so an evaluation that falls through the
-            # fractional buckets (or has no targeting key) still lands on the intended model.
-            if percent == 100:
-                flag["defaultVariant"] = target.previous_variant
-            elif percent == 0:
-                flag["defaultVariant"] = target.candidate_variant
-            metadata[KEY_FIELD] = key
-            metadata[PERCENT_FIELD] = percent
-            metadata[WRITTEN_AT_FIELD] = datetime.now(UTC).isoformat()
-            self._write(doc)
-            return True
+            doc = self._read(batch[0].target)
+            outcomes: list[bool | BaseException] = []
+            for write in batch:
+                try:
+                    outcomes.append(self._apply(doc, write.target, write.percent, write.key))
+                except Exception as exc:  # noqa: BLE001 - a bad target fails its own write, not the others'
+                    outcomes.append(exc)
+            if any(outcome is True for outcome in outcomes):
+                self._write(doc)
+            return outcomes
+
+    def _apply(self, doc: dict[str, Any], target: Target, percent: float, key: str) -> bool:
+        """Set the split in ``doc``; False when this key already applied this split (nothing to write)."""
+        flag = self._flag(doc, target)
+        variants = flag.get("variants") or {}
+        missing = [v for v in (target.previous_variant, target.candidate_variant) if v not in variants]
+        if missing:
+            raise configuration_error(
+                "flagd", self._obj(target),
+                f"the flag has no variant(s) {missing} (it has {sorted(variants)}); fix previous_variant/"
+                "candidate_variant in the playbook or the flag file",
+            )
+        targeting = fractional_targeting(target, percent)
+        metadata = flag.setdefault("metadata", {})
+        if metadata.get(KEY_FIELD) == key and flag.get("targeting") == targeting:
+            return False
+        flag["targeting"] = targeting
+        # At the ends, defaultVariant agrees with the split, so an evaluation that falls through the
+        # fractional buckets (or has no targeting key) still lands on the intended model.
+        if percent == 100:
+            flag["defaultVariant"] = target.previous_variant
+        elif percent == 0:
+            flag["defaultVariant"] = target.candidate_variant
+        metadata[KEY_FIELD] = key
+        metadata[PERCENT_FIELD] = percent
+        metadata[WRITTEN_AT_FIELD] = datetime.now(UTC).isoformat()
+        return True
 
     def _ensure_sync(self, target: Target, variants: dict[str, object]) -> bool:
         with self._file_lock():

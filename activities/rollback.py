@@ -67,7 +67,7 @@ from activities.learning import learn
 from activities.outputs import OutputRouter, resumed_progress
 from activities.routing import FlagRouter, hold_key
 from activities.trackers import TrackerRouter
-from playbooks.models import Signal
+from playbooks.models import Signal, Target
 from playbooks.rendering import render_message, render_report, render_review
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,19 @@ class RollbackActivities(IncidentActivities):
         behind the incident's back: it is not written, nor is any later target, and the result says what was
         expected and what was found. Each write is reported with when it happened and which attempt made it
         (a heartbeat carries that to the next attempt if this worker dies before answering).
+
+        ``check_release``: first, which release each target serves (as ``served_release``); one serving another
+        release writes nothing (``release_mismatch``), for a person to decide.
+        ``forward_only`` (an incident's first write): read every target first and expect what was read, so the
+        served-release check, the read and the compare-and-set cost one activity, not three. If every target already sends more than
+        ``previous_percent`` of users to the previous model, nothing is written (``skipped``). Exactly
+        ``previous_percent`` is not a skip: it may be this very write, made by an attempt that died before
+        answering; a target an earlier attempt wrote expects what that attempt wrote, as without the read.
         """
         _count_retry("flags")
-        written = _earlier_writes(activity.info().heartbeat_details)
-        progress = {"written": written, "sending": {}}
+        details = activity.info().heartbeat_details
+        written = _earlier_writes(details)
+        progress = {"written": written, "sending": {}, "read": _earlier_read(details)}
         async with _heartbeating(progress):
             return await self._apply_cohort(req, written, progress)
 
@@ -161,11 +170,35 @@ class RollbackActivities(IncidentActivities):
         sending: dict[str, list[Any]] = progress["sending"]
         states: list[TargetState] = []
         applied = False
+        read: dict[str, float | None] = progress["read"]
+        fresh: dict[str, float | None] = {}  # read by this attempt just now: the compare needs no second read
+        expectations = dict(req.expected)
+        served: list[ServedState] = []
+        if req.check_release is not None:
+            served = await self._served(req.targets)
+            if any(s.release is not None and s.release != req.check_release for s in served):
+                return CohortResult(states=[], applied=False, attempt=info.attempt, served=served,
+                                    release_mismatch=True)
+        if req.forward_only:
+            # What the first attempt read is what every attempt expects (a retry after a lost answer must not
+            # take its own earlier write, or a hand edit after it, as the state it started from).
+            if not read:
+                fresh = {t.ref: await self.flags.get_previous_percent(t) for t in req.targets}
+                read.update(fresh)
+            expectations.update({ref: share for ref, share in read.items() if share is not None})
+            if not written and all(share is not None and share > req.previous_percent + READBACK_TOLERANCE
+                                   for share in read.values()):
+                return CohortResult(
+                    states=[TargetState(target=ref, previous_percent=share, found=share, expected=share,
+                                        detail=f"already more than {req.previous_percent:g}% on the previous "
+                                               "model: nothing written")
+                            for ref, share in read.items()],
+                    applied=False, attempt=info.attempt, skipped=True, served=served)
         for target in req.targets:
-            expected = req.expected.get(target.ref)
+            expected = expectations.get(target.ref)
             found: float | None = None
             if expected is not None:
-                found = await self.flags.get_previous_percent(target)
+                found = fresh[target.ref] if target.ref in fresh else await self.flags.get_previous_percent(target)
                 if not _same(found, req.previous_percent) and not _same(found, expected):
                     _, by = written.get(target.ref, [None, None])
                     if by is not None:
@@ -210,7 +243,7 @@ class RollbackActivities(IncidentActivities):
             states.append(TargetState(target=target.ref, previous_percent=actual, detail=detail, expected=expected,
                                       found=found, written_at=datetime.fromisoformat(when) if when else None,
                                       written_by_attempt=by))
-        return CohortResult(states=states, applied=applied, attempt=info.attempt)
+        return CohortResult(states=states, applied=applied, attempt=info.attempt, served=served)
 
     @activity.defn(name="read_cohort")
     async def read_cohort(self, req: ReadbackRequest) -> CohortResult:
@@ -259,6 +292,15 @@ class RollbackActivities(IncidentActivities):
                 release, evidence = None, f"the {target.provider} provider cannot say which release it serves"
             states.append(ServedState(target=target.ref, release=release, evidence=evidence))
         return ServedResult(states=states)
+
+    async def _served(self, targets: list[Target]) -> list[ServedState]:
+        """``served_release`` inside another activity: a target that cannot be asked cannot tell (the reason is
+        the evidence), as when the ``served_release`` activity fails; it never stops the write."""
+        try:
+            return (await self.served_release(ReadbackRequest(targets=targets))).states
+        except Exception as err:  # noqa: BLE001 - reported as evidence, like the workflow does for the activity
+            return [ServedState(target=t.ref, release=None, evidence=f"could not read which release {t.ref} "
+                                f"serves: {err}") for t in targets]
 
     @activity.defn(name="check_integrity")
     async def check_integrity(self, req: IntegrityRequest) -> IntegrityResult:
@@ -392,6 +434,14 @@ def _earlier_writes(details: Any) -> dict[str, list[Any]]:
                 if isinstance(entries, dict):
                     found.update({str(k): list(v) for k, v in entries.items() if isinstance(v, list) and len(v) == 2})
             return found
+    return {}
+
+
+def _earlier_read(details: Any) -> dict[str, float | None]:
+    """What the first attempt of a ``forward_only`` write read before writing: target ref -> share."""
+    for detail in reversed(list(details or [])):
+        if isinstance(detail, dict) and isinstance(detail.get("read"), dict):
+            return {str(k): float(v) if isinstance(v, int | float) else None for k, v in detail["read"].items()}
     return {}
 
 

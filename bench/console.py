@@ -7,7 +7,7 @@ the SQLite incident store, the HTTP app served by uvicorn, and an HTTP client re
 The store holds 999 seeded incidents plus one real incident whose workflow records 2,000 audit events (refused
 decisions, sent as signals); the incident page is rendered from that workflow's live status.
 
-    ./dev bench console [--requests 200] [--updates 50]
+    ./dev bench console [--requests 200] [--updates 50] [--write]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from activities.rollback import RollbackActivities
 from activities.routing import FlagRouter, SignalRouter
 from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
-from bench.machine import header, percentile
+from bench.machine import command_line, header, percentile
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot
 from workers.runtime.service import IncidentService
@@ -93,7 +93,7 @@ async def timed_get(http: httpx.AsyncClient, path: str, n: int, expect: str) -> 
     return samples
 
 
-async def main(requests: int, updates: int, events: int, incidents: int) -> None:
+async def main(requests: int, updates: int, events: int, incidents: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         async with EmbeddedTemporal(state, port=free_port(), ui_port=0) as server:
@@ -152,15 +152,18 @@ async def main(requests: int, updates: int, events: int, incidents: int) -> None
                 await server_task
                 sock.close()
                 await handle.terminate("bench finished")
-    print(header("bench/console.py"))
-    print(f"store: {incidents} incidents; incident page: {len(stored)} audit events")
-    print("| measured | n | p50 | p95 | max |")
-    print("|---|---:|---:|---:|---:|")
-    print(report("GET / (incident list, 200 rows shown of 1,000)", list_ms))
-    print(report(f"GET /incidents/ID ({len(stored)} audit events), status queried each time", page_ms))
-    print(report(f"GET /incidents/ID ({len(stored)} audit events), status shared within 1 s", shared_ms))
-    print(report("live update: event written to the store -> its SSE message read by the page", live_store))
-    print(report("live update: signal sent -> SSE message read (incl. workflow + store write)", live_signal))
+    return "\n".join([
+        header("console"), "",
+        f"`./dev bench console --requests {requests} --updates {updates} --events {events} --incidents {incidents}`"
+        f" (store: {incidents} incidents; incident page: {len(stored)} audit events)", "",
+        "| measured | n | p50 | p95 | max |",
+        "|---|---:|---:|---:|---:|",
+        report("GET / (incident list, 200 rows shown of 1,000)", list_ms),
+        report(f"GET /incidents/ID ({len(stored)} audit events), status queried each time", page_ms),
+        report(f"GET /incidents/ID ({len(stored)} audit events), status shared within 1 s", shared_ms),
+        report("live update: event written to the store -> its SSE message read by the page", live_store),
+        report("live update: signal sent -> SSE message read (incl. workflow + store write)", live_signal),
+    ])
 
 
 async def live_updates(http: httpx.AsyncClient, store: SqliteIncidentStore, incident: str, refuse, n: int,
@@ -211,11 +214,23 @@ async def live_updates(http: httpx.AsyncClient, store: SqliteIncidentStore, inci
     return store_lat, signal_lat
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=400, help="list page requests (incident page: a quarter)")
+    p.add_argument("--updates", type=int, default=50, help="live updates measured")
+    p.add_argument("--events", type=int, default=2000, help="audit events on the measured incident")
+    p.add_argument("--incidents", type=int, default=1000, help="incidents in the store")
+    p.add_argument("--write", action="store_true", help="replace this benchmark's table in BENCHMARKS.md")
+    return p
+
+
+RECORD: list[str] = []
+"""The arguments ``./dev bench all`` records with (the defaults)."""
+
+
+async def measure(args: argparse.Namespace) -> str:
+    return await main(args.requests, args.updates, args.events, args.incidents)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=400, help="list page requests (incident page: a quarter)")
-    parser.add_argument("--updates", type=int, default=50, help="live updates measured")
-    parser.add_argument("--events", type=int, default=2000, help="audit events on the measured incident")
-    parser.add_argument("--incidents", type=int, default=1000, help="incidents in the store")
-    args = parser.parse_args()
-    asyncio.run(main(args.requests, args.updates, args.events, args.incidents))
+    command_line("console", parser(), measure)

@@ -5,20 +5,48 @@ Kept in its own module so the workflow sandbox can import it (a script's ``__mai
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 
 from temporalio import activity, workflow
 
-# Wall-clock instants at which each floor workflow's last activity ran, by workflow id (same process).
-FINISHED: dict[str, float] = {}
+
+class Instants:
+    """Wall-clock instants by workflow id, noted once, that a coroutine of the same event loop can await
+    (no polling: a benchmark's own waiting must not compete with the worker it measures)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+
+    def note(self, key: str) -> None:
+        if key in self.at:
+            return
+        self.at[key] = time.time()
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self.at[key])
+
+    async def wait(self, key: str, what: str, timeout: float = 60.0) -> float:
+        if key in self.at:
+            return self.at[key]
+        waiter = self._waiters.setdefault(key, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise SystemExit(f"benchmark stuck: {what} within {timeout:g} s") from None
+
+
+FINISHED = Instants()
+"""When each floor workflow's last activity ran (same process)."""
 
 
 @activity.defn
 async def noop(marker: str) -> None:
     """Does nothing but note when it ran (the last one of a workflow is the floor's "flag change")."""
     if marker:
-        FINISHED[marker] = time.perf_counter()
+        FINISHED.note(marker)
 
 
 @workflow.defn

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import header, percentile
+from bench.machine import command_line, header, percentile
 from playbooks.models import Confirmation, Sequential, SequentialTest, Signal
 from workflows.confirmation import BreachTracker, PollVerdict
 from workflows.sequential import Counts, signal_test
@@ -120,17 +120,18 @@ def run_cell(cell: Cell, method: str, runs: int, rng: np.random.Generator) -> tu
     return confirmed / runs, delays, early
 
 
-def main(runs: int, seed: int) -> None:
-    print(header("trigger_quality"))
-    print(f"runs per cell: {runs}; window {POLLS} polls of 1 minute; threshold {R0:g}/10k; seed {seed}")
+async def measure(args: argparse.Namespace) -> str:
+    runs, seed = args.runs, args.seed
+    out = [header("trigger_quality"), "",
+           f"`./dev bench trigger_quality --runs {runs} --seed {seed}`: runs per cell: {runs}; window {POLLS} polls "
+           f"of 1 minute; threshold {R0:g}/10k", ""]
     started = time.perf_counter()
     head = "| scenario | outputs/min | true rate |"
     rule = "|---|---:|---:|"
     for m in METHODS:
         head += f" {m} conf | p50 | p90 |"
         rule += "---:|---:|---:|"
-    print(head)
-    print(rule)
+    out += [head, rule]
     for n, cell in enumerate(cells()):
         row = f"| {cell.scenario} | {cell.outputs:,} | {cell.label} |"
         for k, method in enumerate(METHODS):
@@ -140,13 +141,22 @@ def main(runs: int, seed: int) -> None:
             p50 = f"{statistics.median(delays):g}" if delays else "-"
             p90 = f"{percentile([float(d) for d in delays], 0.9):g}" if delays else "-"
             row += f" {conf} | {p50} | {p90} |"
-        print(row, flush=True)
-    print(f"wall time {time.perf_counter() - started:.0f} s")
+        out.append(row)
+    out += ["", f"Wall time {time.perf_counter() - started:.0f} s."]
+    return "\n".join(out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--runs", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=20261129)
+    p.add_argument("--write", action="store_true", help="replace this benchmark's table in BENCHMARKS.md")
+    return p
+
+
+RECORD = ["--runs", "1000", "--seed", "20261129"]
+"""The arguments ``./dev bench all`` records with."""
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=20261129)
-    args = parser.parse_args()
-    main(args.runs, args.seed)
+    command_line("trigger_quality", parser(), measure)

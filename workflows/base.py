@@ -2,7 +2,11 @@
 durable projection into the incident store, chat notifications in order, and the activity calls.
 
 Notifications and audit writes are delivered by background coroutines in workflow order, so a slow chat
-or store never delays moving users back; the workflow waits for both to drain before it completes.
+or store never delays moving users back; the workflow waits for both to drain before it completes. While a
+workflow is on its way to the first flag write with nothing to wait for (e.g. an automatic playbook), it holds
+them (``_hold_background``): the workflow tasks that lead to the write schedule nothing else, and everything
+recorded meanwhile goes out, in order and in one audit batch, as soon as the write is done or the workflow
+first waits (a poll, a gate, a timer, the end).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class IncidentWorkflowBase:
         self._thread_ref: str | None = None
         self._closing = False
         self._background: list[asyncio.Task[None]] = []
+        self._held = False
         self._paused = False
         self._aborted: Command | None = None
 
@@ -185,7 +190,7 @@ class IncidentWorkflowBase:
 
     async def _flush_loop(self) -> None:
         while True:
-            await workflow.wait_condition(lambda: bool(self._unflushed) or self._closing)
+            await workflow.wait_condition(lambda: (bool(self._unflushed) and not self._held) or self._closing)
             if not self._unflushed:
                 return
             batch, self._unflushed = self._unflushed, []
@@ -227,7 +232,7 @@ class IncidentWorkflowBase:
 
     async def _deliver_loop(self) -> None:
         while True:
-            await workflow.wait_condition(lambda: bool(self._outbox) or self._closing)
+            await workflow.wait_condition(lambda: (bool(self._outbox) and not self._held) or self._closing)
             if not self._outbox:
                 return
             note = self._outbox.pop(0)
@@ -250,8 +255,18 @@ class IncidentWorkflowBase:
         self._closing = False
         self._background = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._deliver_loop())]
 
+    def _hold_background(self) -> None:
+        """Keep audit writes and messages queued (not scheduled) until ``_release_background``: the workflow
+        tasks up to the first write then carry only the actions on the critical path."""
+        self._held = True
+
+    def _release_background(self) -> None:
+        """Deliver what was held, in order; called as soon as the critical action is done or the workflow waits."""
+        self._held = False
+
     async def _drain(self) -> None:
         """Let every queued message and audit event reach the outside world before the run ends."""
+        self._release_background()
         await workflow.wait_condition(lambda: not self._outbox)
         self._closing = True
         await asyncio.gather(*self._background)
@@ -265,6 +280,7 @@ class IncidentWorkflowBase:
 
     async def _poll(self, signals: list[Signal], poll: int, phase: str) -> list[SignalObservation]:
         """Measure ``signals`` once; a source that keeps failing is "not measured", never "measured bad"."""
+        self._release_background()
         try:
             result: PollResult = await workflow.execute_activity_method(
                 IncidentActivities.poll_signals,
@@ -286,23 +302,34 @@ class IncidentWorkflowBase:
         return observations
 
     async def _apply(self, targets: list[Target], previous_percent: float, step: str,
-                     expected: dict[str, float] | None = None) -> CohortResult:
+                     expected: dict[str, float] | None = None, forward_only: bool = False,
+                     check_release: str | None = None) -> CohortResult:
         """Write the absolute split to every target in order, with a business idempotency key.
 
         With ``expected`` (target ref -> share last written or read), each write is a compare-and-set: a
         target changed behind the incident's back is not written and comes back in ``result.conflicts``.
+        ``forward_only``: the activity reads the targets first and expects what it read (one activity for the
+        read and the compare-and-set); when every target already has more users back, nothing is written
+        (``result.skipped``, what was found in ``states[].found``). ``check_release``: the activity first checks
+        that the targets serve that release (``result.served``) and writes nothing if one serves another
+        (``result.release_mismatch``).
         """
         key = f"{self._id}:{step}"
         result: CohortResult = await workflow.execute_activity_method(
             IncidentActivities.apply_cohort,
             CohortChange(incident_id=self._id, idempotency_key=key, targets=targets,
-                         previous_percent=previous_percent, expected=dict(expected or {})),
+                         previous_percent=previous_percent, expected=dict(expected or {}),
+                         forward_only=forward_only, check_release=check_release),
             start_to_close_timeout=timedelta(minutes=2),
             heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=ACTION_RETRY,
             schedule_to_close_timeout=ACTION_DEADLINE,
         )
+        if result.release_mismatch:
+            return result
         self._read(result)
-        if not result.conflicts:
+        if result.skipped:
+            self._status.previous_percent = min(s.found or 0.0 for s in result.states)
+        elif not result.conflicts:
             self._status.previous_percent = previous_percent
         return result
 
@@ -312,6 +339,7 @@ class IncidentWorkflowBase:
         self._status.flag_read_at = workflow.now()
 
     def _close(self, outcome: Outcome, reason: str, actor: str = "unship") -> None:
+        self._release_background()
         self._status.outcome = outcome
         self._status.phase = Phase.CLOSED
         self._status.closed_at = workflow.now()

@@ -90,6 +90,12 @@ ALERTS_SIGNAL = "alerts"
 """The signal that carries alerts; named once because signal-with-start takes the name, not the method."""
 NO_OPEN_GATE = "NoOpenGate"
 """The error type of a decision refused because no approval gate is open (HTTP 409, not 403)."""
+FIRST_WRITE_FIRST = "first-write-first"
+"""Patch: the way to the first flag write costs two activities, not four: ``hold_targets``, then one
+``apply_cohort`` that checks the served release, reads the split and compares-and-sets against what it read
+(``check_release`` + ``forward_only``, instead of ``served_release``, ``read_cohort`` and ``apply_cohort``); audit
+writes and messages are held until that write is done or the workflow first waits, so the workflow tasks on the
+way schedule nothing else."""
 
 @workflow.defn
 class RollbackWorkflow(IncidentWorkflowBase):
@@ -110,6 +116,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._cas = False
         self._expected: dict[str, float] = {}
         self._reapplied = 0
+        self._first_write_first = False
 
     # --- signals, update, query ---------------------------------------------------------------------------
 
@@ -211,6 +218,9 @@ class RollbackWorkflow(IncidentWorkflowBase):
     async def run(self, input: RollbackInput) -> IncidentStatus:
         pb = self._playbook
         self._start_background()
+        if workflow.patched(FIRST_WRITE_FIRST):
+            self._first_write_first = True
+            self._hold_background()
         follows: dict[str, Any] = {"follows": input.follows} if input.follows else {}
         self._audit("opened", f"incident opened for release {input.release} by playbook {pb.name} "
                     f"(version {self._snapshot.version})"
@@ -406,6 +416,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._decided(f"approved by {', '.join(gate.approvals)}", gate.approvals[-1])
 
     async def _wait(self, condition: Callable[[], bool], timeout: timedelta | None) -> bool:
+        self._release_background()
         try:
             await workflow.wait_condition(condition, timeout=timeout)
             return True
@@ -445,12 +456,19 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._status.stages = [StageProgress(index=i, percent=s.percent, status="pending")
                                for i, s in enumerate(rollback.stages)]
         if workflow.patched("hold-targets-check-served-release"):
-            await self._hold_targets()
-            await self._check_served_release()
+            if self._first_write_first:
+                await self._hold_targets()  # the served release is checked by the first write itself
+            else:
+                await self._hold_targets()
+                await self._check_served_release()
             self._status.phase = Phase.REVERTING
         already = 0.0
+        forward_only = False  # the next write reads the split itself and skips if users are already further back
         if workflow.patched("read-split-before-revert"):
-            already = await self._current_previous_percent()
+            if self._first_write_first:
+                forward_only = True
+            else:
+                already = await self._current_previous_percent()
         self._cas = workflow.patched(COMPARE_AND_SET)
         for i, stage in enumerate(rollback.stages):
             self._check_abort()
@@ -465,6 +483,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
                             "model", stage=i)
                 continue
             if self._paused:
+                self._release_background()
                 self._status.phase = Phase.PAUSED
                 await workflow.wait_condition(
                     lambda: not self._paused or self._aborted is not None or self._revert_all is not None)
@@ -472,7 +491,9 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 self._check_abort()
                 if self._revert_all is not None:
                     break
-            if not await self._apply_stage(i, stage.percent, f"revert:{i}"):
+            applied = await self._apply_stage(i, stage.percent, f"revert:{i}", forward_only=forward_only)
+            forward_only = False
+            if not applied:
                 continue
             progress = self._status.stages[i]
             progress.status = "baking"
@@ -504,7 +525,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
                 self._audit("stage_verified", f"stage {i + 1} ({stage.percent:g}%) verified{note}", stage=i)
             progress.status = "verified"
         if self._revert_all is not None and self._status.previous_percent < 100:
-            await self._apply_stage(None, 100, "revert:all")
+            await self._apply_stage(None, 100, "revert:all", forward_only=forward_only)
             for progress in self._status.stages:
                 if progress.status == "pending":
                     progress.status = "skipped"
@@ -566,14 +587,23 @@ class RollbackWorkflow(IncidentWorkflowBase):
     async def _check_served_release(self) -> None:
         """Before the first write: is the alerted release the candidate the targets serve? A mismatch stops at a
         gate with the evidence; a target that cannot tell is noted and does not stop the revert."""
-        if not self._playbook.rollback.check_served_release:
-            return
+        if self._playbook.rollback.check_served_release:
+            await self._judge_served_release(await self._served_release())
+
+    async def _served_release(self) -> ServedResult | str:
+        """Which release each target serves, or why it could not be read."""
         try:
             result: ServedResult = await workflow.execute_activity_method(
                 IncidentActivities.served_release, ReadbackRequest(targets=self._playbook.rollback.targets),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=EVIDENCE_RETRY)
         except ActivityError as err:
-            self._audit("served_release_unknown", f"could not read which release the targets serve: {_cause(err)}")
+            return _cause(err)
+        return result
+
+    async def _judge_served_release(self, result: ServedResult | str) -> None:
+        """A mismatch stops at a gate with the evidence; a target that cannot tell is noted."""
+        if isinstance(result, str):
+            self._audit("served_release_unknown", f"could not read which release the targets serve: {result}")
             return
         self._status.served = list(result.states)
         release = self._status.release
@@ -617,19 +647,38 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._read(result)
         return result
 
-    async def _apply_stage(self, index: int | None, percent: float, step: str) -> bool:
-        """Apply one stage (compare-and-set); False when it was skipped because the targets, found changed and
-        kept by decision, already have at least ``percent`` of users on the previous model."""
+    async def _apply_stage(self, index: int | None, percent: float, step: str, forward_only: bool = False) -> bool:
+        """Apply one stage (compare-and-set); False when it was skipped because the targets (found changed and
+        kept by decision, or read by a ``forward_only`` first write) already have at least ``percent`` of users
+        on the previous model."""
         label = f"stage {index + 1} ({percent:g}%)" if index is not None else f"all users ({percent:g}%)"
         if index is not None:
             self._status.stages[index].status = "applying"
+        # the first write of a new incident checks the served release itself (FIRST_WRITE_FIRST)
+        check = (self._status.release if forward_only and self._first_write_first
+                 and self._playbook.rollback.check_served_release else None)
         while True:
             try:
                 result = await self._apply(self._playbook.rollback.targets, percent, step,
-                                           self._expected if self._cas else None)
+                                           self._expected if self._cas else None, forward_only=forward_only,
+                                           check_release=check)
             except ActivityError as err:
                 self._audit("apply_failed", f"{label}: could not move users back: {_cause(err)}", step=step)
                 raise _Stop(Outcome.HALTED, f"{label} could not be applied: {_cause(err)}; a person must act") from None
+            if check is not None:
+                check = None
+                await self._judge_served_release(ServedResult(states=result.served))
+                self._status.phase = Phase.REVERTING
+                if result.release_mismatch:  # nothing was written; a person approved at the gate: write now
+                    continue
+            forward_only = False
+            if result.skipped:  # never move users toward the release under suspicion
+                self._remember(result.states)
+                if index is not None:
+                    self._status.stages[index].status = "skipped"
+                self._audit("stage_skipped", f"{label} skipped: {self._status.previous_percent:g}% of users are "
+                            "already on the previous model", stage=index, step=step)
+                return False
             if not result.conflicts:
                 break
             self._remember(result.states)
@@ -665,6 +714,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
                     at=result.written_at, step=step, percent=percent, read_back=states,
                     idempotency_key=f"{self._id}:{step}", attempt=result.attempt)
         self._notify(MessageKind.STAGE, stage=label)
+        self._release_background()  # the write is done: the audit and the messages held for it go out now
         return True
 
     def _remember(self, states: list[TargetState]) -> None:
@@ -734,6 +784,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
     # 4. verify -------------------------------------------------------------------------------------------
 
     async def _verify(self) -> None:
+        self._release_background()
         self._status.phase = Phase.VERIFYING
         checks = list(self._playbook.integrity)
         if not any(c.kind == "readback" for c in checks):

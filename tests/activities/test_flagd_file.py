@@ -250,3 +250,33 @@ async def test_the_flag_says_which_release_its_candidate_serves(tmp_path: Path) 
     await plain.ensure_flag(target())  # variants named after themselves: the flag does not say
     release, evidence = await plain.served_release(target())
     assert release is None and "names no release" in evidence
+
+
+async def test_many_incidents_writing_at_once_each_get_their_own_answer(tmp_path: Path) -> None:
+    """Writes that arrive together share a rewrite of the file: every split lands, a repeated key writes
+    nothing, and a target the file cannot take fails alone, naming its flag."""
+    path = tmp_path / "flags.json"
+    existing_file(path)
+    flags = FlagdFileProvider(path)
+    keys = [f"model-{i}" for i in range(30)]
+    for key in keys:
+        await flags.ensure_flag(target(key))
+
+    first = await asyncio.gather(*(flags.set_previous_percent(target(k), i, f"inc-{i}:revert:0")
+                                   for i, k in enumerate(keys)))
+    assert first == [True] * len(keys)
+    again = await asyncio.gather(
+        *(flags.set_previous_percent(target(k), i, f"inc-{i}:revert:0") for i, k in enumerate(keys)),
+        flags.set_previous_percent(target("chat-model", previous_variant="old"), 10, "bad:revert:0"),
+        flags.set_previous_percent(target("model-0"), 50, "inc-0:revert:1"),
+        return_exceptions=True)
+    assert again[:len(keys)] == [False] * len(keys)  # the same key and split: nothing written
+    error = again[len(keys)]
+    assert isinstance(error, ApplicationError) and error.non_retryable and "'chat-model'" in str(error)
+    assert again[-1] is True  # asked after the repeat of model-0's first stage: applied after it
+
+    reader = FlagdFileProvider(path)
+    assert [await reader.get_previous_percent(target(k)) for k in keys] == [50.0] + [float(i) for i in range(1, 30)]
+    doc = json.loads(path.read_text())
+    assert doc["flags"]["new-ranker"]["targeting"] == {"fractional": [["on", 10], ["off", 90]]}  # others untouched
+    assert doc["flags"]["chat-model"]["metadata"] == {"owner": "ml-platform"}  # the failed write changed nothing

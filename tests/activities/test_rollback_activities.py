@@ -178,6 +178,94 @@ async def test_a_retry_that_finds_its_own_write_edited_by_hand_says_what_it_wrot
     assert flags.state == {"flag:flagd:chat-model": 0} and not flags.writes
 
 
+async def test_a_forward_only_write_reads_first_and_never_moves_users_toward_the_release(
+        tmp_path: Path, flags: FlagdFileProvider) -> None:
+    """The first write reads and compares-and-sets in one activity: targets already further back are left alone
+    (skipped, with what was found); behind, or exactly at the share (e.g. written by an attempt that died before
+    answering), it writes as usual, expecting what it read."""
+    acts = activities(tmp_path, flags=FlagRouter({"flagd": flags}))
+    env = ActivityEnvironment()
+    beats: list[tuple[Any, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(copy.deepcopy(details))
+    for target in TARGETS:
+        await flags.set_previous_percent(target, 60, "earlier-incident:revert:1")
+    before = (tmp_path / "flags.json").read_text()
+
+    def change(percent: float, key: str) -> CohortChange:
+        return CohortChange(incident_id="i", idempotency_key=key, targets=TARGETS, previous_percent=percent,
+                            forward_only=True)
+
+    skipped = await env.run(acts.apply_cohort, change(50, "unship:chat:r2:revert:0"))
+    assert skipped.skipped and not skipped.applied and not skipped.conflicts
+    assert [(s.previous_percent, s.found) for s in skipped.states] == [(60, 60), (60, 60)]
+    assert (tmp_path / "flags.json").read_text() == before  # nothing written
+    assert not beats  # nothing announced either
+
+    same = await env.run(acts.apply_cohort, change(60, "earlier-incident:revert:1"))
+    assert not same.skipped and not same.applied and [s.detail for s in same.states] == ["already applied"] * 2
+
+    forward = await env.run(acts.apply_cohort, change(100, "unship:chat:r2:revert:2"))
+    assert forward.applied and not forward.skipped and not forward.conflicts
+    assert [(s.expected, s.found, s.previous_percent) for s in forward.states] == [(60, 60, 100)] * 2
+    # the read goes out with the announcement of the write, for a retry to expect the same
+    assert beats and all(b[0]["read"] == {t.ref: 60 for t in TARGETS} for b in beats)
+
+
+async def test_a_forward_only_retry_expects_what_the_first_attempt_read(tmp_path: Path) -> None:
+    """Attempt 1 read 0%, wrote 10% and died before answering; someone then set 70% by hand. The retry neither
+    takes 70% as where it started (a skip) nor writes over it: a conflict naming the 10% this step wrote. An
+    attempt that died before its write landed leaves the read as it was: the retry writes without a conflict."""
+    flags = ScriptedFlagProvider(state={"flag:flagd:chat-model": 70})
+    acts = activities(tmp_path, flags=flags)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[
+        {"written": {"flag:flagd:chat-model": ["2026-11-30T01:00:00+00:00", 1]}, "sending": {},
+         "read": {"flag:flagd:chat-model": 0}}])
+    change = CohortChange(incident_id="i", idempotency_key="k", targets=TARGETS[:1], previous_percent=10,
+                          forward_only=True)
+    result = await env.run(acts.apply_cohort, change)
+    assert not result.skipped and [(c.expected, c.found) for c in result.conflicts] == [(10, 70)]
+    assert "written by attempt 1" in result.conflicts[0].detail
+    assert flags.state == {"flag:flagd:chat-model": 70} and not flags.writes
+
+    flags.state["flag:flagd:chat-model"] = 0  # the write never landed
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[
+        {"written": {}, "sending": {"flag:flagd:chat-model": ["2026-11-30T01:00:00+00:00", 1]},
+         "read": {"flag:flagd:chat-model": 0}}])
+    result = await env.run(acts.apply_cohort, change)
+    assert result.applied and not result.conflicts and flags.state == {"flag:flagd:chat-model": 10}
+
+
+async def test_a_first_write_checks_the_served_release_before_reading_or_writing(tmp_path: Path) -> None:
+    """check_release: a target serving another release writes nothing anywhere (a person decides); one that
+    cannot tell, or cannot be asked, is evidence and the write goes ahead."""
+    flags = ScriptedFlagProvider(state={"flag:flagd:chat-model": 0, "flag:flagd:chat-router": 0},
+                                 served={"flag:flagd:chat-model": "r1", "flag:flagd:chat-router": "r0"})
+    acts = activities(tmp_path, flags=flags)
+    change = CohortChange(incident_id="i", idempotency_key="k", targets=TARGETS, previous_percent=10,
+                          forward_only=True, check_release="r1")
+    wrong = await ActivityEnvironment().run(acts.apply_cohort, change)
+    assert wrong.release_mismatch and not wrong.applied and not wrong.states and not flags.writes
+    assert [(s.target, s.release) for s in wrong.served] == [("flag:flagd:chat-model", "r1"),
+                                                             ("flag:flagd:chat-router", "r0")]
+
+    flags.served = {"flag:flagd:chat-model": "r1"}  # the router's flag does not say
+    told = await ActivityEnvironment().run(acts.apply_cohort, change)
+    assert not told.release_mismatch and told.applied and [w.percent for w in flags.writes] == [10, 10]
+    assert [s.release for s in told.served] == ["r1", None]
+
+    broken = ScriptedFlagProvider(state={"flag:flagd:chat-model": 0})
+    broken.served_release = _unreachable  # type: ignore[method-assign]
+    result = await ActivityEnvironment().run(activities(tmp_path, flags=broken).apply_cohort,
+                                             change.model_copy(update={"targets": TARGETS[:1]}))
+    assert result.applied and result.served[0].release is None
+    assert "could not read which release flag:flagd:chat-model serves: connection refused" in result.served[0].evidence
+
+
+async def _unreachable(target: Target) -> tuple[str | None, str]:
+    raise ConnectionError("connection refused")
+
+
 async def test_apply_cohort_read_back_mismatch_is_retryable(tmp_path: Path) -> None:
     flags = ScriptedFlagProvider(readback_overrides={"flag:flagd:chat-router": 0})
     acts = activities(tmp_path, flags=flags)

@@ -104,6 +104,30 @@ async def record(prefix: str) -> None:
             action=Action.REVERT_NOW, user="U_SAFETY", reason="recorded history"))
         await rights.result()
 
+        # alert to first cohort: the target hold, then one write that checks the served release, reads the split
+        # and compares-and-sets (check_release + forward_only); from 0%, over an earlier incident's 60% (skips),
+        # and on a flag serving another release (nothing written until a person approves)
+        world.signals.timeline = SUSTAINED
+        world.flags.served = {"flag:flagd:chat-model": "automatic-v1"}
+        world.flags.state["flag:flagd:chat-model"] = 0  # the incidents above left it at 100%
+        automatic = await world.start(snapshot(confirmation={"window": 0}, decision={"mode": "automatic"}),
+                                      release="automatic-v1")
+        await automatic.result()
+        world.flags.served = {}
+        world.flags.state["flag:flagd:chat-model"] = 60
+        skipped = await world.start(snapshot(confirmation={"window": 0}, decision={"mode": "automatic"}),
+                                    release="skipped-v1")
+        await skipped.result()
+        world.flags.served = {"flag:flagd:chat-model": "someone-else-v9"}
+        world.flags.state["flag:flagd:chat-model"] = 0
+        mismatch = await world.start(snapshot(confirmation={"window": 0}, decision={"mode": "automatic"}),
+                                     release="mismatch-v1")
+        await world.at_phase(mismatch, Phase.AWAITING_DECISION)
+        await mismatch.execute_update(RollbackWorkflow.decide, DecisionRequest(
+            user="U_SAFETY", verdict=Verdict.APPROVE, reason="recorded history"))
+        await mismatch.result()
+        world.flags.served = {}
+
         world.signals.timeline = {"hallucinations": [10], "latency_p95": [1.0]}
         released = await world.env.client.start_workflow(
             ReleaseWorkflow.run, ReleaseInput(snapshot=snapshot(), release="fixed-v2", bake_seconds=60),
@@ -118,6 +142,9 @@ async def record(prefix: str) -> None:
                          ("rollback_rights_operate", rights),
                          ("rollback_transient_dismissed", dismissed),
                          ("rollback_timeout_escalation_default", escalated),
+                         ("rollback_automatic_first_write", automatic),
+                         ("rollback_first_write_skips", skipped),
+                         ("rollback_first_write_release_mismatch", mismatch),
                          ("release_staged", released), ("review_written", review))
         for name, handle in saved_handles:
             history = await handle.fetch_history()

@@ -592,3 +592,87 @@ async def test_launchdarkly_and_kserve_targets_refuse_to_move_users_for_a_releas
                 await made.world.terminate_leftovers()
     assert done.outcome is Outcome.REVERTED and any(e.kind == "served_release_checked" for e in done.audit)
     assert ld.patches_applied > 0 and k8s.patches_applied > 0
+
+
+def _scheduled_per_task(history: object) -> list[list[str]]:
+    """The activities each workflow task completion scheduled, in order."""
+    scheduled: list[list[str]] = []
+    for event in history.events:  # type: ignore[attr-defined]
+        if event.HasField("workflow_task_completed_event_attributes"):
+            scheduled.append([])
+        elif event.HasField("activity_task_scheduled_event_attributes"):
+            scheduled[-1].append(event.activity_task_scheduled_event_attributes.activity_type.name)
+    return scheduled
+
+
+async def test_an_automatic_revert_writes_first_and_still_audits_and_announces_everything(world: World) -> None:
+    """Alert to first cohort in two activities, as the engine's floor: the first workflow task holds the targets
+    and nothing else; the next schedules the first write and nothing else (one activity checks the served
+    release, reads the split and compares-and-sets against it: no separate check or read, no audit or chat
+    competing with it). Everything recorded on the way (alert, opened, confirmed, decided, held, checked) still
+    reaches the store and the chat, in order, right after."""
+    world.signals.timeline = SUSTAINED
+    world.flags.served = {"flag:flagd:chat-model": "r1"}
+    handle = await world.start(snapshot(confirmation={"window": 0}, decision={"mode": "automatic"}), release="r1")
+    status = await world.result(handle)
+    assert status.outcome is Outcome.REVERTED
+    assert world.writes() == [10, 50, 100]
+
+    scheduled = _scheduled_per_task(await handle.fetch_history())
+    assert scheduled[0] == ["hold_targets"]  # nothing competing with it
+    assert scheduled[1] == ["apply_cohort"]  # the first write, alone
+    assert scheduled[2][:2] == ["record_audit", "notify"]  # the held audit and messages go out right after
+    assert not {"read_cohort", "served_release"} & set(scheduled[0] + scheduled[1] + scheduled[2])
+
+    stored = [e.kind for e in await world.store.events(handle.id)]
+    assert stored[:7] == ["alert", "opened", "confirmed", "decided", "targets_held", "served_release_checked",
+                          "stage_applied"]
+    assert stored[:len(status.audit)] == [e.kind for e in status.audit]  # the review adds its own after
+    applied = next(e for e in status.audit if e.kind == "stage_applied")
+    assert applied.data["idempotency_key"] == f"{handle.id}:revert:0" and applied.data["read_back"]
+    kinds = [n.kind.value for n, _ in world.chat.sent if n.incident_id == handle.id]
+    assert kinds[:3] == ["opened", "decided", "stage"] and kinds[-1] == "completed"
+    assert [s.status for s in status.stages] == ["verified", "verified", "verified"]
+    await world.terminate_leftovers()
+
+
+async def test_the_first_write_skips_what_an_earlier_incident_already_reverted(world: World) -> None:
+    """The first write reads the split itself: at 60% already back, the 10% and 50% stages write nothing and
+    the revert continues at 100% (compare-and-set against the 60% it read), with the skips on the audit trail
+    and no stage announced that did not happen."""
+    world.signals.timeline = SUSTAINED
+    world.flags.state["flag:flagd:chat-model"] = 60
+    handle = await world.start(snapshot(confirmation={"window": 0}, decision={"mode": "automatic"}))
+    status = await world.result(handle)
+    assert status.outcome is Outcome.REVERTED
+    assert world.writes() == [100]
+    assert [s.status for s in status.stages] == ["skipped", "skipped", "verified"]
+    skipped = [e.message for e in status.audit if e.kind == "stage_skipped"]
+    assert skipped == ["stage 1 (10%) skipped: 60% of users are already on the previous model",
+                       "stage 2 (50%) skipped: 60% of users are already on the previous model"]
+    stages = [n.context["stage"] for n, _ in world.chat.sent if n.incident_id == handle.id and n.kind.value == "stage"]
+    assert stages == ["stage 3 (100%)"]
+    assert "drift_detected" not in [e.kind for e in status.audit]
+    await world.terminate_leftovers()
+
+
+async def test_the_first_write_checks_the_served_release_and_writes_nothing_until_a_person_decides(
+        world: World) -> None:
+    """The served-release check lives in the first write: a flag serving another release as the candidate is
+    neither read nor written; the incident stops at a gate with the evidence, and writes once approved."""
+    world.signals.timeline = SUSTAINED
+    world.flags.served = {"flag:flagd:chat-model": "someone-else-v9"}
+    handle = await world.start(snapshot(confirmation={"window": 0}, decision={"mode": "automatic"}),
+                               release="mismatch-v1")
+    status = await world.at_phase(handle, Phase.AWAITING_DECISION)
+    assert status.gate is not None and status.gate.purpose == "release_mismatch"
+    assert world.writes() == []
+    mismatch = next(e for e in status.audit if e.kind == "release_mismatch")
+    assert "someone-else-v9" in mismatch.message and "mismatch-v1" in mismatch.message
+    await handle.execute_update(RollbackWorkflow.decide, DecisionRequest(
+        user="U_SAFETY", verdict=Verdict.APPROVE, reason="the flag names the release wrongly; revert anyway"))
+    status = await world.result(handle)
+    assert status.outcome is Outcome.REVERTED and world.writes() == [10, 50, 100]
+    kinds = [e.kind for e in status.audit]
+    assert kinds.index("release_mismatch") < kinds.index("stage_applied")
+    await world.terminate_leftovers()

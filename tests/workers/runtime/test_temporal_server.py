@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
 import sqlite3
 from pathlib import Path
@@ -40,6 +43,29 @@ async def test_incidents_survive_a_restart_and_the_server_stops(tmp_path: Path, 
         listed = {i.incident_id: i for i in await service.list(100)}
         assert listed[incident].status == "running"
         assert (listed[incident].playbook, listed[incident].release) == ("chat-test", "v9")
+        await service.client.get_workflow_handle(incident).terminate("test cleanup")
+
+
+async def test_an_accepted_incident_survives_the_server_being_killed(tmp_path: Path, playbooks: dict) -> None:
+    """The database runs in write-ahead-log mode for speed, but what Temporal accepted is on disk before it
+    answers: SIGKILL right after the trigger loses nothing."""
+    port = free_port()
+    settings = make_settings(tmp_path, temporal_port=port, temporal_ui_port=0)
+    state = settings.state_dir
+    async with EmbeddedTemporal(state, port, ui_port=0) as server:
+        assert server.pid is not None
+        service = IncidentService(await connect(settings), settings, playbooks)
+        incident = await service.trigger("chat-test", "v10", started_by="test")
+        os.kill(server.pid, signal.SIGKILL)
+        while await temporal_answers(server.target, timeout=0.5):
+            await asyncio.sleep(0.05)
+    with sqlite3.connect(state / "temporal.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    async with EmbeddedTemporal(state, port, ui_port=0):
+        service = IncidentService(await connect(settings), settings, playbooks)
+        listed = {i.incident_id: i for i in await service.list(100)}
+        assert listed[incident].status == "running"
         await service.client.get_workflow_handle(incident).terminate("test cleanup")
 
 
