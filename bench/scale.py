@@ -43,7 +43,7 @@ from activities.store import SqliteIncidentStore
 from bench.machine import header, percentile
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot
-from workers.runtime.service import IncidentService
+from workers.runtime.service import IncidentService, TemporalUnavailable
 from workers.runtime.settings import Settings
 from workers.runtime.temporal_server import EmbeddedTemporal, free_port
 from workers.web.app import create_app
@@ -187,14 +187,26 @@ async def approve_all(service: IncidentService, db: Path, ids: list[str], timeou
     sending its decision to its first revert step (the first cohort written on its own flag)."""
     sent: dict[str, datetime] = {}
 
+    retried = [0]
+
     def job(wf_id: str):
         async def run() -> None:
             sent[wf_id] = datetime.now(UTC)
-            await service.decide(wf_id, DecisionRequest(user=APPROVER, verdict=Verdict.APPROVE, via="api",
-                                                        groups=["S05MLONCALL"], reason="bench"))
+            request = DecisionRequest(user=APPROVER, verdict=Verdict.APPROVE, via="api", groups=["S05MLONCALL"],
+                                      reason="bench")
+            for attempt in range(10):
+                try:  # the same update id: a retry of a decision that did land counts once
+                    await service.decide(wf_id, request, update_id=f"bench-approve-{wf_id}")
+                    return
+                except TemporalUnavailable:  # the worker did not take it within the RPC timeout: overloaded
+                    retried[0] += 1
+                    if attempt == 9:
+                        raise
         return run
 
     await gather_limited(concurrency, [job(i) for i in ids], "approved" if len(ids) > 1 else "")
+    if retried[0]:
+        progress(f"{retried[0]} decision(s) timed out waiting for the busy worker and were sent again")
     deadline = time.perf_counter() + timeout
     wanted = set(ids)
     last = time.perf_counter()
@@ -317,9 +329,9 @@ if __name__ == "__main__":
     parser.add_argument("--decide-concurrency", type=int, default=32, help="decisions in flight while approving")
     parser.add_argument("--wave", type=int, default=None,
                         help="approve this many at a time, the next wave when they took their first step "
-                             "(default: half the cache; --wave N for all at once)")
+                             "(default: half the cache, at most 100; --wave N for all at once)")
     parser.add_argument("--approve", type=int, default=None,
                         help="approve only the first N of the open incidents (default: all)")
     args = parser.parse_args()
     asyncio.run(main(args.incidents, args.cache, args.open_concurrency, args.decide_concurrency,
-                     args.wave or max(1, args.cache // 2), args.approve or args.incidents))
+                     args.wave or max(1, min(100, args.cache // 2)), args.approve or args.incidents))
