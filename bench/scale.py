@@ -1,7 +1,7 @@
 """Many open incidents on one worker: N incidents waiting at the approval gate, then approved.
 
-On the embedded Temporal dev server (SQLite) with the real activities (flagd file, SQLite store), one worker with
-a bounded workflow cache. Each incident has a playbook and flag of its own (one incident per target: incidents
+On the embedded Temporal dev server (SQLite) with the real activities (flags in an in-process service behind the
+real HttpProvider, the SQLite store), one worker with a bounded workflow cache. Each incident has a playbook and flag of its own (one incident per target: incidents
 sharing a flag would wait for its holder instead of writing). Reports: how fast the incidents were opened
 through the service, the RSS of the unship process and of the Temporal server with N incidents at the gate,
 ``GET /v1/incidents`` (page of 100: the first page and the second, by cursor) p50/p95 through the real app with
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sqlite3
 import sys
@@ -29,6 +28,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -36,7 +39,7 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.chat import LogNotifier
-from activities.flagd import FlagdFileProvider
+from activities.http_providers import HttpProvider
 from activities.rollback import RollbackActivities
 from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
@@ -75,28 +78,35 @@ def gate_playbook() -> PlaybookSnapshot:
 def own_flag(template: PlaybookSnapshot, n: int) -> PlaybookSnapshot:
     """``template`` as playbook ``scale-<n>`` on its own flag ``scale-<n>``: one incident per target (#9) means
     incidents sharing a flag wait for its holder, so each of the N incidents gets a flag of its own, as N
-    releases of N models would."""
+    releases of N models would. The flag lives in the flag service of ``flag_service`` (provider ``http``)."""
     name = f"scale-{n:05d}"
     rollback = template.playbook.rollback
-    target = rollback.targets[0].model_copy(update={"key": name})
+    target = rollback.targets[0].model_copy(update={"key": name, "provider": "http"})
     playbook = template.playbook.model_copy(
         update={"name": name, "rollback": rollback.model_copy(update={"targets": [target]})})
     return PlaybookSnapshot(playbook=playbook, content_hash=content_hash(playbook), source="bench")
 
 
-async def flag_file(flags: FlagdFileProvider, path: Path, snapshots: list[PlaybookSnapshot]) -> None:
-    """One flag per playbook in the flagd file, written at once (``ensure_flag`` per flag rewrites the file N
-    times)."""
-    await flags.ensure_flag(snapshots[0].playbook.rollback.targets[0])
+def flag_service(keys: list[str]) -> HttpProvider:
+    """An in-memory flag service speaking unship's generic HTTP flag contract (``activities/http_providers.py``:
+    ``GET``/``PUT /targets/{key}``), served in-process over ASGI, with the real ``HttpProvider`` in front.
 
-    def copy() -> None:
-        doc = json.loads(path.read_text())
-        shape = next(iter(doc["flags"].values()))
-        for snapshot in snapshots:
-            doc["flags"][snapshot.playbook.rollback.targets[0].key] = shape
-        path.write_text(json.dumps(doc))
+    Not the flagd file: one flagd file holding N flags is parsed whole on every read (measured at 1,000 flags:
+    645 KB, a quarter of the unship process's CPU went to ``json.loads`` of it while approving), which would
+    measure the file, not the engine."""
+    shares: dict[str, float] = dict.fromkeys(keys, 0.0)
 
-    await asyncio.to_thread(copy)
+    async def target(request: Request) -> Response:
+        key = request.path_params["key"]
+        if key not in shares:
+            return JSONResponse({"detail": f"no target {key!r}"}, status_code=404)
+        if request.method == "PUT":
+            shares[key] = float((await request.json())["previous_percent"])
+        return JSONResponse({"previous_percent": shares[key]})
+
+    app = Starlette(routes=[Route("/targets/{key}", target, methods=["GET", "PUT"])])
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://flags")
+    return HttpProvider("http://flags", client=client)
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -231,10 +241,9 @@ async def main(incidents: int, cache: int, open_concurrency: int, decide_concurr
         state = Path(tmp)
         async with EmbeddedTemporal(state, port=free_port("127.0.0.1"), ui_port=0) as server:
             client = await Client.connect(server.target, data_converter=pydantic_data_converter)
-            flags = FlagdFileProvider(state / "flags.json")
             template = gate_playbook()
             playbooks = [own_flag(template, n) for n in range(incidents + 1)]  # the last: the one alone
-            await flag_file(flags, state / "flags.json", playbooks)
+            flags = flag_service([p.playbook.rollback.targets[0].key for p in playbooks])
             db = state / "unship.db"
             store = SqliteIncidentStore(db)
             acts = RollbackActivities(flags, ScriptedSignalSource({}), LogNotifier(), store)
@@ -299,7 +308,7 @@ async def main(incidents: int, cache: int, open_concurrency: int, decide_concurr
     print("load average (1 min) at start / before approving / at the end: " + " / ".join(f"{v:.1f}" for v in loads)
           + f" on {os.cpu_count()} CPUs (the machine is shared: figures are provisional under load)")
     print(f"incidents: {incidents} at the approval gate, one worker, max_cached_workflows={cache}, embedded dev "
-          "server (SQLite), flagd file + SQLite store")
+          "server (SQLite), one flag per incident in an in-process HTTP flag service (HttpProvider) + SQLite store")
     print(f"opened through IncidentService ({open_concurrency} concurrent): {incidents / trigger_s:.0f}/s; all at the gate "
           f"{settle_s:.0f} s after the last was opened")
     print(f"RSS before opening (worker up, one incident done, {incidents + 1} playbooks loaded): unship process "
