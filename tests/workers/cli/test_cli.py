@@ -194,3 +194,9 @@ def _commands(command: object, prefix: str = "") -> list[tuple[str, object]]:
     if subcommands is None:
         return [(prefix, command)]
     return [leaf for name, sub in subcommands.items() for leaf in _commands(sub, f"{prefix} {name}".strip())]
+
+
+def test_the_worker_cache_setting_is_listed_and_checked(runner: CliRunner, tmp_path: Path) -> None:
+    assert "UNSHIP_WORKFLOW_CACHE" in runner.invoke(app, ["worker", "--help"]).output
+    bad = runner.invoke(app, ["worker"], env={**nothing_running(tmp_path), "UNSHIP_WORKFLOW_CACHE": "0"})
+    assert bad.exit_code == 2 and "UNSHIP_WORKFLOW_CACHE" in bad.stderr, bad.output
