@@ -680,14 +680,26 @@ def load_library(folder: str | Path | None = None) -> dict[str, PlaybookSnapshot
     return {s.playbook.name: s for s in snapshots}
 
 
-def validate_command(paths: list[str]) -> int:
-    """``unship validate``: print issues to stderr (exit 1) or one OK line per file (exit 0); 2 if no files."""
+def validate_command(paths: list[str], as_json: bool = False) -> int:
+    """``unship validate``: print issues to stderr (exit 1) or one OK line per file (exit 0); 2 if no files.
+
+    With ``as_json`` one JSON object on stdout instead: ``ok``, the valid ``playbooks`` (file, name, version,
+    content hash) and every problem (file, line, field, message); the exit codes stay the same.
+    """
     files = discover(paths)
     if not files:
         where = ", ".join(paths) if paths else "the given paths"
         print(f"no playbook files (*.yaml, *.yml) found in {where}", file=sys.stderr)
         return 2
     snapshots, issues = validate_paths(files)
+    if as_json:
+        print(json.dumps({
+            "ok": not issues,
+            "playbooks": [{"file": s.source, "name": s.playbook.name, "version": s.version,
+                           "content_hash": s.content_hash} for s in snapshots],
+            "problems": [{"file": i.file, "line": i.line, "field": i.field, "message": i.message} for i in issues],
+        }, indent=2))
+        return 1 if issues else 0
     for issue in issues:
         print(issue, file=sys.stderr)
     if issues:

@@ -254,3 +254,68 @@ async def test_re_release_over_http_moves_users_forward_stage_by_stage(stack: St
     assert done["outcome"] == "released", done["audit"][-3:]
     assert [e["data"]["percent"] for e in done["audit"] if e["kind"] == "stage_applied"] == [25, 100]
     assert await stack.share_on_previous() == 0
+
+
+async def test_cli_json_for_scripts_and_whole_rows_when_piped(stack: Stack) -> None:
+    """What a script reads from `unship ... --json`: the API's JSON, parseable, with the fields it acts on;
+    refusals keep their exit codes and print no JSON; tables piped to a file are never cut at 80 columns."""
+    release = "e2e-json-v1-" + "x" * 60  # longer than an 80-column table cell
+    opened = await stack.cli("trigger", "chat-test", "--release", release, "--reason", "script", "--json",
+                             user="U_OPS")
+    assert opened.exit_code == 0, opened.output
+    incident = json.loads(opened.stdout)["incident_id"]
+    assert incident == f"unship:chat-test:{release}"
+    await stack.until(incident, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
+
+    status = await stack.cli("status", incident, "--json", user="U_OPS")
+    assert status.exit_code == 0, status.output
+    shown = json.loads(status.stdout)
+    assert shown["incident_id"] == incident and shown["phase"] == "awaiting_decision"
+    gate = shown["gate"]["gate_id"]
+
+    refused = await stack.cli("approve", incident, "--reason", "me", "--gate", gate, "--json", user="U_RANDOM")
+    assert refused.exit_code == 1 and refused.stdout == "" and "U_RANDOM holds none" in refused.stderr
+    approved = await stack.cli("approve", incident, "--reason", "bad", "--gate", gate, "--json", user="U_ONCALL")
+    assert approved.exit_code == 0, approved.output
+    decision = json.loads(approved.stdout)
+    assert decision["gate_id"] == gate and decision["approvals"] == 1 and decision["quorum"] == 1
+    assert decision["message"]
+
+    first = await stack.cli("status", "--json", "--limit", "1", user="U_OPS")
+    assert first.exit_code == 0, first.output
+    page = json.loads(first.stdout)
+    assert [i["incident_id"] for i in page["incidents"]] == [incident]  # the newest first
+    assert {"kind", "status", "phase", "started_at"} <= set(page["incidents"][0]) and page["next_cursor"]
+    second = json.loads((await stack.cli("status", "--json", "--limit", "1", "--cursor", page["next_cursor"],
+                                         user="U_OPS")).stdout)
+    assert incident not in [i["incident_id"] for i in second["incidents"]]
+
+    me = json.loads((await stack.cli("whoami", "--json", user="U_ONCALL")).stdout)
+    assert me["user"] == "U_ONCALL" and "decide" in me["scopes"]
+    playbooks = json.loads((await stack.cli("playbooks", "list", "--json", user="U_OPS")).stdout)
+    assert [p["name"] for p in playbooks["playbooks"]] == ["chat-test"]
+
+    other = json.loads((await stack.cli("trigger", "chat-test", "--release", "e2e-json-v2", "--json",
+                                        user="U_OPS")).stdout)["incident_id"]
+    await stack.until(other, lambda s: s["phase"] == "awaiting_decision", "the approval gate")
+    aborted = await stack.cli("abort", other, "--reason", "false alarm", "--json", user="U_ONCALL")
+    assert aborted.exit_code == 0, aborted.output
+    assert json.loads(aborted.stdout)["message"] == "abort accepted"
+    done = await stack.until(incident, lambda s: s["outcome"] is not None, "an outcome")
+    assert done["outcome"] == "reverted"
+
+    verified = await stack.cli("audit", "verify", incident, "--json", user="U_OPS")
+    assert verified.exit_code == 0, verified.output
+    chains = json.loads(verified.stdout)
+    assert chains["ok"] and chains["chains"][0]["incident_id"] == incident and chains["chains"][0]["events"] > 3
+
+    # piped (CliRunner's stdout is not a terminal) with the default 80 columns: every cell whole, one row a line
+    piped = {**stack.env, "UNSHIP_TOKEN": stack.tokens["U_OPS"], "COLUMNS": None}
+    for args in (["status"], ["status", incident]):
+        table = await asyncio.to_thread(stack.runner.invoke, cli, args, env=piped)
+        assert table.exit_code == 0, table.output
+        assert "…" not in table.stdout
+        assert any(incident in line for line in table.stdout.splitlines()), table.stdout
+    timeline = (await asyncio.to_thread(stack.runner.invoke, cli, ["status", incident], env=piped)).stdout
+    for event in done["audit"]:
+        assert any(event["message"] in line for line in timeline.splitlines()), event["message"]

@@ -6,6 +6,7 @@ drafts as Markdown and HTML, and search over past reviews."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -86,8 +87,9 @@ async def test_governance_over_the_api_and_the_cli(review_id: str, local_env: Wo
         released = await asyncio.to_thread(cli, legal, "hold", "release", review_id, "--reason", "inquiry closed")
         assert released.exit_code == 0, released.output
         submitted = await asyncio.to_thread(cli, compliance, "report", "submit", review_id, "--regime", "gdpr_breach",
-                                            "--reference", "DPA-7")
+                                            "--reference", "DPA-7", "--json")
         assert submitted.exit_code == 0, submitted.output
+        assert json.loads(submitted.stdout)["accepted"] is True  # for scripts: the API's GovernanceResult
         async with api_client(url, reader) as as_reader:
             final = await until(as_reader, f"{base}/governance", lambda b: b.get("closed"))
             assert final["purge"]["state"] == "purged" and final["purge"]["counts_after"] == {"answers": 0}

@@ -16,11 +16,13 @@ from workers.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
     EXIT_USAGE,
+    JsonFlag,
     app,
     exit_code_for,
     fail,
     load_settings,
     out,
+    print_json,
     run,
 )
 from workers.web.auth import Scope, UsersFileError, add_user, load_users, remove_user
@@ -48,6 +50,7 @@ def users_add(
     group: Annotated[list[str] | None, typer.Option("--group", help="Groups the person belongs to (repeat).")] = None,
     name: Annotated[str, typer.Option(help="A display name.")] = "",
     replace: Annotated[bool, typer.Option("--replace", help="Issue a new token (the old one stops working).")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create a person's API token: printed once, only its hash is stored (UNSHIP_USERS_FILE, 0600)."""
     settings = load_settings()
@@ -56,19 +59,28 @@ def users_add(
         token = add_user(path, user, scope or ["read", "trigger", "decide", "operate"], group or [], name, replace)
     except UsersFileError as exc:
         fail(EXIT_USAGE, str(exc))
+    if as_json:
+        entry = load_users(path)[user]
+        print_json({"user": user, "token": token, "scopes": entry.scopes, "groups": entry.groups, "name": entry.name,
+                    "users_file": str(path)})
+        return
     out.print(f"token for [bold]{user}[/] (shown once; store it with `unship login`):")
     out.print(token, markup=False, highlight=False)
     out.print(f"stored its SHA-256 in {path}")
 
 
 @users_app.command("list")
-def users_list() -> None:
+def users_list(as_json: JsonFlag = False) -> None:
     """The people with a token, their scopes and groups (never the tokens)."""
     settings = load_settings()
     try:
         users = load_users(settings.resolved_users_file)
     except UsersFileError as exc:
         fail(EXIT_USAGE, str(exc))
+    if as_json:
+        print_json({"users": [{"user": user, "scopes": entry.scopes, "groups": entry.groups, "name": entry.name}
+                              for user, entry in sorted(users.items())]})
+        return
     if not users:
         out.print(f"no users in {settings.resolved_users_file}")
     for user, entry in sorted(users.items()):
@@ -76,7 +88,7 @@ def users_list() -> None:
 
 
 @users_app.command("remove")
-def users_remove(user: Annotated[str, typer.Argument(help="The person's id.")]) -> None:
+def users_remove(user: Annotated[str, typer.Argument(help="The person's id.")], as_json: JsonFlag = False) -> None:
     """Revoke a person's token."""
     settings = load_settings()
     try:
@@ -85,12 +97,16 @@ def users_remove(user: Annotated[str, typer.Argument(help="The person's id.")]) 
         fail(EXIT_USAGE, str(exc))
     if not removed:
         fail(EXIT_NOT_FOUND, f"no user {user!r} in {settings.resolved_users_file}")
+    if as_json:
+        print_json({"removed": user})
+        return
     out.print(f"removed {user}")
 
 
 @audit_app.command("verify")
 def audit_verify(
     incident: Annotated[str | None, typer.Argument(help="Incident id; without it, every incident.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Check the audit hash chains; names the first event that does not match (exit 1)."""
     settings = load_settings()
@@ -103,6 +119,9 @@ def audit_verify(
 
     reports = run(main)
     bad = [r for r in reports if not r.ok]
+    if as_json:
+        print_json({"ok": not bad, "chains": [r.model_dump(mode="json") for r in reports]})
+        raise typer.Exit(EXIT_REFUSED if bad else 0)
     for report in reports:
         if report.ok:
             note = f" ({report.problem})" if report.problem else ""
@@ -156,9 +175,12 @@ def _through_api(call: Callable[[Api], Any]) -> Any:
 
 
 @playbooks_app.command("reload")
-def playbooks_reload() -> None:
+def playbooks_reload(as_json: JsonFlag = False) -> None:
     """Ask the server to load its playbook library again (admin scope); prints the versions that changed."""
     result = _through_api(lambda api: api.post("/v1/playbooks/reload"))
+    if as_json:
+        print_json(result)
+        return
     for name, change in sorted(result["changes"].items()):
         out.print(f"{name}: {change['old'] or '-'} -> {change['new'] or '-'}")
     if not result["changes"]:
@@ -166,9 +188,12 @@ def playbooks_reload() -> None:
 
 
 @playbooks_app.command("list")
-def playbooks_list() -> None:
+def playbooks_list(as_json: JsonFlag = False) -> None:
     """The playbooks the server runs, with the version a new incident would use."""
     result = _through_api(lambda api: api.get("/v1/playbooks"))
+    if as_json:
+        print_json(result)
+        return
     for item in result["playbooks"]:
         out.print(f"{item['name']}\t{item['version']}\t{item['scenario']}")
 

@@ -65,8 +65,8 @@ class Api:
         self._client = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             headers: dict[str, str] | None = None) -> Any:
-        response = self._send(method, path, body, headers)
+             headers: dict[str, str] | None = None, params: dict[str, Any] | None = None) -> Any:
+        response = self._send(method, path, body, headers, params)
         try:
             return response.json()
         except ValueError:
@@ -77,7 +77,7 @@ class Api:
         return self._send("GET", path, None, None, params).text
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str] | None,
-              params: dict[str, str] | None = None) -> httpx.Response:
+              params: dict[str, Any] | None = None) -> httpx.Response:
         try:
             response = self._client.request(method, path, json=body, headers=headers, params=params)
         except httpx.TransportError as exc:
@@ -92,8 +92,8 @@ class Api:
             raise ApiError(response.status_code, str(detail or f"HTTP {response.status_code}"))
         return response
 
-    def get(self, path: str) -> Any:
-        return self.call("GET", path)
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self.call("GET", path, params=params)
 
     def post(self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
         return self.call("POST", path, body or {}, headers)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 from playbooks.loader import PlaybookError, load_library
@@ -51,6 +54,17 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 options = {"debug": False}
+PIPED_WIDTH = 10_000
+"""The width tables get when stdout is not a terminal: rows are never wrapped or cut to 80 columns."""
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts (the API's response where the "
+                                                        "command mirrors an API call) instead of text.")]
+
+
+def print_json(data: object) -> None:
+    """Data for scripts: one JSON document on stdout, no colour, no wrapping, whatever the terminal."""
+    sys.stdout.write(json.dumps(data, indent=2, default=to_jsonable_python) + "\n")
+    sys.stdout.flush()
 
 
 def _print_version(value: bool) -> None:
@@ -74,12 +88,14 @@ def _root(
 ) -> None:
     """unship: durable, audited rollbacks of model releases, driven by YAML playbooks."""
     options["debug"] = debug
+    if not out.is_terminal:  # piped or redirected: whole rows, never cut to 80 columns
+        out.width = PIPED_WIDTH
 
 
 SERVER_SETTINGS = ("state_dir", "playbooks_dir", "log_format", "metrics_addr", "temporal_metrics_addr",
                    "temporal_address",
                    "temporal_namespace", "temporal_port", "temporal_ui_port", "task_queue")
-WORKER_SETTINGS = ("database_url", "flagd_path", "prometheus_url", "prometheus_bearer_token", "unleash_url",
+WORKER_SETTINGS = ("workflow_cache", "database_url", "flagd_path", "prometheus_url", "prometheus_bearer_token", "unleash_url",
                    "unleash_api_token", "launchdarkly_api_token", "launchdarkly_url", "kubernetes_api_url",
                    "kubernetes_token", "kubernetes_ca_file", "kubernetes_in_cluster", "http_provider_url",
                    "http_provider_token", "http_signals_token", "slack_bot_token", "slack_api_url")

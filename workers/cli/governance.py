@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from activities.contracts import SearchHit
-from workers.cli.common import EXIT_NOT_FOUND, app, out
+from workers.cli.common import EXIT_NOT_FOUND, JsonFlag, app, out, print_json
 from workers.cli.incidents import api_call
 from workflows.messages import GovernanceResult, ReviewStatus
 
@@ -27,11 +27,14 @@ app.add_typer(report_app, name="report")
 app.add_typer(incidents_app, name="incidents")
 
 
-def _govern(incident: str, path: str, body: dict[str, str], key: str | None = None) -> None:
+def _govern(incident: str, path: str, body: dict[str, str], key: str | None = None, as_json: bool = False) -> None:
     """POST a governance action as yourself (your token); the server checks the scope and the playbook's roles."""
     headers = {"Idempotency-Key": key} if key else None
     result = GovernanceResult.model_validate(
         api_call(lambda api: api.post(f"/v1/incidents/{incident}/{path}", body, headers)))
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
     out.print(result.message)
 
 
@@ -42,6 +45,7 @@ def hold(
     incident: Annotated[str | None, typer.Argument(metavar="ID", help="After `release`: the incident id.",
                                                    show_default=False)] = None,
     reason: Reason = "",
+    as_json: JsonFlag = False,
 ) -> None:
     """Place a legal hold on the incident's data (`unship hold ID --reason ...`): nothing is purged until it is
     released with `unship hold release ID --reason ...`. Both audited; the playbook names who may release it.
@@ -49,19 +53,19 @@ def hold(
     A legal hold (operate scope) blocks the purge of the bad release's outputs. It is not a target hold (the
     one-incident-per-flag lock a revert takes)."""
     if incident is None:
-        _govern(incident_or_release, "legal-hold", {"reason": reason})
+        _govern(incident_or_release, "legal-hold", {"reason": reason}, as_json=as_json)
     elif incident_or_release == "release":
-        _govern(incident, "legal-hold/release", {"reason": reason})
+        _govern(incident, "legal-hold/release", {"reason": reason}, as_json=as_json)
     else:
         raise typer.BadParameter(f"expected `unship hold INCIDENT` or `unship hold release INCIDENT`, got "
                                  f"{incident_or_release!r} {incident!r}")
 
 
 @purge_app.command("approve")
-def purge_approve(incident: IncidentArg, reason: Reason = "", key: Key = None) -> None:
+def purge_approve(incident: IncidentArg, reason: Reason = "", key: Key = None, as_json: JsonFlag = False) -> None:
     """Approve deleting the release's outputs once the purge is due (see the dry run in `unship review`), as
     yourself: you must hold a role the playbook names for the purge."""
-    _govern(incident, "purge/approve", {"reason": reason}, key)
+    _govern(incident, "purge/approve", {"reason": reason}, key, as_json)
 
 
 @report_app.command("submit")
@@ -71,9 +75,11 @@ def report_submit(
     reference: Annotated[str, typer.Option(help="The authority's case or receipt number.")] = "",
     reason: Reason = "",
     key: Key = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Record that you approved and submitted a report (you must hold a role the playbook names for it)."""
-    _govern(incident, f"reports/{quote(regime, safe='')}/submit", {"reference": reference, "reason": reason}, key)
+    _govern(incident, f"reports/{quote(regime, safe='')}/submit", {"reference": reference, "reason": reason}, key,
+            as_json)
 
 
 @report_app.command("show")

@@ -17,7 +17,17 @@ from rich.table import Table
 from playbooks.models import Severity
 from playbooks.rendering import incident_link
 from workers.cli.api import Api, ApiError, save_token
-from workers.cli.common import EXIT_REFUSED, EXIT_USAGE, app, exit_code_for, fail, load_settings, out
+from workers.cli.common import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    JsonFlag,
+    app,
+    exit_code_for,
+    fail,
+    load_settings,
+    out,
+    print_json,
+)
 from workers.runtime.service import IncidentSummary
 from workflows.messages import IncidentStatus
 
@@ -43,13 +53,18 @@ def trigger(
     release: Annotated[str, typer.Option("--release", "-r", help="The suspect release.")],
     severity: Annotated[Severity | None, typer.Option(help="Severity (critical may break glass).")] = None,
     reason: Reason = "",
+    as_json: JsonFlag = False,
 ) -> None:
     """Open an incident for a release (joins the running one if there is one). The server runs its own
     version of the playbook: only the name is sent."""
     body: dict[str, Any] = {"playbook": playbook, "release": release, "reason": reason}
     if severity is not None:
         body["severity"] = severity.value
-    incident = api_call(lambda api: api.post("/v1/incidents", body))["incident_id"]
+    accepted = api_call(lambda api: api.post("/v1/incidents", body))
+    if as_json:
+        print_json(accepted)
+        return
+    incident = accepted["incident_id"]
     out.print(f"incident [bold]{incident}[/]  (follow it with: unship status {incident})")
 
 
@@ -58,6 +73,7 @@ def release(
     playbook: Annotated[str, typer.Argument(help="Name of the playbook whose signals guard the release.")],
     release_name: Annotated[str, typer.Option("--release", "-r", help="The fixed release to roll forward.")],
     stages: Annotated[str | None, typer.Option(help="Cumulative percents, e.g. 10,50,100.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Re-release a fixed candidate stage by stage, guarded by the playbook's signals."""
     percents = None
@@ -71,7 +87,11 @@ def release(
     body: dict[str, Any] = {"playbook": playbook, "release": release_name}
     if percents:
         body["stages"] = percents
-    workflow_id = api_call(lambda api: api.post("/v1/releases", body))["incident_id"]
+    accepted = api_call(lambda api: api.post("/v1/releases", body))
+    if as_json:
+        print_json(accepted)
+        return
+    workflow_id = accepted["incident_id"]
     out.print(f"re-release [bold]{workflow_id}[/] started  (follow it with: unship status {workflow_id})")
 
 
@@ -79,30 +99,39 @@ def release(
 def status(
     incident: Annotated[str | None, typer.Argument(help="Incident id; without it, list incidents.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many incidents to list.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    cursor: Annotated[str | None, typer.Option(
+        "--cursor", help="List the page after this one: `next_cursor` of the previous `status --json`.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of tables: one incident's "
+                                                         "status, or {incidents, next_cursor}.")] = False,
 ) -> None:
     """List incidents, or show one incident's phase, stages, decisions and audit timeline."""
     if incident:
         one = IncidentStatus.model_validate(api_call(lambda api: api.get(f"/v1/incidents/{incident}")))
         if as_json:
-            out.print_json(one.model_dump_json())
+            print_json(one.model_dump(mode="json"))
         else:
             _print_incident(one, incident_link(load_settings().console_url, one.incident_id))
         return
-    data = api_call(lambda api: api.get(f"/v1/incidents?limit={limit}"))
+    query = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+    data = api_call(lambda api: api.get("/v1/incidents", params=query))
     listing = [IncidentSummary.model_validate(i) for i in data["incidents"]]
     if as_json:
-        out.print_json(data=[r.model_dump(mode="json") for r in listing])
+        print_json({"incidents": [r.model_dump(mode="json") for r in listing], "next_cursor": data.get("next_cursor")})
     else:
         _print_list(listing)
+        if data.get("next_cursor"):
+            out.print(f"more: unship status --cursor {data['next_cursor']}")
         if listing:
             out.print(f"console: {load_settings().console_url}/")
 
 
 @app.command()
-def whoami() -> None:
+def whoami(as_json: JsonFlag = False) -> None:
     """Who the server thinks you are: your id, the credential, your scopes and groups."""
     me = api_call(lambda api: api.get("/v1/me"))
+    if as_json:
+        print_json(me)
+        return
     who = me.get("user") or f"({me.get('credential')}: no person)"
     out.print(f"[bold]{who}[/]" + (f" ({me['name']})" if me.get("name") else ""))
     out.print(f"credential: {me.get('credential')}; scopes: {', '.join(me.get('scopes') or []) or 'none'}; "
@@ -112,6 +141,7 @@ def whoami() -> None:
 @app.command()
 def login(
     token: Annotated[str | None, typer.Option("--token", help="The token (default: asked for, not echoed).")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Store your personal (or OIDC) token for later commands (0600), after checking it with the server."""
     presented = token or getpass.getpass("unship token: ")
@@ -127,6 +157,9 @@ def login(
         fail(EXIT_REFUSED, f"this is a {me.get('credential')} credential, not a person's token; "
                            "ask an admin for yours (`unship users add YOUR_ID`)")
     path = save_token(presented)
+    if as_json:
+        print_json({**me, "token_file": str(path)})
+        return
     out.print(f"logged in as [bold]{me['user']}[/] (scopes: {', '.join(me.get('scopes') or [])}); token stored in "
               f"{path} (0600)")
 
@@ -212,12 +245,15 @@ def _print_incident(s: Any, link: str) -> None:
     out.print(audit)
 
 
-def _decide(incident: str, verdict: str, reason: str, gate: str | None, key: str | None) -> None:
+def _decide(incident: str, verdict: str, reason: str, gate: str | None, key: str | None, as_json: bool) -> None:
     body: dict[str, Any] = {"verdict": verdict, "reason": reason}
     if gate:
         body["gate_id"] = gate
     headers = {"Idempotency-Key": key} if key else None
     result = api_call(lambda api: api.post(f"/v1/incidents/{incident}/decision", body, headers))
+    if as_json:
+        print_json(result)
+        return
     out.print(f"{result['message']} ({result['gate_id']}: {result['approvals']}/{result['quorum']} approvals)")
 
 
@@ -227,41 +263,46 @@ WhyRequired = Annotated[str, typer.Option("--reason", help="Why (goes on the aud
 
 
 @app.command()
-def approve(incident: IncidentArg, reason: WhyRequired, gate: Gate = None, key: Key = None) -> None:
+def approve(incident: IncidentArg, reason: WhyRequired, gate: Gate = None, key: Key = None,
+               as_json: JsonFlag = False) -> None:
     """Approve the revert (or investigation outcome) at the incident's open decision, as yourself."""
-    _decide(incident, "approve", reason, gate, key)
+    _decide(incident, "approve", reason, gate, key, as_json)
 
 
 @app.command()
-def reject(incident: IncidentArg, reason: WhyRequired, gate: Gate = None, key: Key = None) -> None:
+def reject(incident: IncidentArg, reason: WhyRequired, gate: Gate = None, key: Key = None,
+              as_json: JsonFlag = False) -> None:
     """Reject: no revert happens, and the decision is on the record."""
-    _decide(incident, "reject", reason, gate, key)
+    _decide(incident, "reject", reason, gate, key, as_json)
 
 
-def _command(incident: str, path: str, reason: str) -> None:
+def _command(incident: str, path: str, reason: str, as_json: bool) -> None:
     result = api_call(lambda api: api.post(f"/v1/incidents/{incident}/{path}", {"reason": reason}))
+    if as_json:
+        print_json(result)
+        return
     out.print(f"{result['message']} ({incident})")
 
 
 @app.command("revert-now")
-def revert_now(incident: IncidentArg, reason: Reason = "") -> None:
+def revert_now(incident: IncidentArg, reason: Reason = "", as_json: JsonFlag = False) -> None:
     """Emergency: move every user back to the previous model at once (the playbook must give you the right)."""
-    _command(incident, "revert-now", reason)
+    _command(incident, "revert-now", reason, as_json)
 
 
 @app.command()
-def abort(incident: IncidentArg, reason: Reason = "") -> None:
+def abort(incident: IncidentArg, reason: Reason = "", as_json: JsonFlag = False) -> None:
     """Stop the incident where it is; stages already applied stay applied."""
-    _command(incident, "abort", reason)
+    _command(incident, "abort", reason, as_json)
 
 
 @app.command()
-def pause(incident: IncidentArg, reason: Reason = "") -> None:
+def pause(incident: IncidentArg, reason: Reason = "", as_json: JsonFlag = False) -> None:
     """Hold before the next stage until resumed."""
-    _command(incident, "pause", reason)
+    _command(incident, "pause", reason, as_json)
 
 
 @app.command()
-def resume(incident: IncidentArg, reason: Reason = "") -> None:
+def resume(incident: IncidentArg, reason: Reason = "", as_json: JsonFlag = False) -> None:
     """Continue a paused incident."""
-    _command(incident, "resume", reason)
+    _command(incident, "resume", reason, as_json)

@@ -35,7 +35,7 @@ from tabletop.results import TabletopResult, clock, format_result, human
 from tabletop.runner import Systems, load_all, run_staging, run_time_skipping
 from tabletop.scenarios import LoadedScenario
 from tabletop.schedule import SCHEDULE_PREFIX, create_schedule, list_schedules, schedule_id
-from workers.cli.common import app, err, load_settings, run
+from workers.cli.common import JsonFlag, app, err, load_settings, print_json, run
 from workers.runtime.client import connect
 from workers.runtime.settings import Settings
 from workers.runtime.worker import build_activities
@@ -131,24 +131,26 @@ app.add_typer(rehearse_app, name="rehearse")
 def rehearse_schedule(
     scenario: Annotated[str, typer.Argument(help="Scenario file to replay.")],
     every: Annotated[str, typer.Option("--every", help="Cadence, e.g. 1d, 12h, 7d.")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Create (or replace) a schedule that replays SCENARIO every DURATION and posts the result."""
     settings = load_settings()
-    raise typer.Exit(run(lambda: schedule_command(settings, scenario, every)))
+    raise typer.Exit(run(lambda: schedule_command(settings, scenario, every, as_json)))
 
 
 @rehearse_app.command("list")
-def rehearse_list() -> None:
+def rehearse_list(as_json: JsonFlag = False) -> None:
     """List the scheduled rehearsals."""
     settings = load_settings()
-    raise typer.Exit(run(lambda: list_command(settings)))
+    raise typer.Exit(run(lambda: list_command(settings, as_json)))
 
 
 @rehearse_app.command("delete")
-def rehearse_delete(name: Annotated[str, typer.Argument(help="Schedule id or scenario name.")]) -> None:
+def rehearse_delete(name: Annotated[str, typer.Argument(help="Schedule id or scenario name.")],
+                    as_json: JsonFlag = False) -> None:
     """Delete a scheduled rehearsal."""
     settings = load_settings()
-    raise typer.Exit(run(lambda: delete_command(settings, name)))
+    raise typer.Exit(run(lambda: delete_command(settings, name, as_json)))
 
 
 
@@ -236,23 +238,29 @@ def backtest_command(playbook_path: str, history_path: str, sets: list[str], as_
     return EXIT_PASSED
 
 
-async def schedule_command(settings: Settings, scenario_path: str, every_text: str) -> int:
+async def schedule_command(settings: Settings, scenario_path: str, every_text: str, as_json: bool = False) -> int:
     try:
         every = parse_duration(every_text)
     except ValueError as exc:
-        print(f"--every: {exc}")
+        print(f"--every: {exc}", file=sys.stderr)
         return 2
     if not isinstance(every, timedelta) or every.total_seconds() < 60:
-        print("--every: rehearse at most once a minute")
+        print("--every: rehearse at most once a minute", file=sys.stderr)
         return 2
     client = await connect(settings)
     sid = await create_schedule(client, settings.task_queue, scenario_path, every)
+    if as_json:
+        print_json({"id": sid, "scenario": scenario_path, "every": every_text})
+        return 0
     print(f"scheduled {sid}: every {every_text}, results go to the playbook's channel")
     return 0
 
 
-async def list_command(settings: Settings) -> int:
+async def list_command(settings: Settings, as_json: bool = False) -> int:
     rows = await list_schedules(await connect(settings))
+    if as_json:
+        print_json({"schedules": rows})
+        return 0
     if not rows:
         print("no scheduled rehearsals")
     for row in rows:
@@ -260,14 +268,17 @@ async def list_command(settings: Settings) -> int:
     return 0
 
 
-async def delete_command(settings: Settings, name: str) -> int:
+async def delete_command(settings: Settings, name: str, as_json: bool = False) -> int:
 
     client = await connect(settings)
     sid = name if name.startswith(SCHEDULE_PREFIX) else schedule_id(name)
     try:
         await client.get_schedule_handle(sid).delete()
     except RPCError as exc:
-        print(f"no schedule {sid}: {exc.message}")
+        print(f"no schedule {sid}: {exc.message}", file=sys.stderr)
         return 4
+    if as_json:
+        print_json({"deleted": sid})
+        return 0
     print(f"deleted {sid}")
     return 0

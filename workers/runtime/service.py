@@ -21,6 +21,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -179,6 +180,15 @@ class IncidentPage(BaseModel):
 
     incidents: list[IncidentSummary]
     next_page_token: bytes | None = None
+
+
+def _not_taken_in_time(incident: str, what: str) -> TemporalUnavailable:
+    """An update Temporal stopped waiting for: the worker is overloaded or down. It may still be taken later."""
+    retry = ("retry with the same Idempotency-Key so it counts once" if what == "decision"
+             else "check `unship status` before sending it again")
+    return TemporalUnavailable(
+        f"incident {incident!r} did not take the {what} in time (its worker is busy or not running); it may "
+        f"still be taken: {retry}")
 
 
 def _split_id(workflow_id: str) -> tuple[str, str]:
@@ -464,6 +474,8 @@ class IncidentService:
             if getattr(cause, "type", None) == NO_OPEN_GATE:
                 raise NoOpenGate(reason) from exc
             raise DecisionRefused(reason) from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise _not_taken_in_time(incident, "decision") from exc
         except RPCError as exc:
             raise await self._rpc_error(incident, exc) from exc
 
@@ -477,6 +489,8 @@ class IncidentService:
             reason = getattr(cause, "message", None) or str(cause or exc)
             await self.record_refusal(incident, command.user, command.action.value, reason, via=command.via)
             raise Refused(reason) from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise _not_taken_in_time(incident, command.action.value) from exc
         except RPCError as exc:
             raise await self._rpc_error(incident, exc) from exc
 

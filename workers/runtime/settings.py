@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     temporal_port: int = Field(default=7233, description="embedded dev server gRPC port")
     temporal_ui_port: int = Field(default=8233, description="embedded dev server Web UI port (0 = headless)")
     task_queue: str = "unship"
+    workflow_cache: int = Field(
+        default=1000, ge=1, le=100_000,
+        description="incidents a worker keeps in memory (~0.5 MiB each; the others replay from history when they "
+                    "move): bounds the worker's RSS")
 
     database_url: SecretStr | None = Field(
         default=None, description="incident store URL (may carry a password); default sqlite in state_dir")

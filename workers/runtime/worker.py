@@ -159,6 +159,24 @@ async def ensure_flagd_flags(settings: Settings, playbooks: dict[str, PlaybookSn
     return created
 
 
+def build_worker(client: Client, settings: Settings, activities: RollbackActivities,
+                 extra_workflows: Sequence[type] = (),
+                 extra_activities: Sequence[Callable[..., Any]] = ()) -> Worker:
+    """The worker ``run_worker`` runs: the incident workflows in the project's sandbox, ``activities``, and at
+    most ``settings.workflow_cache`` incidents kept in memory (the others replay from history when they move)."""
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[*INCIDENT_WORKFLOWS, *extra_workflows],
+        workflow_runner=workflow_runner(),
+        activities=[*activities.all(), *extra_activities],
+        max_cached_workflows=settings.workflow_cache,
+        # A worker that died keeps its incidents' next workflow tasks on its own (sticky) queue until this runs
+        # out; then any worker takes them. 3 s instead of 10 s: an incident resumes within seconds of a crash.
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+    )
+
+
 async def run_worker(
     client: Client,
     settings: Settings,
@@ -174,16 +192,7 @@ async def run_worker(
     CLI hands in the scheduled rehearsals), so the runtime never imports them.
     """
     activities = activities if activities is not None else build_activities(settings)
-    worker = Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=[*INCIDENT_WORKFLOWS, *extra_workflows],
-        workflow_runner=workflow_runner(),
-        activities=[*activities.all(), *extra_activities],
-        # A worker that died keeps its incidents' next workflow tasks on its own (sticky) queue until this runs
-        # out; then any worker takes them. 3 s instead of 10 s: an incident resumes within seconds of a crash.
-        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
-    )
+    worker = build_worker(client, settings, activities, extra_workflows, extra_activities)
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_target)
     if stop is None:
         await worker.run()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import typer
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
@@ -136,3 +138,65 @@ def test_status_shows_the_flag_as_read_not_as_intended() -> None:
     assert _users_on_previous(status) == "0% as read at 2026-11-29 12:00:05 [bold red](intended 100%)[/]"
     status.flag_read[0].previous_percent = 100
     assert _users_on_previous(status) == "100% as read at 2026-11-29 12:00:05"
+
+
+def test_validate_json_for_scripts(runner: CliRunner, tmp_path: Path) -> None:
+    good = runner.invoke(app, ["validate", str(library_folder()), "--json"], env=nothing_running(tmp_path))
+    assert good.exit_code == 0, good.output
+    report = json.loads(good.stdout)
+    assert report["ok"] and report["problems"] == []
+    assert {p["name"] for p in report["playbooks"]} >= {"chat-assistant"}
+    assert all(p["file"] and p["version"] and p["content_hash"] for p in report["playbooks"])
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: Not A Slug\nscenario: conversational-agent\n")
+    bad = runner.invoke(app, ["validate", str(broken), "--json"])
+    assert bad.exit_code == 1  # the exit code a script checks stays the same
+    found = json.loads(bad.stdout)
+    assert not found["ok"] and found["playbooks"] == []
+    assert all(p["file"].endswith("broken.yaml") and p["line"] >= 1 and p["field"] and p["message"]
+               for p in found["problems"])
+    assert any(p["field"] == "name" for p in found["problems"])
+
+
+def test_users_json_for_scripts(runner: CliRunner, tmp_path: Path) -> None:
+    env = nothing_running(tmp_path)
+    added = runner.invoke(app, ["users", "add", "U0JSON1", "--scope", "read", "--group", "ml-oncall", "--json"],
+                          env=env)
+    assert added.exit_code == 0, added.output
+    user = json.loads(added.stdout)
+    assert user["user"] == "U0JSON1" and user["scopes"] == ["read"] and len(user["token"]) > 20
+    listed = json.loads(runner.invoke(app, ["users", "list", "--json"], env=env).stdout)
+    assert listed == {"users": [{"user": "U0JSON1", "scopes": ["read"], "groups": ["ml-oncall"], "name": ""}]}
+    assert user["token"] not in json.dumps(listed)  # only its hash is kept, and never printed again
+    removed = runner.invoke(app, ["users", "remove", "U0JSON1", "--json"], env=env)
+    assert removed.exit_code == 0 and json.loads(removed.stdout) == {"removed": "U0JSON1"}
+    again = runner.invoke(app, ["users", "remove", "U0JSON1", "--json"], env=env)
+    assert again.exit_code == 4 and again.stdout == ""
+
+
+def test_every_data_command_offers_json(runner: CliRunner) -> None:
+    """Every command that prints data takes --json (the long-running ones, `audit export` (already JSON lines)
+    and `report show` (prints a Markdown/HTML document) excepted)."""
+    long_running = {"up", "worker", "gateway", "demo"}
+    missing = []
+    for name, command in _commands(typer.main.get_command(app)):
+        if name in long_running or name in ("audit export", "report show"):
+            continue
+        if not any("--json" in getattr(p, "opts", []) for p in getattr(command, "params", [])):
+            missing.append(name)
+    assert missing == []
+
+
+def _commands(command: object, prefix: str = "") -> list[tuple[str, object]]:
+    """Every leaf command under Typer's root group, by its full name (``audit verify``)."""
+    subcommands: dict[str, object] | None = getattr(command, "commands", None)
+    if subcommands is None:
+        return [(prefix, command)]
+    return [leaf for name, sub in subcommands.items() for leaf in _commands(sub, f"{prefix} {name}".strip())]
+
+
+def test_the_worker_cache_setting_is_listed_and_checked(runner: CliRunner, tmp_path: Path) -> None:
+    assert "UNSHIP_WORKFLOW_CACHE" in runner.invoke(app, ["worker", "--help"]).output
+    bad = runner.invoke(app, ["worker"], env={**nothing_running(tmp_path), "UNSHIP_WORKFLOW_CACHE": "0"})
+    assert bad.exit_code == 2 and "UNSHIP_WORKFLOW_CACHE" in bad.stderr, bad.output

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
 
 from activities.contracts import PollRequest
 from activities.http_providers import HttpProvider
@@ -20,7 +21,7 @@ from activities.unleash import UnleashProvider
 from playbooks.models import Signal, Target
 from tests.support.fake_http import Answer, FakeServer, Request
 from tests.support.stack import make_settings
-from workers.runtime.worker import build_activities
+from workers.runtime.worker import build_activities, build_worker
 
 FLAG_TOKEN = "router-token-1234"
 SIGNAL_TOKEN = "signals-token-5678"
@@ -128,3 +129,12 @@ def test_half_configured_providers_stop_the_worker_with_what_is_missing(tmp_path
     with pytest.raises(ValueError, match="cannot read"):
         build_activities(make_settings(tmp_path, kubernetes_api_url="https://127.0.0.1:6443",
                                        kubernetes_ca_file=str(tmp_path / "missing-ca.crt")))
+
+
+async def test_the_worker_keeps_at_most_the_configured_incidents_in_memory(tmp_path: Path,
+                                                                           local_env: WorkflowEnvironment) -> None:
+    """UNSHIP_WORKFLOW_CACHE bounds the incidents a worker keeps in memory (its RSS, see BENCHMARKS.md: scale)."""
+    settings = make_settings(tmp_path, local_env, workflow_cache=3)
+    assert build_worker(local_env.client, settings, build_activities(settings)).config()["max_cached_workflows"] == 3
+    default = make_settings(tmp_path, local_env)
+    assert build_worker(local_env.client, default, build_activities(default)).config()["max_cached_workflows"] == 1000

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.playbooks import snapshot
-from tests.support.stack import TOKEN, api_client, make_settings, serve
+from tests.support.stack import TOKEN, api_client, make_settings, person, serve
 from workers.runtime.client import connect
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
@@ -186,3 +186,16 @@ def test_every_response_matches_the_openapi_document(local_env: WorkflowEnvironm
             except Exception as exc:  # noqa: BLE001 - collect every operation's failure, then report them all
                 failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+async def test_a_decision_nobody_processes_in_time_is_503_not_500(service: IncidentService,
+                                                                   settings: Settings) -> None:
+    """Under load (or with no worker) Temporal gives up waiting for the workflow to take a decision: the caller
+    gets 503 with what to do, never a 500, and the same Idempotency-Key on the retry counts once."""
+    incident = await service.trigger("chat-test", "no-worker-decides", started_by="test")  # no worker polls
+    token = person(settings, "U_ONCALL")
+    async with serve(create_app(service, settings)) as url, api_client(url, token) as client:
+        answer = await client.post(f"/v1/incidents/{incident}/decision", json={"verdict": "approve", "reason": "r"},
+                                   headers={"Idempotency-Key": "k1"})
+    body = _is_problem(answer, 503)
+    assert "did not take the decision in time" in body["detail"] and "Idempotency-Key" in body["detail"]
