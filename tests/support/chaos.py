@@ -289,10 +289,14 @@ def check_incident(stack: ChaosStack, status: IncidentStatus, key: str, *,
     assert seen == want, f"{key}: users were moved {seen}, intended {want}"
 
 
-async def check_record(stack: ChaosStack, status: IncidentStatus, key: str, timeout: float = 60,
+async def check_record(stack: ChaosStack, status: IncidentStatus, key: str, timeout: float = 180,
                        flags: FlagHistory | None = None) -> None:
     """The store holds exactly the incident's audit trail (none lost, duplicated or altered), every claim
-    about a write matches the flag file, and the review is stored and on disk."""
+    about a write matches the flag file, and the review is stored and on disk.
+
+    The review may land minutes after the run closed: a worker killed while one of the review's activities runs
+    (provenance, learning, tasks, the document) is only noticed at that activity's start-to-close timeout (1-2
+    min), so ``timeout`` covers the longest of them and a retry."""
     deadline = time.monotonic() + timeout
     stored: list[Any] = []
     review = None
@@ -313,8 +317,9 @@ async def check_record(stack: ChaosStack, status: IncidentStatus, key: str, time
     lost = [w for w in want if w not in run]
     extra = [r for r in run if r not in want]
     assert not lost and not extra, f"{status.incident_id}: lost {lost[:3]}, not in the trail {extra[:3]}"
-    assert [e.kind for e in stored if e.seq >= REVIEW_SEQ_BASE].count("review_written") == 1, \
-        f"{status.incident_id}: not one review_written event"
+    review_events = [(e.seq - REVIEW_SEQ_BASE, e.kind) for e in stored if e.seq >= REVIEW_SEQ_BASE]
+    assert [kind for _, kind in review_events].count("review_written") == 1, \
+        f"{status.incident_id}: not one review_written event: {review_events} (review stored: {review is not None})"
     assert review is not None and review.markdown, f"{status.incident_id}: no review stored"
     path = stack.state / "reviews" / f"{status.incident_id.replace(':', '_')}.md"
     assert path.read_text() == review.markdown, f"{status.incident_id}: the review file differs from the store"
