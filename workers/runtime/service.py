@@ -83,6 +83,9 @@ LIBRARY_AUDIT_ID = "unship:library"
 """The incident-store id under which playbook library reloads are audited (old and new versions, who)."""
 TARGET_HOLDS_AUDIT_ID = "unship:target-holds"
 """The incident-store id under which an administrator's release of a target hold is audited."""
+ADMIN_TRAIL_PLAYBOOK = "*"
+"""The playbook an administrator's audit trail is stored under: not an incident (lists leave it out; the hash
+chain checks in ``unship audit verify`` keep it)."""
 
 # A release names a model/prompt version; it becomes part of the workflow id, so keep it printable.
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,199}$")
@@ -688,5 +691,5 @@ async def _admin_audit(store: IncidentStore, audit_id: str, phase: str, kind: st
     previous = await store.events(audit_id)
     event = AuditEvent(seq=len(previous) + 1, at=now, kind=kind, actor=actor, message=message, data=data)
     await store.write(AuditBatch(incident=IncidentRecord(
-        incident_id=audit_id, playbook="*", playbook_hash=phase, release="-", phase=phase, outcome=None,
+        incident_id=audit_id, playbook=ADMIN_TRAIL_PLAYBOOK, playbook_hash=phase, release="-", phase=phase, outcome=None,
         started_at=now, updated_at=now), events=[event]))

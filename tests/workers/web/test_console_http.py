@@ -22,7 +22,7 @@ from tabletop.rehearsal import RehearsalWorkflow
 from tabletop.rehearsal_run import RehearsalInput, run_rehearsal
 from tabletop.scenarios import scenario_folder
 from tests.support.stack import TOKEN, make_settings, person, serve
-from workers.runtime.service import IncidentService
+from workers.runtime.service import LIBRARY_AUDIT_ID, IncidentService
 from workers.runtime.settings import Settings
 from workers.web.app import create_app
 from workers.web.console.identity import SESSION_COOKIE
@@ -205,3 +205,17 @@ async def test_a_scheduled_rehearsal_that_failed_shows_which_expectation_and_why
     assert "dismissed" in page.text  # what was found instead of the expected revert
     missing = await console.get("/rehearsals/runs/unship-rehearsal:nobody:run")
     assert missing.status_code == 404 and "no rehearsal run" in missing.text
+
+
+async def test_the_incident_list_shows_incidents_not_the_administrators_trails(
+        settings: Settings, local_env: WorkflowEnvironment, playbooks: dict, tmp_path: Path) -> None:
+    """A playbook reload is audited under its own trail in the store; the console's list of incidents (open
+    ones first) must not show that trail as an open incident."""
+    store = SqliteIncidentStore(tmp_path / "list.db")
+    service = IncidentService(local_env.client, settings, playbooks, store=store, library=lambda: playbooks)
+    await service.reload_playbooks(by="U01ADMIN")
+    assert await store.events(LIBRARY_AUDIT_ID)  # the reload is on the record
+    async with serve(create_app(service, settings)) as url, httpx.AsyncClient(base_url=url) as http:
+        page = await http.get("/")
+    assert page.status_code == 200
+    assert LIBRARY_AUDIT_ID not in page.text

@@ -41,6 +41,7 @@ from playbooks.models import PlaybookSnapshot
 from playbooks.rendering import incident_link
 from tabletop.schedule import list_schedules
 from workers.runtime.service import (
+    ADMIN_TRAIL_PLAYBOOK,
     COMMANDS,
     IncidentClosed,
     IncidentNotFound,
@@ -189,7 +190,8 @@ class Console:
     async def rows(self, phase: str | None, playbook: str | None) -> list[IncidentRecord]:
         svc = await self.service()
         if svc.store is not None:
-            return await svc.store.incidents(LIST_LIMIT, phase=phase, playbook=playbook, open_first=True)
+            stored = await svc.store.incidents(LIST_LIMIT, phase=phase, playbook=playbook, open_first=True)
+            return [r for r in stored if r.playbook != ADMIN_TRAIL_PLAYBOOK]  # reload/hold trails: not incidents
         rows = []
         for summary in await svc.list(LIST_LIMIT):  # no store: what Temporal's visibility knows
             record_phase = summary.phase or ("closed" if summary.status != "running" else "confirming")
