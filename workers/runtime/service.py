@@ -617,6 +617,8 @@ class IncidentService:
             reason = getattr(exc.cause, "message", None) or str(exc.cause or exc)
             await self.record_governance_refusal(review, request.user, action, reason, via=request.via)
             raise Refused(reason) from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise _not_taken_in_time(review, action) from exc
         except RPCError as exc:
             raise await self._rpc_error(handle.id, exc) from exc
 

@@ -9,6 +9,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -21,12 +22,15 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.playbooks import snapshot
 from tests.support.stack import TOKEN, api_client, make_settings, person, serve
+from tests.workflows.test_governance import GOVERNED, incident
 from workers.runtime.client import connect
 from workers.runtime.service import IncidentService
 from workers.runtime.settings import Settings
 from workers.runtime.temporal_server import free_port
 from workers.web.app import create_app
 from workers.web.guards import MAX_BODY_BYTES
+from workflows.messages import ReviewInput
+from workflows.review import ReviewWorkflow
 
 PROBLEM = "application/problem+json"
 
@@ -199,3 +203,19 @@ async def test_a_decision_nobody_processes_in_time_is_503_not_500(service: Incid
                                    headers={"Idempotency-Key": "k1"})
     body = _is_problem(answer, 503)
     assert "did not take the decision in time" in body["detail"] and "Idempotency-Key" in body["detail"]
+
+
+async def test_a_governance_action_nobody_processes_in_time_is_503_not_500(service: IncidentService,
+                                                                            settings: Settings) -> None:
+    """The same for the review's governance updates: a legal hold Temporal stopped waiting for is 503."""
+    status = incident(datetime.now(UTC))
+    review = f"{status.incident_id}:review:noworker"
+    await service.client.start_workflow(  # on a task queue no worker polls
+        ReviewWorkflow.run, ReviewInput(incident_id=status.incident_id, snapshot=snapshot(**GOVERNED),
+                                        status=status), id=review, task_queue=settings.task_queue)
+    token = person(settings, "U_LEGAL", "operate")
+    async with serve(create_app(service, settings)) as url, api_client(url, token) as client:
+        answer = await client.post(f"/v1/incidents/{review}/legal-hold", json={"reason": "litigation"})
+    body = _is_problem(answer, 503)
+    assert "did not take the legal_hold in time" in body["detail"]
+    await service.client.get_workflow_handle(review).terminate("test over")
