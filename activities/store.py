@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -301,13 +302,26 @@ def _ts(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+class _ThreadConnection(threading.local):
+    """The connection one executor thread keeps to the store's file, and which file it opened (device, inode)."""
+
+    conn: sqlite3.Connection | None = None
+    file: tuple[int, int] | None = None
+
+
 class SqliteIncidentStore:
-    """An ``IncidentStore`` in one SQLite file (WAL mode; one short connection per call, in a thread)."""
+    """An ``IncidentStore`` in one SQLite file (WAL mode), called in executor threads.
+
+    Each thread keeps its connection open: closing the last connection to a WAL database checkpoints the WAL
+    into the file and deletes it, so a connection per call paid a checkpoint (and its syncs) on nearly every
+    call. A thread reconnects when the file it opened was deleted or replaced.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._init_lock = threading.Lock()
         self._initialised = False
+        self._thread = _ThreadConnection()
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.exists():  # first use, or the file vanished: its tables must be created (again)
@@ -366,10 +380,34 @@ class SqliteIncidentStore:
 
         return await asyncio.to_thread(read)
 
+    def _file(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened again if the file it opened is gone or was replaced."""
+        local = self._thread
+        file = self._file()
+        if local.conn is not None and file != local.file:
+            self._drop_thread_connection()
+        if local.conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            local.conn = self._connect()
+            local.file = self._file()
+        return local.conn
+
+    def _drop_thread_connection(self) -> None:
+        local = self._thread
+        if local.conn is not None:
+            local.conn.close()
+        local.conn, local.file = None, None
+
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._connect()
+            conn = self._thread_connection()
             try:
                 return fn(conn)
             except sqlite3.OperationalError as exc:
@@ -377,11 +415,12 @@ class SqliteIncidentStore:
                     raise
                 # The file was replaced under us (e.g. deleted and recreated empty): create the tables, once.
                 self._initialised = False
-                conn.close()
-                conn = self._connect()
+                self._drop_thread_connection()
+                conn = self._thread_connection()
                 return fn(conn)
             finally:
-                conn.close()
+                if conn.in_transaction:  # the connection outlives the call: never leave a transaction open
+                    conn.rollback()
 
         return await asyncio.to_thread(call)
 
