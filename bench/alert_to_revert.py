@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import compileall
 import contextlib
 import cProfile
 import io
@@ -50,7 +49,7 @@ from activities.rollback import RollbackActivities
 from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from bench.floor import FINISHED, FloorWorkflow, Instants, noop
-from bench.machine import ROOT, command_line, header, percentile, table
+from bench.machine import byte_compile, command_line, header, percentile, table
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot, Target
 from workers.runtime.service import IncidentService
@@ -323,15 +322,6 @@ def profiled(enabled: bool, sink: list[str]):
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
         sink.append("\n".join(line for line in text.getvalue().splitlines()
                                if line.strip() and not line.startswith("   Ordered by")))
-
-
-def byte_compile() -> None:
-    """Byte-compile the workflow code as pip does when it installs the wheel (the image): the workflow sandbox
-    re-imports a workflow's module for every new run, and on a machine with ``PYTHONDONTWRITEBYTECODE`` set
-    (this one) it would compile ``workflows/rollback.py`` from source for every incident (~4 ms) against the
-    floor's few lines."""
-    for package in ("workflows", "bench"):
-        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 async def measure(args: argparse.Namespace) -> str:

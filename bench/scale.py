@@ -43,7 +43,7 @@ from activities.http_providers import HttpProvider
 from activities.rollback import RollbackActivities
 from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
-from bench.machine import header, percentile
+from bench.machine import byte_compile, header, percentile
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot
 from workers.runtime.service import IncidentService, TemporalUnavailable
@@ -60,15 +60,17 @@ APPROVER = "U05ONCALL7"
 
 
 def gate_playbook() -> PlaybookSnapshot:
-    """The chat playbook, straight to an approval gate (one approval) that waits for hours; stages bake for an
-    hour, so after the first cohort an incident sits still (only the first write is measured)."""
+    """The chat playbook, straight to an approval gate (one approval) that waits for hours, then one stage (all
+    users back, no bake): an approved incident writes its first cohort (what is measured), reads it back and
+    closes. A baking incident reads its flag back every minute (``DRIFT_CHECK_EVERY``), so thousands of approved
+    incidents left baking would be a steady load of their own, and with more of them than the worker caches
+    every read-back would first replay a history: that measures bakes, not approvals."""
     base = load_playbook(library_folder() / "conversational-agent.yaml").playbook.model_dump()
     base["confirmation"]["window"] = 0
     base["decision"].update({"mode": "approval", "quorum": 1, "require": {}, "timeout": timedelta(hours=10),
                              "escalation": None})
-    for stage in base["rollback"]["stages"]:
-        stage["bake"] = timedelta(hours=1)
-        stage["verify"] = []
+    base["rollback"]["stages"] = [{"percent": 100, "bake": timedelta(0), "verify": []}]
+    base.pop("data", None)  # the review counts the release's outputs in a database the bench does not have
     base["rollback"]["targets"] = base["rollback"]["targets"][:1]
     base["integrity"] = [{"kind": "readback", "name": "readback"}]
     playbook = Playbook.model_validate(base)
@@ -235,6 +237,7 @@ async def approve_all(service: IncidentService, db: Path, ids: list[str], timeou
 
 async def main(incidents: int, cache: int, open_concurrency: int, decide_concurrency: int, wave: int,
                approve: int) -> None:
+    byte_compile()
     wall = time.perf_counter()
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
