@@ -92,6 +92,8 @@ _RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,199}$")
 _RPC_TIMEOUT = timedelta(seconds=10)
 MAX_GENERATIONS = 1000
 """Incidents one (playbook, release) may open one after another (each a re-fire after the previous closed)."""
+REMEMBERED = 10_000
+"""How many of the most recently alerted incidents a service remembers the run and generation of."""
 
 
 class ServiceError(Exception):
@@ -223,8 +225,11 @@ class IncidentService:
         self._started_with: dict[str, PlaybookSnapshot] = {}
         self.library = library
         self._reload_lock = asyncio.Lock()
+        # Shortcuts, not state: a forgotten incident costs one more Temporal call (its generation is found again
+        # by signal-with-start), so both keep only the REMEMBERED most recently alerted incidents.
         self._generations: dict[str, int] = {}  # incident id -> newest known re-fire generation
         self._running: dict[str, str] = {}  # incident id -> the run this process last delivered alerts to
+        self.remembered = REMEMBERED
 
     # --- the playbook library (the server's, never the client's) ------------------------------------------
 
@@ -359,6 +364,7 @@ class IncidentService:
             try:
                 await self.client.get_workflow_handle_for(RollbackWorkflow.run, running).signal(
                     RollbackWorkflow.alerts, batch, rpc_timeout=_RPC_TIMEOUT)
+                self._remember(base, running, generation)
                 return running
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
@@ -377,11 +383,21 @@ class IncidentService:
             except WorkflowAlreadyStartedError:  # this generation closed: the alert opens the next one
                 generation += 1
                 continue
-            if generation > self._generations.get(base, 1):
-                self._generations[base] = generation
-            self._running[base] = workflow_id
+            self._remember(base, workflow_id, generation)
             return workflow_id
         raise Refused(f"{base} was re-opened {MAX_GENERATIONS} times; investigate before opening more")
+
+    def _remember(self, base: str, workflow_id: str, generation: int) -> None:
+        """Note the run ``base``'s alerts reached, as the newest entry; forget the least recently alerted
+        incidents beyond ``remembered`` (a long-running service sees an unbounded number of releases)."""
+        self._running.pop(base, None)
+        self._running[base] = workflow_id
+        if generation > 1:
+            self._generations.pop(base, None)
+            self._generations[base] = generation
+        for memo in (self._running, self._generations):
+            while len(memo) > self.remembered:
+                del memo[next(iter(memo))]
 
     async def release(
         self,

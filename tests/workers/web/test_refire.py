@@ -109,3 +109,30 @@ async def test_an_alert_refired_after_close_opens_a_new_incident_and_keeps_the_r
     assert (state / "reviews" / "unship_chat-test_refire-v1.md").read_text() == review_one.markdown
     review_two = await store.review(follow_up)
     assert review_two is not None and review_two.markdown != review_one.markdown
+
+
+async def test_the_service_remembers_a_bounded_number_of_incidents_and_a_forgotten_one_still_refires(
+        stack: tuple[httpx.AsyncClient, IncidentService, Path]) -> None:
+    """A long-running service sees an unbounded number of releases: what it remembers per incident (the run its
+    alerts reached, the re-fire generation) used to grow for the life of the process. Now it keeps the most
+    recently alerted ones; a forgotten incident costs one more Temporal call, never a wrong incident."""
+    http, service, _ = stack
+    service.remembered = 2
+
+    async def fire(release: str) -> list[str]:
+        alert = p.raw(p.generic({"alertname": "GenAIQualityDegraded", "service": "chat", "release": release},
+                                fingerprint=f"bounded-{release}"))
+        response = await http.post("/v1/alerts/generic", content=alert, headers=p.bearer(BEARER))
+        assert response.status_code == 202, response.text
+        return list(response.json()["incidents"])
+
+    first = "unship:chat-test:bounded-v1"
+    assert await fire("bounded-v1") == [first]
+    await closed(service, first)
+    assert await fire("bounded-v1") == [first + "~2"]  # re-fired after close: the next generation
+    await closed(service, first + "~2")
+    for n in range(2, 6):
+        assert await fire(f"bounded-v{n}") == [f"unship:chat-test:bounded-v{n}"]
+    assert len(service._running) <= 2 and len(service._generations) <= 2  # the bound itself
+    # bounded-v1 was forgotten; its next alert still finds the closed generations and opens the third
+    assert await fire("bounded-v1") == [first + "~3"]
