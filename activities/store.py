@@ -322,6 +322,7 @@ class SqliteIncidentStore:
         self._init_lock = threading.Lock()
         self._initialised = False
         self._thread = _ThreadConnection()
+        self._writer = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.exists():  # first use, or the file vanished: its tables must be created (again)
@@ -405,8 +406,18 @@ class SqliteIncidentStore:
             local.conn.close()
         local.conn, local.file = None, None
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool = False) -> T:
+        """``fn`` on this thread's connection, in an executor thread. ``writes``: one such call at a time in this
+        process; SQLite runs one writer at a time anyway, and a writer that finds the file locked sleeps in its
+        busy handler (1, 2, 5, 10 ... 100 ms steps) where a queue on a lock wakes it as soon as the writer before
+        it is done (``bench/incident_store.py``). Other processes on the same file still meet the busy handler."""
         def call() -> T:
+            if not writes:
+                return attempt()
+            with self._writer:
+                return attempt()
+
+        def attempt() -> T:
             conn = self._thread_connection()
             try:
                 return fn(conn)
@@ -453,7 +464,7 @@ class SqliteIncidentStore:
                      json.dumps(e.data, default=str, sort_keys=True), position, prev, digest)
                     for e, position, prev, digest in rows])
 
-        await self._run(write)
+        await self._run(write, writes=True)
 
     async def incidents(self, limit: int = 100, *, phase: str | None = None, playbook: str | None = None,
                         open_first: bool = False) -> list[IncidentRecord]:
@@ -503,14 +514,14 @@ class SqliteIncidentStore:
                 conn.executemany(_HOLD.format(p="?"), [(ref, incident_id, now) for ref in refs])
                 return None
 
-        return await self._run(hold)
+        return await self._run(hold, writes=True)
 
     async def release_targets(self, incident_id: str) -> None:
         def let_go(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.execute(_LET_GO.format(p="?"), (incident_id,))
 
-        await self._run(let_go)
+        await self._run(let_go, writes=True)
 
     async def target_holds(self) -> list[StoredHold]:
         """Every target hold, by target."""
@@ -525,7 +536,7 @@ class SqliteIncidentStore:
                 row = conn.execute(_LET_GO_OF.format(p="?"), (target,)).fetchone()
             return str(row[0]) if row is not None else None
 
-        return await self._run(let_go)
+        return await self._run(let_go, writes=True)
 
     async def chained_events(self, incident_id: str) -> list[ChainedEvent]:
         """The incident's audit events in chain order, with their hashes (for ``verify_chain``)."""
@@ -546,7 +557,7 @@ class SqliteIncidentStore:
                 conn.execute("INSERT INTO review_search (incident_id, tags, markdown) VALUES (?, ?, ?)",
                              (review.incident_id, " ".join(review.tags), review.markdown))
 
-        await self._run(save)
+        await self._run(save, writes=True)
 
     async def review(self, incident_id: str) -> ReviewDocument | None:
         """The incident's review document, or None if none was written yet."""
@@ -566,7 +577,7 @@ class SqliteIncidentStore:
             with conn:
                 conn.execute(_UPSERT_REPORT, row)
 
-        await self._run(save)
+        await self._run(save, writes=True)
 
     async def reports(self, incident_id: str) -> list[ReportDraft]:
         """The incident's regulatory report drafts."""
