@@ -49,7 +49,7 @@ from activities.rollback import RollbackActivities
 from activities.scripted import ScriptedSignalSource
 from activities.store import SqliteIncidentStore
 from bench.floor import FINISHED, FloorWorkflow, Instants, noop
-from bench.machine import byte_compile, command_line, header, percentile, table
+from bench.machine import byte_compile, command_line, header, percentile, process_cpu, table
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot, Target
 from workers.runtime.service import IncidentService
@@ -132,9 +132,16 @@ class Bench:
     flags: TimedFlags
     service: IncidentService
     snapshots: list[PlaybookSnapshot]
+    server_pid: int | None = None
     serial: int = 0
     unship: dict[str, list[Sample]] = field(default_factory=lambda: {"sequential": [], "concurrent": []})
     floor: dict[str, list[Sample]] = field(default_factory=lambda: {"sequential": [], "concurrent": []})
+    cpu: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"unship": [], "floor": []})
+    """Per concurrent round: (this process's CPU s, the Temporal server's CPU s) from the first trigger to the
+    last first write (unship) or last activity (floor), per incident."""
+
+    def _cpu_now(self) -> tuple[float, float]:
+        return time.process_time(), process_cpu(self.server_pid)
 
     async def rollout(self, slot: int) -> None:
         """A fresh rollout: everyone on the new release (a revert never moves users toward the suspect release,
@@ -183,6 +190,10 @@ class Bench:
         await self.client.get_workflow_handle(wf_id).result()
         return sample
 
+    def _note_cpu(self, what: str, before: tuple[float, float], width: int) -> None:
+        after = self._cpu_now()
+        self.cpu[what].append(((after[0] - before[0]) / width, (after[1] - before[1]) / width))
+
     async def sequential(self, incidents: int) -> None:
         for n in range(incidents + WARM_UP):
             await self.rollout(0)
@@ -197,9 +208,13 @@ class Bench:
         for _ in range(rounds):
             for slot in range(1, width + 1):
                 await self.rollout(slot)
+            before = self._cpu_now()
             unship = await asyncio.gather(*(self.incident(slot) for slot in range(1, width + 1)))
+            self._note_cpu("unship", before, width)
             await self.finish(list(unship))
+            before = self._cpu_now()
             floor = await asyncio.gather(*(self.floor_run() for _ in range(width)))
+            self._note_cpu("floor", before, width)
             self.unship["concurrent"] += unship
             self.floor["concurrent"] += floor
 
@@ -285,6 +300,13 @@ def report(bench: Bench, args: argparse.Namespace,
            table(["load", "measured", "p50", "p95", "mean", "unship/floor p50", "p95"], rows, "llrrrrr"), "",
            f"Target (issue 16): unship <= 1.10x the floor at p50 and <= 1.25x at p95, both loads: "
            f"**{'met' if ok else 'NOT met'}**."]
+    if bench.cpu["unship"]:
+        (uw, us), (fw, fs) = ((statistics.fmean(w for w, _ in bench.cpu[k]), statistics.fmean(v for _, v in bench.cpu[k]))
+                              for k in ("unship", "floor"))
+        out += ["", f"CPU per incident while {args.concurrent} were under way at once (from the first trigger to the "
+                "last first write, mean of the rounds; the worker and the triggering IncidentService share one process): "
+                f"unship process {uw * MS:.1f} ms against the floor's {fw * MS:.1f} ms ({uw / fw:.1f}x), Temporal "
+                f"server {us * MS:.1f} ms against {fs * MS:.1f} ms ({us / fs:.1f}x)."]
     for mode, (unship_steps, floor_steps) in breakdowns.items():
         out += ["", f"Where the time goes, {_label(mode, args, len(bench.unship[mode]))}: the median incident and "
                 "the median floor workflow, step by step from their event histories, from the accepted trigger:", ""]
@@ -340,7 +362,7 @@ async def measure(args: argparse.Namespace) -> str:
             queue = f"bench-{uuid.uuid4().hex[:6]}"
             settings = Settings(state_dir=state, task_queue=queue)
             service = IncidentService(client, settings, {s.playbook.name: s for s in snapshots})
-            bench = Bench(client, queue, flags, service, snapshots)
+            bench = Bench(client, queue, flags, service, snapshots, server_pid=server.pid)
             profile: list[str] = []
             async with Worker(client, task_queue=queue, workflows=[*INCIDENT_WORKFLOWS, FloorWorkflow],
                               activities=[*acts.all(), noop], workflow_runner=workflow_runner()):

@@ -119,3 +119,14 @@ def byte_compile() -> None:
     ``bench/scale.py``)."""
     for package in ("workflows", "tabletop", "bench"):
         compileall.compile_dir(ROOT / package, quiet=1)
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far; 0 when there is no such process."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
