@@ -420,18 +420,24 @@ class SqliteIncidentStore:
         def attempt() -> T:
             conn = self._thread_connection()
             try:
-                return fn(conn)
-            except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):
-                    raise
-                # The file was replaced under us (e.g. deleted and recreated empty): create the tables, once.
-                self._initialised = False
+                try:
+                    result = fn(conn)
+                except sqlite3.OperationalError as exc:
+                    if "no such table" not in str(exc):
+                        raise
+                    # The file was replaced under us (e.g. deleted and recreated empty): create the tables, once.
+                    self._initialised = False
+                    self._drop_thread_connection()
+                    conn = self._thread_connection()
+                    result = fn(conn)
+            except BaseException:
+                # A cursor the traceback keeps alive keeps its read snapshot on a connection that outlives the
+                # call, and later reads on it would not see newer writes: the next call gets a fresh connection.
                 self._drop_thread_connection()
-                conn = self._thread_connection()
-                return fn(conn)
-            finally:
-                if conn.in_transaction:  # the connection outlives the call: never leave a transaction open
-                    conn.rollback()
+                raise
+            if conn.in_transaction:  # never leave a transaction open on a connection that outlives the call
+                conn.rollback()
+            return result
 
         return await asyncio.to_thread(call)
 
