@@ -5,6 +5,8 @@ server (SQLite), with a worker running the real ``RollbackWorkflow`` in the same
 them (a one-hour confirmation window keeps every incident open). The 202 is sent once Temporal accepted the
 signal-with-start. Each release is posted twice (the second request joins the first incident), then the bench
 checks that exactly one workflow exists per (playbook, release) and that every request got a 202 naming it.
+Then, in the same run, the bound: as many signal-with-starts straight from ``IncidentService`` (no HTTP) on a
+task queue no worker polls, as many in flight: what the dev server accepts on this machine.
 
     ./dev bench api_open_rate [--incidents 1000] [--concurrency 32] [--write]
 """
@@ -120,6 +122,19 @@ async def measure(args: argparse.Namespace) -> str:
                     await client.get_workflow_handle(execution.id).terminate("bench done")
             http.should_exit = True
             await serving
+            # The bound: the same signal-with-starts straight from IncidentService (no HTTP), on a task queue no
+            # worker polls (nothing else competes for the server or this process), as many in flight.
+            idle = IncidentService(client, Settings(state_dir=state, task_queue=f"{queue}-idle"), {name: snapshot})
+            alone = [f"alone-{tag}-{n}" for n in range(args.incidents)]
+            gate = asyncio.Semaphore(args.concurrency)
+
+            async def start(release: str) -> None:
+                async with gate:
+                    await idle.trigger(name, release, started_by="bench")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(start(r) for r in alone))
+            alone_seconds = time.perf_counter() - started
     accepted = [r for r in results if r[0] == 202]
     rejoined = [r for r in again if r[0] == 202]
     ok = (len(accepted) == len(releases) and len(rejoined) == len(releases) and sorted(found) == sorted(expected)
@@ -128,7 +143,9 @@ async def measure(args: argparse.Namespace) -> str:
              f"{len(accepted) / seconds:.0f}", f"{percentile(latencies, 0.5) * 1000:.1f} ms",
              f"{percentile(latencies, 0.95) * 1000:.1f} ms"),
             ("the same releases again (each joins its incident)", f"{len(rejoined)}",
-             f"{len(rejoined) / again_seconds:.0f}", "", "")]
+             f"{len(rejoined) / again_seconds:.0f}", "", ""),
+            (f"the bound: {args.incidents} signal-with-starts from `IncidentService` alone (no HTTP, no worker), "
+             f"{args.concurrency} in flight", "", f"{args.incidents / alone_seconds:.0f}", "", "")]
     out = [header("api_open_rate"), "",
            f"`./dev bench api_open_rate --incidents {args.incidents} --concurrency {args.concurrency}` "
            "(API, worker and load generator in one process, as `unship up`; embedded dev server)", "",
