@@ -215,22 +215,27 @@ async def test_the_store_recreates_its_tables_after_its_file_vanished(tmp_path: 
 async def test_a_failed_call_never_leaves_the_store_reading_an_old_snapshot(tmp_path: Path) -> None:
     """Each executor thread keeps its connection open. A cursor kept alive by a failure's traceback keeps its
     read snapshot, and later reads on that thread's connection would miss every newer write."""
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))  # every call on the same thread
     path = tmp_path / "unship.db"
-    store = SqliteIncidentStore(path)
-    for incident in ("unship:chat:a", "unship:chat:b"):
-        await store.write(AuditBatch(incident=record(incident), events=[event(1)]))
 
     def reads_one_row_then_fails(conn: sqlite3.Connection) -> None:
         rows = conn.execute("SELECT incident_id FROM incidents")
         rows.fetchone()  # one of two rows: the statement, and its snapshot, stay open
         raise RuntimeError("the call failed")
 
-    with pytest.raises(RuntimeError) as failed:
-        await store._run(reads_one_row_then_fails)
-    assert failed.traceback  # the traceback (and the cursor in its frame) is still alive here
-    await SqliteIncidentStore(path).write(AuditBatch(incident=record("unship:chat:c"), events=[event(1)]))
-    assert {i.incident_id for i in await store.incidents()} == {"unship:chat:a", "unship:chat:b", "unship:chat:c"}
+    async def on_one_thread() -> set[str]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))  # every call on the same thread
+        store = SqliteIncidentStore(path)
+        for incident in ("unship:chat:a", "unship:chat:b"):
+            await store.write(AuditBatch(incident=record(incident), events=[event(1)]))
+        with pytest.raises(RuntimeError) as failed:
+            await store._run(reads_one_row_then_fails)
+        assert failed.traceback  # the traceback (and the cursor in its frame) is still alive here
+        await SqliteIncidentStore(path).write(AuditBatch(incident=record("unship:chat:c"), events=[event(1)]))
+        return {i.incident_id for i in await store.incidents()}
+
+    # its own event loop in its own thread: the tests share one loop, whose executor must stay as it is
+    assert await asyncio.to_thread(asyncio.run, on_one_thread()) == {"unship:chat:a", "unship:chat:b",
+                                                                     "unship:chat:c"}
 
 
 async def test_target_holds_are_listed_and_one_can_be_let_go(tmp_path: Path) -> None:
