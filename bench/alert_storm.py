@@ -59,7 +59,7 @@ from activities.rollback import RollbackActivities
 from activities.routing import FlagRouter, SignalRouter
 from activities.scripted import ScriptedFlagProvider, ScriptedSignalSource
 from activities.store import SqliteIncidentStore
-from bench.machine import header
+from bench.machine import header, process_cpu
 from playbooks.loader import content_hash, library_folder, load_playbook
 from playbooks.models import Playbook, PlaybookSnapshot
 from workers.runtime.service import IncidentService
@@ -99,15 +99,6 @@ def webhook(release: str, fingerprint: str) -> bytes:
 
 
 LOAD = Path(__file__).resolve().parent / "_load.py"
-
-
-def process_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc; 0 when it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
