@@ -227,6 +227,34 @@ class MessageRef(_Model):
     text: str = ""
 
 
+class NotificationBatch(_Model):
+    """Messages released together (e.g. everything held on the way to the first write), sent in order by one
+    activity: the one message per incident that later news edits (``thread_ref``) is carried from one to the
+    next, as the workflow carries it from one ``notify`` to the next."""
+
+    incident_id: str
+    notes: list[Notification]
+    thread_channel: str = Field(description="the channel whose messages edit the incident's message in place")
+    thread_ref: str | None = Field(default=None, description="the incident's message in that channel, if any yet")
+
+
+class UndeliveredMessage(_Model):
+    index: int = Field(description="position in the batch")
+    kind: MessageKind
+    channel: str
+    error: str
+
+
+class BatchDelivery(_Model):
+    """How far a batch got: its result, its heartbeat (a retry resumes after the last message sent) and the
+    details of its final failure (so the workflow records exactly which messages did not go out)."""
+
+    sent: int = Field(default=0, description="messages of the batch tried so far, in order (sent or undelivered)")
+    thread_ref: str | None = None
+    undelivered: list[UndeliveredMessage] = Field(
+        default_factory=list, description="messages a chat system refused for good (the rest still went out)")
+
+
 # --- incident store ----------------------------------------------------------------------------------------
 
 
@@ -456,6 +484,11 @@ class IncidentActivities:
     @activity.defn(name="notify")
     async def notify(self, req: Notification) -> MessageRef:
         """Render and send a chat message (or update the incident's message in place)."""
+        raise NotImplementedError
+
+    @activity.defn(name="notify_batch")
+    async def notify_batch(self, req: NotificationBatch) -> BatchDelivery:
+        """Render and send messages in order (one activity for messages released together)."""
         raise NotImplementedError
 
     @activity.defn(name="record_audit")

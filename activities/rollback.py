@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import metrics
 from activities.contracts import (
     AuditBatch,
+    BatchDelivery,
     ChatNotifier,
     CohortChange,
     CohortResult,
@@ -39,6 +40,7 @@ from activities.contracts import (
     Measurement,
     MessageRef,
     Notification,
+    NotificationBatch,
     OutputsRequest,
     OutputsResult,
     PollRequest,
@@ -60,6 +62,7 @@ from activities.contracts import (
     TasksResult,
     TaskStatesRequest,
     ThresholdAdvisor,
+    UndeliveredMessage,
     WriteLog,
 )
 from activities.integrity import READBACK_TOLERANCE, IntegrityChecker
@@ -110,7 +113,7 @@ class RollbackActivities(IncidentActivities):
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """The bound activity methods, for ``Worker(activities=...)``."""
         return [self.poll_signals, self.apply_cohort, self.read_cohort, self.check_integrity, self.notify,
-                self.record_audit, self.write_review, self.hold_targets, self.release_targets, self.served_release,
+                self.notify_batch, self.record_audit, self.write_review, self.hold_targets, self.release_targets, self.served_release,
                 self.count_outputs, self.purge_outputs, self.draft_report, self.create_tasks, self.sync_tasks,
                 self.learn]
 
@@ -316,6 +319,38 @@ class RollbackActivities(IncidentActivities):
         async with _heartbeating():
             return await self.chat.send(req, _render_message(req))
 
+    @activity.defn(name="notify_batch")
+    async def notify_batch(self, req: NotificationBatch) -> BatchDelivery:
+        """Send the messages in order, as ``notify`` one after another would, carrying the incident's message
+        ref from one to the next. A message the chat system refuses for good (non-retryable) is reported and
+        the rest still go out; anything else fails the attempt, and the retry resumes after the last message
+        sent (heartbeat). The final failure carries how far the batch got, so the workflow knows exactly which
+        messages did not go out."""
+        _count_retry("chat")
+        progress = _resumed_delivery(req.thread_ref)
+        beat = progress.model_dump(mode="json")  # what every heartbeat carries, kept current below
+        async with _heartbeating(beat):
+            for index in range(progress.sent, len(req.notes)):
+                note = req.notes[index]
+                if note.channel == req.thread_channel:
+                    note = note.model_copy(update={"thread_ref": progress.thread_ref})
+                try:
+                    ref = await self.chat.send(note, _render_message(note))
+                except ApplicationError as exc:
+                    if not exc.non_retryable:
+                        raise _delivery_failed(exc, progress, exc.type, exc.next_retry_delay) from exc
+                    progress.undelivered.append(UndeliveredMessage(index=index, kind=note.kind, channel=note.channel,
+                                                                   error=exc.message))
+                except Exception as exc:
+                    raise _delivery_failed(exc, progress, type(exc).__name__, None) from exc
+                else:
+                    if note.channel == req.thread_channel and ref.ref:
+                        progress.thread_ref = ref.ref
+                progress.sent = index + 1
+                beat.update(progress.model_dump(mode="json"))
+                activity.heartbeat(beat)
+        return progress
+
     @activity.defn(name="record_audit")
     async def record_audit(self, req: AuditBatch) -> None:
         """Project the incident and its new audit events into the incident store (idempotent); the incident
@@ -412,6 +447,22 @@ async def workflow_status(workflow_id: str, client: Client | None = None) -> str
     if status is None or status is WorkflowExecutionStatus.RUNNING:
         return "running" if status is not None else None
     return status.name.lower()
+
+
+def _resumed_delivery(thread_ref: str | None) -> BatchDelivery:
+    """How far an earlier attempt of ``notify_batch`` got (its last heartbeat), or a fresh start."""
+    details = activity.info().heartbeat_details if activity.in_activity() else []
+    if details and isinstance(details[-1], dict):
+        return BatchDelivery.model_validate(details[-1])
+    return BatchDelivery(thread_ref=thread_ref)
+
+
+def _delivery_failed(exc: Exception, progress: BatchDelivery, kind: str | None,
+                     delay: timedelta | None) -> ApplicationError:
+    """A retryable failure of a batch, with how far it got (the retry resumes there; the workflow reads it if
+    no retry is left)."""
+    message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
+    return ApplicationError(message, progress.model_dump(mode="json"), type=kind, next_retry_delay=delay)
 
 
 def _count_retry(system: str) -> None:

@@ -12,17 +12,21 @@ first waits (a poll, a gate, a timer, the end).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
         AuditBatch,
         AuditEvent,
+        BatchDelivery,
         CohortChange,
         CohortResult,
         IncidentActivities,
@@ -31,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         MessageKind,
         MessageRef,
         Notification,
+        NotificationBatch,
         PollRequest,
         PollResult,
         SignalObservation,
@@ -81,6 +86,7 @@ class IncidentWorkflowBase:
         self._unflushed: list[AuditEvent] = []
         self._outbox: list[Notification] = []
         self._thread_ref: str | None = None
+        self._batch_messages = False  # set by a workflow whose histories may carry ``notify_batch``
         self._closing = False
         self._background: list[asyncio.Task[None]] = []
         self._held = False
@@ -235,6 +241,10 @@ class IncidentWorkflowBase:
             await workflow.wait_condition(lambda: (bool(self._outbox) and not self._held) or self._closing)
             if not self._outbox:
                 return
+            if self._batch_messages:
+                notes, self._outbox = self._outbox, []
+                await self._deliver_together(notes)
+                continue
             note = self._outbox.pop(0)
             if note.channel == self._playbook.communications.channel:
                 note = note.model_copy(update={"thread_ref": self._thread_ref})
@@ -250,6 +260,29 @@ class IncidentWorkflowBase:
             except ActivityError as err:
                 self._audit("notification_failed", f"could not send the {note.kind.value} message to "
                             f"{note.channel}: {_cause(err)}", channel=note.channel)
+
+    async def _deliver_together(self, notes: list[Notification]) -> None:
+        """Send the messages released together in one ``notify_batch`` activity (one activity and one workflow
+        task for what was one of each per message), in order; record each message that did not go out."""
+        channel = self._playbook.communications.channel
+        failure = ""
+        try:
+            done: BatchDelivery = await workflow.execute_activity_method(
+                IncidentActivities.notify_batch,
+                NotificationBatch(incident_id=self._id, notes=notes, thread_channel=channel,
+                                  thread_ref=self._thread_ref),
+                start_to_close_timeout=timedelta(seconds=30) * len(notes), retry_policy=EVIDENCE_RETRY,
+            )
+        except ActivityError as err:
+            done, failure = _delivery_progress(err), _cause(err)
+        if done.thread_ref:
+            self._thread_ref = done.thread_ref
+        for lost in done.undelivered:
+            self._audit("notification_failed", f"could not send the {lost.kind.value} message to {lost.channel}: "
+                        f"{lost.error}", channel=lost.channel)
+        for note in notes[done.sent:]:
+            self._audit("notification_failed", f"could not send the {note.kind.value} message to {note.channel}: "
+                        f"{failure}", channel=note.channel)
 
     def _start_background(self) -> None:
         self._closing = False
@@ -345,6 +378,22 @@ class IncidentWorkflowBase:
         self._status.closed_at = workflow.now()
         self._status.gate = None
         self._audit("closed", f"{outcome.value}: {reason}", actor=actor, outcome=outcome.value, reason=reason)
+
+
+def _delivery_progress(err: ActivityError) -> BatchDelivery:
+    """How far a failed ``notify_batch`` got: the details of its last failure, or its last heartbeat when it
+    timed out (nothing sent, as far as the workflow can tell, if neither says)."""
+    cause = err.cause
+    details: Sequence[Any] = ()
+    if isinstance(cause, ApplicationError):
+        details = cause.details
+    elif isinstance(cause, ActivityTimeout):
+        details = cause.last_heartbeat_details
+    for detail in reversed(details):
+        if isinstance(detail, dict):
+            with contextlib.suppress(ValueError):
+                return BatchDelivery.model_validate(detail)
+    return BatchDelivery()
 
 
 def _cause(err: BaseException) -> str:

@@ -96,6 +96,18 @@ FIRST_WRITE_FIRST = "first-write-first"
 (``check_release`` + ``forward_only``, instead of ``served_release``, ``read_cohort`` and ``apply_cohort``); audit
 writes and messages are held until that write is done or the workflow first waits, so the workflow tasks on the
 way schedule nothing else."""
+HOLD_AND_CHECK = "hold-targets-check-served-release"
+"""Patch: the revert holds its targets in the store and checks they serve the release under suspicion."""
+READ_BEFORE_REVERT = "read-split-before-revert"
+"""Patch: the revert reads the split first and never moves users back toward the release under suspicion."""
+ONE_MARKER = "first-write-one-marker"
+"""Patch: an incident carries this one marker for what the four patches above introduced together
+(``HOLD_AND_CHECK``, ``READ_BEFORE_REVERT``, ``COMPARE_AND_SET``, ``FIRST_WRITE_FIRST``). Every marker costs a
+history event and, since the SDK upserts ``TemporalChangeVersion`` with it, a second event and a visibility
+write; the four cost eight events and four visibility writes on the way to the first write. Histories that
+carry the four markers (or some of them) replay on their own branches, which ask for each one. Under this
+patch, messages released together also go out in one ``notify_batch`` activity instead of one ``notify`` (and
+one workflow task) each."""
 
 @workflow.defn
 class RollbackWorkflow(IncidentWorkflowBase):
@@ -117,6 +129,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._expected: dict[str, float] = {}
         self._reapplied = 0
         self._first_write_first = False
+        self._one_marker = False
 
     # --- signals, update, query ---------------------------------------------------------------------------
 
@@ -218,7 +231,9 @@ class RollbackWorkflow(IncidentWorkflowBase):
     async def run(self, input: RollbackInput) -> IncidentStatus:
         pb = self._playbook
         self._start_background()
-        if workflow.patched(FIRST_WRITE_FIRST):
+        self._one_marker = workflow.patched(ONE_MARKER)
+        self._batch_messages = self._one_marker
+        if self._one_marker or workflow.patched(FIRST_WRITE_FIRST):
             self._first_write_first = True
             self._hold_background()
         follows: dict[str, Any] = {"follows": input.follows} if input.follows else {}
@@ -455,7 +470,7 @@ class RollbackWorkflow(IncidentWorkflowBase):
         self._status.phase = Phase.REVERTING
         self._status.stages = [StageProgress(index=i, percent=s.percent, status="pending")
                                for i, s in enumerate(rollback.stages)]
-        if workflow.patched("hold-targets-check-served-release"):
+        if self._one_marker or workflow.patched(HOLD_AND_CHECK):
             if self._first_write_first:
                 await self._hold_targets()  # the served release is checked by the first write itself
             else:
@@ -464,12 +479,12 @@ class RollbackWorkflow(IncidentWorkflowBase):
             self._status.phase = Phase.REVERTING
         already = 0.0
         forward_only = False  # the next write reads the split itself and skips if users are already further back
-        if workflow.patched("read-split-before-revert"):
+        if self._one_marker or workflow.patched(READ_BEFORE_REVERT):
             if self._first_write_first:
                 forward_only = True
             else:
                 already = await self._current_previous_percent()
-        self._cas = workflow.patched(COMPARE_AND_SET)
+        self._cas = self._one_marker or workflow.patched(COMPARE_AND_SET)
         for i, stage in enumerate(rollback.stages):
             self._check_abort()
             if self._revert_all is not None:

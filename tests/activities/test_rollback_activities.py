@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ from activities.contracts import (
     IntegrityRequest,
     Measurement,
     MessageKind,
+    MessageRef,
     Notification,
+    NotificationBatch,
     PollRequest,
     ReadbackRequest,
     ReviewRequest,
@@ -77,7 +79,8 @@ def activities(tmp_path: Path, flags: Any = None, signals: Any = None) -> Rollba
 
 def test_all_lists_the_activities_the_workflows_call(tmp_path: Path) -> None:
     names = {activity._Definition.must_from_callable(fn).name for fn in activities(tmp_path).all()}
-    assert names == {"poll_signals", "apply_cohort", "read_cohort", "check_integrity", "notify", "record_audit",
+    assert names == {"poll_signals", "apply_cohort", "read_cohort", "check_integrity", "notify", "notify_batch",
+                     "record_audit",
                      "write_review", "hold_targets", "release_targets", "served_release", "count_outputs",
                      "purge_outputs", "draft_report", "create_tasks", "sync_tasks", "learn"}
 
@@ -315,6 +318,73 @@ async def test_notify_renders_with_the_playbook_template_and_sends(tmp_path: Pat
     broken = note.model_copy(update={"template_overrides": {"opened": "{{ no_such_name }}"}})
     ref = await acts.notify(broken)
     assert "unship:chat:r1" in ref.text and "r1" in ref.text and "template error" in ref.text
+
+
+class FlakyChat(LogNotifier):
+    """A chat system that fails the sends numbered in ``fail`` (1-based, counted over every attempt)."""
+
+    def __init__(self, fail: dict[int, ApplicationError]) -> None:
+        super().__init__()
+        self.fail = fail
+        self.calls = 0
+
+    async def send(self, notification: Notification, text: str) -> MessageRef:
+        self.calls += 1
+        if self.calls in self.fail:
+            raise self.fail[self.calls]
+        return await super().send(notification, text)
+
+
+def batch(*kinds_and_channels: tuple[MessageKind, str]) -> NotificationBatch:
+    return NotificationBatch(incident_id="unship:chat:r1", thread_channel="#ml-incidents", notes=[
+        Notification(incident_id="unship:chat:r1", kind=kind, channel=channel, context={"release": "r1"})
+        for kind, channel in kinds_and_channels])
+
+
+async def test_notify_batch_sends_in_order_and_later_news_edits_the_incidents_message(tmp_path: Path) -> None:
+    acts = activities(tmp_path)
+    done = await ActivityEnvironment().run(acts.notify_batch, batch(
+        (MessageKind.OPENED, "#ml-incidents"), (MessageKind.ESCALATED, "#ml-leads"), (MessageKind.STAGE, "#ml-incidents")))
+    sent = [n for n, _ in acts.chat.sent]  # type: ignore[attr-defined]
+    assert [(n.kind, n.channel, n.thread_ref) for n in sent] == [
+        (MessageKind.OPENED, "#ml-incidents", None), (MessageKind.ESCALATED, "#ml-leads", None),
+        (MessageKind.STAGE, "#ml-incidents", "1")]  # the stage news edits the opened message, not the leads' one
+    assert (done.sent, done.thread_ref, done.undelivered) == (3, "1", [])
+
+
+async def test_a_retried_batch_resumes_after_the_last_message_sent(tmp_path: Path) -> None:
+    """The chat system rate-limits the second message: the attempt fails retryably (Retry-After kept) with how
+    far it got, and the retry sends the rest: every message exactly once, in order, still edited in place."""
+    acts = activities(tmp_path)
+    acts.chat = FlakyChat({2: ApplicationError("slack: HTTP 429", type="slack.http_429",
+                                               next_retry_delay=timedelta(seconds=7))})
+    beats: list[Any] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(copy.deepcopy(details[-1]))
+    req = batch((MessageKind.OPENED, "#ml-incidents"), (MessageKind.DECIDED, "#ml-incidents"),
+                (MessageKind.STAGE, "#ml-incidents"))
+    with pytest.raises(ApplicationError) as failed:
+        await env.run(acts.notify_batch, req)
+    assert not failed.value.non_retryable and failed.value.next_retry_delay == timedelta(seconds=7)
+    assert failed.value.type == "slack.http_429"
+    assert failed.value.details[0]["sent"] == 1 and beats[-1]["sent"] == 1
+
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[beats[-1]])
+    done = await env.run(acts.notify_batch, req)
+    sent = [n for n, _ in acts.chat.sent]
+    assert [(n.kind, n.thread_ref) for n in sent] == [
+        (MessageKind.OPENED, None), (MessageKind.DECIDED, "1"), (MessageKind.STAGE, "1")]
+    assert (done.sent, done.thread_ref) == (3, "1")
+
+
+async def test_a_message_refused_for_good_is_reported_and_the_rest_still_go_out(tmp_path: Path) -> None:
+    acts = activities(tmp_path)
+    acts.chat = FlakyChat({1: ApplicationError("slack: channel_not_found: #ml-leads", non_retryable=True)})
+    done = await ActivityEnvironment().run(acts.notify_batch, batch(
+        (MessageKind.ESCALATED, "#ml-leads"), (MessageKind.OPENED, "#ml-incidents")))
+    assert [(u.index, u.kind, u.channel) for u in done.undelivered] == [(0, MessageKind.ESCALATED, "#ml-leads")]
+    assert "channel_not_found" in done.undelivered[0].error
+    assert [n.kind for n, _ in acts.chat.sent] == [MessageKind.OPENED] and done.sent == 2
 
 
 async def test_record_audit_is_idempotent(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -621,8 +622,18 @@ async def test_an_automatic_revert_writes_first_and_still_audits_and_announces_e
     scheduled = _scheduled_per_task(await handle.fetch_history())
     assert scheduled[0] == ["hold_targets"]  # nothing competing with it
     assert scheduled[1] == ["apply_cohort"]  # the first write, alone
-    assert scheduled[2][:2] == ["record_audit", "notify"]  # the held audit and messages go out right after
+    # the held audit and messages go out right after: one audit batch, and the messages in one activity
+    assert scheduled[2][:2] == ["record_audit", "notify_batch"]
+    assert "notify" not in [name for task in scheduled for name in task]
     assert not {"read_cohort", "served_release"} & set(scheduled[0] + scheduled[1] + scheduled[2])
+
+    history = await handle.fetch_history()
+    first_write = next(e.event_id for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+                       and e.activity_task_scheduled_event_attributes.activity_type.name == "apply_cohort")
+    on_the_way = [e for e in history.events if e.event_id < first_write]
+    # one patch marker (each also upserts TemporalChangeVersion: a history event and a visibility write)
+    assert sum(e.HasField("marker_recorded_event_attributes") for e in on_the_way) == 1
+    assert sum(e.HasField("upsert_workflow_search_attributes_event_attributes") for e in on_the_way) == 1
 
     stored = [e.kind for e in await world.store.events(handle.id)]
     assert stored[:7] == ["alert", "opened", "confirmed", "decided", "targets_held", "served_release_checked",
@@ -630,9 +641,38 @@ async def test_an_automatic_revert_writes_first_and_still_audits_and_announces_e
     assert stored[:len(status.audit)] == [e.kind for e in status.audit]  # the review adds its own after
     applied = next(e for e in status.audit if e.kind == "stage_applied")
     assert applied.data["idempotency_key"] == f"{handle.id}:revert:0" and applied.data["read_back"]
-    kinds = [n.kind.value for n, _ in world.chat.sent if n.incident_id == handle.id]
-    assert kinds[:3] == ["opened", "decided", "stage"] and kinds[-1] == "completed"
+    sent = [n for n, _ in world.chat.sent if n.incident_id == handle.id]
+    assert [n.kind.value for n in sent[:3]] == ["opened", "decided", "stage"] and sent[-1].kind.value == "completed"
+    # the incident's message is posted once and edited in place by the news after it, batched or not
+    assert sent[0].thread_ref is None and {n.thread_ref for n in sent[1:]} == {"1"}
     assert [s.status for s in status.stages] == ["verified", "verified", "verified"]
+    await world.terminate_leftovers()
+
+
+async def test_messages_that_did_not_go_out_are_on_the_audit_trail_each_by_name(world: World) -> None:
+    """The chat refuses the decided message for good and is down when the stage news goes out: the incident
+    still reverts, the opened message went out once, and the audit names exactly the two that did not."""
+    world.signals.timeline = SUSTAINED
+    send = world.chat.send
+    attempts: list[str] = []
+
+    async def chat(note: Notification, text: str) -> MessageRef:
+        attempts.append(note.kind.value)
+        if note.kind.value == "decided":
+            raise ApplicationError("slack: not_in_channel", non_retryable=True)
+        if note.kind.value == "stage":
+            raise ApplicationError("slack: HTTP 503")
+        return await send(note, text)
+
+    world.chat.send = chat  # type: ignore[method-assign]
+    handle = await world.start(snapshot(confirmation={"window": 0}, decision={"mode": "automatic"}))
+    status = await world.result(handle)
+    assert status.outcome is Outcome.REVERTED and world.writes() == [10, 50, 100]
+    failed = [e.message for e in status.audit if e.kind == "notification_failed"]
+    assert failed[:2] == ["could not send the decided message to #ml-incidents: slack: not_in_channel",
+                          "could not send the stage message to #ml-incidents: slack: HTTP 503"]
+    assert attempts[:2] == ["opened", "decided"] and attempts.count("opened") == 1  # resumed, never re-sent
+    assert attempts[2:7] == ["stage"] * 5  # the evidence retry policy: 5 attempts, then recorded
     await world.terminate_leftovers()
 
 
