@@ -16,12 +16,14 @@ event that does not match, so an edited, deleted or inserted row is found (``uns
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -684,18 +686,73 @@ ON CONFLICT (incident_id) DO UPDATE SET
 _PG_SCHEMA_LOCK = 7_362_617_001
 
 
-class PostgresIncidentStore:
-    """An ``IncidentStore`` in a PostgreSQL database (psycopg 3; one short connection per call).
+PG_CONNECTIONS = 10
+"""Connections a process keeps to PostgreSQL at most (per event loop): calls past it wait for one to be free."""
 
-    Same semantics as ``SqliteIncidentStore``. A connection per call means a restarted or failed-over server
-    costs one failed (retried) activity at most, and no pool to size. The tables are created on first use;
-    give unship its own database, or its own schema with ``?options=-csearch_path%3Dunship``.
+
+@dataclass
+class _LoopConnections:
+    """One event loop's connections: at most ``slots`` in use at once, the idle ones kept for the next call."""
+
+    slots: asyncio.Semaphore
+    idle: list[Any]
+
+
+class PostgresIncidentStore:
+    """An ``IncidentStore`` in a PostgreSQL database (psycopg 3).
+
+    Same semantics as ``SqliteIncidentStore``. Each call takes a connection kept from an earlier call (at most
+    ``max_connections`` per event loop, so a burst of incidents queues for them instead of opening a server
+    process each, past PostgreSQL's ``max_connections``). A kept connection is checked before use (one round
+    trip), so one the server dropped (a failover, an idle-session reaper) is replaced, not failed on; a call that
+    fails closes its connection. Connection errors surface as psycopg raises them, at once: no pool thread
+    retries behind the call. The tables are created on first use; give unship its own database, or its own
+    schema with ``?options=-csearch_path%3Dunship``.
     """
 
-    def __init__(self, dsn: str, connect_timeout: int = 10) -> None:
+    def __init__(self, dsn: str, connect_timeout: int = 10, max_connections: int = PG_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self._dsn = dsn
         self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
         self._schema_ready = False
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = (
+            weakref.WeakKeyDictionary())
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A connection for one call (autocommit: a call's writes go in ``conn.transaction()``)."""
+        from psycopg.pq import TransactionStatus
+
+        loop = asyncio.get_running_loop()
+        mine = self._loops.get(loop)
+        if mine is None:
+            mine = self._loops[loop] = _LoopConnections(asyncio.Semaphore(self._max_connections), [])
+        async with mine.slots:
+            conn = await self._kept(mine) or await self._connect()
+            try:
+                yield conn
+            except BaseException:
+                await conn.close()  # its state is unknown: the next call starts on another
+                raise
+            if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                await conn.close()
+            else:
+                mine.idle.append(conn)
+
+    async def _kept(self, mine: _LoopConnections) -> Any:
+        """An idle connection that still answers, or None."""
+        import psycopg
+
+        while mine.idle:
+            conn = mine.idle.pop()
+            try:
+                await conn.execute("")
+                return conn
+            except psycopg.Error:
+                await conn.close()
+        return None
 
     def __repr__(self) -> str:  # the DSN may carry a password
         return "PostgresIncidentStore(...)"
@@ -705,7 +762,7 @@ class PostgresIncidentStore:
         from psycopg.rows import dict_row
 
         conn = await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=self._connect_timeout,
-                                                     row_factory=dict_row)
+                                                     row_factory=dict_row, autocommit=True)
         if not self._schema_ready:
             try:
                 async with conn.transaction():
@@ -745,8 +802,7 @@ class PostgresIncidentStore:
             return int(found["v"]) if found else 0
 
     async def _fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        conn = await self._connect()
-        async with conn:
+        async with self._connection() as conn:
             cursor = await conn.execute(query, params)
             return list(await cursor.fetchall())
 
@@ -755,8 +811,7 @@ class PostgresIncidentStore:
         inc = batch.incident
         rows = [(inc.incident_id, e.seq, _aware(e.at), e.kind, e.actor, e.message,
                  json.dumps(e.data, default=str, sort_keys=True)) for e in batch.events]
-        conn = await self._connect()
-        async with conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             if rows:
                 # FOR UPDATE is not needed: a concurrent insert of the same seq is caught by ON CONFLICT and the
                 # compare below runs on what this transaction sees; the writer of one incident is one workflow.
@@ -815,8 +870,7 @@ class PostgresIncidentStore:
     async def hold_targets(self, incident_id: str, refs: list[str]) -> tuple[str, str] | None:
         """Hold every target in ``refs`` for ``incident_id`` (all or none); ``(holder, target)`` when another
         active incident holds one of them."""
-        conn = await self._connect()
-        async with conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK + 1,))
             for ref in refs:
                 row = await (await conn.execute(_HOLDER.format(p="%s"), (ref,))).fetchone()
@@ -828,8 +882,7 @@ class PostgresIncidentStore:
         return None
 
     async def release_targets(self, incident_id: str) -> None:
-        conn = await self._connect()
-        async with conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(_LET_GO.format(p="%s"), (incident_id,))
 
     async def target_holds(self) -> list[StoredHold]:
@@ -838,8 +891,7 @@ class PostgresIncidentStore:
 
     async def release_target(self, target: str) -> str | None:
         """Delete the hold of ``target``; the incident that held it (None: nobody did)."""
-        conn = await self._connect()
-        async with conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await (await conn.execute(_LET_GO_OF.format(p="%s"), (target,))).fetchone()
         return str(row["incident_id"]) if row is not None else None
 
@@ -852,8 +904,7 @@ class PostgresIncidentStore:
 
     async def save_review(self, review: ReviewDocument) -> None:
         """Store (or replace) the incident's review document."""
-        conn = await self._connect()
-        async with conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(_PG_UPSERT_REVIEW, (
                 review.incident_id, review.markdown, json.dumps(review.tasks, default=str), datetime.now(UTC)))
             await conn.execute(
@@ -869,8 +920,7 @@ class PostgresIncidentStore:
 
     async def save_report(self, draft: ReportDraft) -> None:
         """Store (or replace) the draft of one regulatory report."""
-        conn = await self._connect()
-        async with conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(_UPSERT_REPORT.replace("?", "%s"), (
                 draft.incident_id, draft.regime.value, draft.markdown, draft.html,
                 _aware(draft.drafted_at or datetime.now(UTC))))

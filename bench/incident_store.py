@@ -1,13 +1,14 @@
 """The incident store on every incident's way to its first write: the target hold, then the audit batch.
 
-Each incident holds its target (``hold_targets``: one ``BEGIN IMMEDIATE`` transaction) and then writes its first
-audit batch (the incident row and 8 chained events, one transaction), against the SQLite store in a fresh file,
-as the worker calls them (``asyncio.to_thread``). Incidents one after another, then ``--concurrent`` at once.
-Beside it, in the same run, the floor: the same two transactions as bare SQL (one insert each, no reads, no
-hashes) on one connection kept open, so a change in the store's own overhead shows against SQLite's.
+Each incident holds its target (``hold_targets``: one transaction) and then writes its first audit batch (the
+incident row and 8 chained events, one transaction), as the worker calls them: the SQLite store in a fresh file
+(in executor threads), and the PostgreSQL store against a private PostgreSQL 15 cluster on 127.0.0.1 (the one the
+tests start: trust authentication, ``fsync=off``). Incidents one after another, then ``--concurrent`` at once.
+Beside each, in the same run, the floor: the same two transactions as bare SQL (one insert each, no reads, no
+hashes) on one connection kept open, so a change in the store's own overhead shows against the database's.
 ``--write`` replaces this benchmark's table in BENCHMARKS.md.
 
-    ./dev bench incident_store [--incidents 300] [--concurrent 50] [--write]
+    ./dev bench incident_store [--incidents 300] [--concurrent 50] [--stores sqlite,postgres] [--write]
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg
+
 from activities.contracts import AuditBatch, AuditEvent, IncidentRecord
-from activities.store import SqliteIncidentStore
+from activities.store import PostgresIncidentStore, SqliteIncidentStore
 from bench.machine import command_line, header, percentile, table
+from tests.support.postgres import start_postgres
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 EVENTS = 8
@@ -69,6 +73,32 @@ class BareSql:
         await asyncio.to_thread(self._tx, "INSERT INTO events VALUES (?, ?, ?)", rows)
 
 
+class BarePostgres:
+    """The PostgreSQL floor: one connection kept open (its transactions one at a time), one insert per
+    transaction."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        self.conn = conn
+        self.lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, dsn: str) -> BarePostgres:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        await conn.execute("CREATE TABLE bare_holds (target TEXT PRIMARY KEY, incident TEXT)")
+        await conn.execute("CREATE TABLE bare_events (incident TEXT, seq INTEGER, body TEXT, "
+                           "PRIMARY KEY (incident, seq))")
+        return cls(conn)
+
+    async def hold(self, incident: str, target: str) -> None:
+        async with self.lock, self.conn.transaction():
+            await self.conn.execute("INSERT INTO bare_holds VALUES (%s, %s)", (target, incident))
+
+    async def write(self, incident: str) -> None:
+        async with self.lock, self.conn.transaction(), self.conn.cursor() as cursor:
+            await cursor.executemany("INSERT INTO bare_events VALUES (%s, %s, %s)",
+                                     [(incident, n, f"event {n}") for n in range(1, EVENTS + 1)])
+
+
 async def run(label: str, incidents: int, width: int,
               one: Callable[[str], Awaitable[None]]) -> tuple[list[float], float]:
     """Per-incident latency (hold + write) and CPU per incident, ``width`` at a time."""
@@ -85,31 +115,55 @@ async def run(label: str, incidents: int, width: int,
     return latencies, (time.process_time() - cpu) / incidents
 
 
+async def compare(label: str, store: SqliteIncidentStore | PostgresIncidentStore,
+                  bare_hold: Callable[[str, str], Awaitable[None]], bare_write: Callable[[str], Awaitable[None]],
+                  args: argparse.Namespace) -> list[tuple[str, ...]]:
+    """The store against its floor, one after another and ``--concurrent`` at once: table rows."""
+    rows: list[tuple[str, ...]] = []
+
+    async def unship(incident: str) -> None:
+        await store.hold_targets(incident, [f"flagd:{incident}"])
+        await store.write(batch(incident))
+
+    async def floor(incident: str) -> None:
+        await bare_hold(incident, f"flagd:{incident}")
+        await bare_write(incident)
+
+    await unship(f"warm-up-{label}")
+    await floor(f"warm-up-{label}")
+    for mode, width in (("one after another", 1), (f"{args.concurrent} at once", args.concurrent)):
+        for name, one in ((f"{label} store: hold_targets + audit batch", unship),
+                          (f"floor: 2 bare SQL transactions on one {label} connection", floor)):
+            latencies, cpu = await run(f"{label}-{mode}-{name[:5]}", args.incidents, width, one)
+            rows.append((mode if "store" in name else "", name,
+                         f"{percentile(latencies, .5) * MS:.2f} ms", f"{percentile(latencies, .95) * MS:.2f} ms",
+                         f"{cpu * MS:.2f} ms"))
+    return rows
+
+
 async def measure(args: argparse.Namespace) -> str:
-    rows = []
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = sorted(set(stores) - {"sqlite", "postgres"})
+    if unknown:
+        raise SystemExit(f"--stores: unknown {', '.join(unknown)} (choose from sqlite, postgres)")
+    rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteIncidentStore(Path(tmp) / "unship.db")
-        bare = BareSql(Path(tmp) / "bare.db")
-
-        async def unship(incident: str) -> None:
-            await store.hold_targets(incident, [f"flagd:{incident}"])
-            await store.write(batch(incident))
-
-        async def floor(incident: str) -> None:
-            await bare.hold(incident, f"flagd:{incident}")
-            await bare.write(incident)
-
-        await unship("warm-up")
-        await floor("warm-up")
-        for mode, width in (("one after another", 1), (f"{args.concurrent} at once", args.concurrent)):
-            for name, one in (("store: hold_targets + audit batch", unship), ("floor: 2 bare SQL transactions", floor)):
-                latencies, cpu = await run(f"{mode}-{name[:5]}", args.incidents, width, one)
-                rows.append((mode if name.startswith("store") else "", name,
-                             f"{percentile(latencies, .5) * MS:.2f} ms", f"{percentile(latencies, .95) * MS:.2f} ms",
-                             f"{cpu * MS:.2f} ms"))
+        if "sqlite" in stores:
+            bare = BareSql(Path(tmp) / "bare.db")
+            rows += await compare("SQLite", SqliteIncidentStore(Path(tmp) / "unship.db"), bare.hold, bare.write, args)
+        if "postgres" in stores:
+            cluster = start_postgres(Path(tmp), database="unship")
+            try:
+                floor = await BarePostgres.connect(cluster.dsn)
+                rows += await compare("PostgreSQL", PostgresIncidentStore(cluster.dsn), floor.hold, floor.write,
+                                      args)
+                await floor.conn.close()
+            finally:
+                cluster.stop()
     return "\n".join([header("incident_store"), "",
                       f"`./dev bench incident_store --incidents {args.incidents} --concurrent {args.concurrent}` "
-                      "(SQLite store, fresh file, WAL)", "",
+                      "(SQLite: fresh file, WAL; PostgreSQL 15: private cluster on 127.0.0.1, trust auth, fsync=off; "
+                      "CPU is this process's)", "",
                       table(["load", "measured", "p50", "p95", "CPU per incident"], rows, "llrrr")])
 
 
@@ -117,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--incidents", type=int, default=300)
     p.add_argument("--concurrent", type=int, default=50)
+    p.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     p.add_argument("--write", action="store_true", help="replace this benchmark's table in BENCHMARKS.md")
     return p
 

@@ -181,3 +181,50 @@ async def test_target_holds_are_listed_and_one_can_be_let_go(dsn: str) -> None:
     assert await store.release_target("flag:flagd:chat-model") == "unship:a:1"
     assert await store.release_target("flag:flagd:chat-model") is None
     assert await store.hold_targets("unship:b:2", ["flag:flagd:chat-model"]) is None
+
+
+def _client_backends(dsn: str) -> list[int]:
+    """The server processes serving client connections to ``dsn``'s database (this check's own excluded)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY pid").fetchall()
+    return [int(row[0]) for row in rows]
+
+
+async def test_calls_one_after_another_share_one_connection(dsn: str) -> None:
+    """A connection per call costs a server process (fork, authentication) on every hold and audit write, on
+    every incident's way to its first write: one after another, the store keeps using one."""
+    store = PostgresIncidentStore(dsn)
+    await store.hold_targets("unship:a:0", ["flag:flagd:m-0"])
+    first = _client_backends(dsn)
+    for n in range(1, 20):
+        await store.hold_targets(f"unship:a:{n}", [f"flag:flagd:m-{n}"])
+        await store.write(AuditBatch(incident=record(f"unship:a:{n}"), events=[event(1)]))
+    assert len(first) == 1 and _client_backends(dsn) == first
+
+
+async def test_a_burst_of_incidents_opens_a_bounded_number_of_connections(dsn: str) -> None:
+    """150 incidents hold their targets and write their audit at once: every call succeeds (PostgreSQL refuses
+    connections past ``max_connections``, 100 by default) and the store never has more than its limit open."""
+    store = PostgresIncidentStore(dsn, max_connections=8)
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, len(await asyncio.to_thread(_client_backends, dsn)))
+            await asyncio.sleep(0.005)
+
+    async def incident(n: int) -> None:
+        assert await store.hold_targets(f"unship:b:{n}", [f"flag:flagd:b-{n}"]) is None
+        await store.write(AuditBatch(incident=record(f"unship:b:{n}"), events=[event(1), event(2)]))
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.gather(*(incident(n) for n in range(150)))
+    finally:
+        done.set()
+        await watcher
+    assert 1 <= peak <= 8
+    assert len(await store.target_holds()) == 150
