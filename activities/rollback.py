@@ -348,7 +348,8 @@ class RollbackActivities(IncidentActivities):
                         progress.thread_ref = ref.ref
                 progress.sent = index + 1
                 beat.update(progress.model_dump(mode="json"))
-                activity.heartbeat(beat)
+                if progress.sent < len(req.notes):  # where a retry resumes; after the last one the answer says it
+                    activity.heartbeat(beat)
         return progress
 
     @activity.defn(name="record_audit")

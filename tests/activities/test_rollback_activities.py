@@ -343,13 +343,19 @@ def batch(*kinds_and_channels: tuple[MessageKind, str]) -> NotificationBatch:
 
 async def test_notify_batch_sends_in_order_and_later_news_edits_the_incidents_message(tmp_path: Path) -> None:
     acts = activities(tmp_path)
-    done = await ActivityEnvironment().run(acts.notify_batch, batch(
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(copy.deepcopy(details[-1]))
+    done = await env.run(acts.notify_batch, batch(
         (MessageKind.OPENED, "#ml-incidents"), (MessageKind.ESCALATED, "#ml-leads"), (MessageKind.STAGE, "#ml-incidents")))
     sent = [n for n, _ in acts.chat.sent]  # type: ignore[attr-defined]
     assert [(n.kind, n.channel, n.thread_ref) for n in sent] == [
         (MessageKind.OPENED, "#ml-incidents", None), (MessageKind.ESCALATED, "#ml-leads", None),
         (MessageKind.STAGE, "#ml-incidents", "1")]  # the stage news edits the opened message, not the leads' one
     assert (done.sent, done.thread_ref, done.undelivered) == (3, "1", [])
+    # progress is heartbeated while messages remain (a retry resumes there), not after the last one: a heartbeat
+    # is a call to Temporal, and the batch's answer says the same a moment later
+    assert [b["sent"] for b in beats] == [1, 2]
 
 
 async def test_a_retried_batch_resumes_after_the_last_message_sent(tmp_path: Path) -> None:
