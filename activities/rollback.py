@@ -113,9 +113,9 @@ class RollbackActivities(IncidentActivities):
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """The bound activity methods, for ``Worker(activities=...)``."""
         return [self.poll_signals, self.apply_cohort, self.read_cohort, self.check_integrity, self.notify,
-                self.notify_batch, self.record_audit, self.write_review, self.hold_targets, self.release_targets, self.served_release,
-                self.count_outputs, self.purge_outputs, self.draft_report, self.create_tasks, self.sync_tasks,
-                self.learn]
+                self.notify_batch, self.record_audit, self.write_review, self.hold_targets, self.release_targets,
+                self.served_release, self.count_outputs, self.purge_outputs, self.draft_report, self.create_tasks,
+                self.sync_tasks, self.learn]
 
     @activity.defn(name="poll_signals")
     async def poll_signals(self, req: PollRequest) -> PollResult:
