@@ -325,6 +325,7 @@ class SqliteIncidentStore:
         self._initialised = False
         self._thread = _ThreadConnection()
         self._writer = threading.Lock()
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.exists():  # first use, or the file vanished: its tables must be created (again)
@@ -412,7 +413,9 @@ class SqliteIncidentStore:
         """``fn`` on this thread's connection, in an executor thread. ``writes``: one such call at a time in this
         process; SQLite runs one writer at a time anyway, and a writer that finds the file locked sleeps in its
         busy handler (1, 2, 5, 10 ... 100 ms steps) where a queue on a lock wakes it as soon as the writer before
-        it is done (``bench/incident_store.py``). Other processes on the same file still meet the busy handler."""
+        it is done (``bench/incident_store.py``). A writer waits for its turn in its event loop, not in an executor
+        thread: waiting writers would otherwise hold the threads that reads and the flag providers' file I/O share.
+        Other processes on the same file still meet the busy handler."""
         def call() -> T:
             if not writes:
                 return attempt()
@@ -441,7 +444,14 @@ class SqliteIncidentStore:
                 conn.rollback()
             return result
 
-        return await asyncio.to_thread(call)
+        if not writes:
+            return await asyncio.to_thread(call)
+        loop = asyncio.get_running_loop()
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = asyncio.Lock()
+        async with turn:  # the thread lock inside still orders the writers of other event loops
+            return await asyncio.to_thread(call)
 
     async def write(self, batch: AuditBatch) -> None:
         """Upsert the incident and add the events not stored yet, in one transaction."""

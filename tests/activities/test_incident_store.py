@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -236,6 +238,36 @@ async def test_a_failed_call_never_leaves_the_store_reading_an_old_snapshot(tmp_
     # its own event loop in its own thread: the tests share one loop, whose executor must stay as it is
     assert await asyncio.to_thread(asyncio.run, on_one_thread()) == {"unship:chat:a", "unship:chat:b",
                                                                      "unship:chat:c"}
+
+
+async def test_writers_waiting_their_turn_leave_the_executor_to_everything_else(tmp_path: Path) -> None:
+    """The writes of one process go one at a time; those waiting for their turn must not hold the executor's
+    threads, which the flag providers' file I/O and every read share (in a burst of incidents the reads of the
+    first write queued behind held threads). Two threads, a slow write running, four more queued: a read
+    still finishes before the second write does."""
+    path = tmp_path / "unship.db"
+    finished: list[str] = []
+
+    def slow_write(name: str) -> Callable[[sqlite3.Connection], None]:
+        def write(conn: sqlite3.Connection) -> None:
+            time.sleep(0.05)
+            finished.append(name)
+        return write
+
+    def read(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT count(*) FROM incidents").fetchone()
+        finished.append("read")
+
+    async def on_two_threads() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+        store = SqliteIncidentStore(path)
+        await store.incidents()  # the tables exist
+        writes = [asyncio.ensure_future(store._run(slow_write(f"write {n}"), writes=True)) for n in range(5)]
+        await asyncio.sleep(0)  # every write asked for its turn before the read
+        await asyncio.gather(*writes, store._run(read))
+
+    await asyncio.to_thread(asyncio.run, on_two_threads())
+    assert finished.index("read") < finished.index("write 1"), finished
 
 
 async def test_target_holds_are_listed_and_one_can_be_let_go(tmp_path: Path) -> None:
