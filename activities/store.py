@@ -1001,25 +1001,25 @@ class StoreConfigurationError(ValueError):
     """The incident store URL cannot be used."""
 
 
-def _sqlite(url: str) -> IncidentStore:
+def _sqlite(url: str, max_connections: int) -> IncidentStore:
     path = url[len("sqlite:///"):]
     if not path:
         raise StoreConfigurationError(f"{url!r} names no file; write it like sqlite:///.unship/unship.db")
     return SqliteIncidentStore(Path(path))
 
 
-def _postgres(url: str) -> IncidentStore:
+def _postgres(url: str, max_connections: int) -> IncidentStore:
     try:
         import psycopg  # noqa: F401
     except ImportError as exc:
         raise StoreConfigurationError("a postgresql:// incident store needs psycopg: pip install "
                                       "'psycopg[binary]'") from exc
     rest = url.split("://", 1)[1]
-    return PostgresIncidentStore(f"postgresql://{rest}")
+    return PostgresIncidentStore(f"postgresql://{rest}", max_connections=max_connections)
 
 
 # Scheme prefix -> factory.
-_STORES: dict[str, Callable[[str], IncidentStore]] = {
+_STORES: dict[str, Callable[[str, int], IncidentStore]] = {
     "sqlite:///": _sqlite,
     "postgresql://": _postgres,
     "postgres://": _postgres,
@@ -1027,12 +1027,13 @@ _STORES: dict[str, Callable[[str], IncidentStore]] = {
 }
 
 
-def open_store(url: str) -> IncidentStore:
+def open_store(url: str, *, max_connections: int = PG_CONNECTIONS) -> IncidentStore:
     """The incident store for ``url``: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or
-    ``postgresql://user:password@host:port/database`` (nothing is connected until first use)."""
+    ``postgresql://user:password@host:port/database`` (nothing is connected until first use; a PostgreSQL store
+    keeps at most ``max_connections`` open per event loop)."""
     for prefix, factory in _STORES.items():
         if url.startswith(prefix):
-            return factory(url)
+            return factory(url, max_connections)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise StoreConfigurationError(
         f"unsupported incident store URL scheme {scheme!r}; use sqlite:///path/to/unship.db or "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from activities.contracts import (
 from activities.errors import AuditConflict
 from activities.store import PostgresIncidentStore, StoreConfigurationError, open_store
 from tests.support.postgres import PostgresCluster, free_port, start_postgres
+from workers.runtime.settings import Settings
+from workers.runtime.worker import build_activities
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -203,10 +205,8 @@ async def test_calls_one_after_another_share_one_connection(dsn: str) -> None:
     assert len(first) == 1 and _client_backends(dsn) == first
 
 
-async def test_a_burst_of_incidents_opens_a_bounded_number_of_connections(dsn: str) -> None:
-    """150 incidents hold their targets and write their audit at once: every call succeeds (PostgreSQL refuses
-    connections past ``max_connections``, 100 by default) and the store never has more than its limit open."""
-    store = PostgresIncidentStore(dsn, max_connections=8)
+async def _peak_connections(dsn: str, work: Awaitable[object]) -> int:
+    """The most client connections to ``dsn``'s database seen (by one watcher) while ``work`` runs."""
     peak = 0
     done = asyncio.Event()
 
@@ -216,15 +216,33 @@ async def test_a_burst_of_incidents_opens_a_bounded_number_of_connections(dsn: s
             peak = max(peak, len(await asyncio.to_thread(_client_backends, dsn)))
             await asyncio.sleep(0.005)
 
+    watcher = asyncio.create_task(watch())
+    try:
+        await work
+    finally:
+        done.set()
+        await watcher
+    return peak
+
+
+async def test_a_burst_of_incidents_opens_a_bounded_number_of_connections(dsn: str) -> None:
+    """150 incidents hold their targets and write their audit at once: every call succeeds (PostgreSQL refuses
+    connections past ``max_connections``, 100 by default) and the store never has more than its limit open."""
+    store = PostgresIncidentStore(dsn, max_connections=8)
+
     async def incident(n: int) -> None:
         assert await store.hold_targets(f"unship:b:{n}", [f"flag:flagd:b-{n}"]) is None
         await store.write(AuditBatch(incident=record(f"unship:b:{n}"), events=[event(1), event(2)]))
 
-    watcher = asyncio.create_task(watch())
-    try:
-        await asyncio.gather(*(incident(n) for n in range(150)))
-    finally:
-        done.set()
-        await watcher
+    peak = await _peak_connections(dsn, asyncio.gather(*(incident(n) for n in range(150))))
     assert 1 <= peak <= 8
     assert len(await store.target_holds()) == 150
+
+
+async def test_the_connection_limit_is_a_setting(dsn: str, tmp_path: Path) -> None:
+    """``UNSHIP_DATABASE_CONNECTIONS`` sizes what a process keeps open: the worker's store built from the
+    settings never has more than 3 connections, however many incidents write at once."""
+    store = build_activities(Settings(state_dir=tmp_path, database_url=dsn, database_connections=3)).store
+    burst = asyncio.gather(*(store.hold_targets(f"unship:c:{n}", [f"flag:flagd:c-{n}"]) for n in range(60)))
+    assert 1 <= await _peak_connections(dsn, burst) <= 3
+    assert len(await store.target_holds()) == 60

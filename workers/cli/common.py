@@ -95,7 +95,8 @@ def _root(
 SERVER_SETTINGS = ("state_dir", "playbooks_dir", "log_format", "metrics_addr", "temporal_metrics_addr",
                    "temporal_address",
                    "temporal_namespace", "temporal_port", "temporal_ui_port", "task_queue")
-WORKER_SETTINGS = ("workflow_cache", "database_url", "flagd_path", "prometheus_url", "prometheus_bearer_token", "unleash_url",
+WORKER_SETTINGS = ("workflow_cache", "database_url", "database_connections", "flagd_path", "prometheus_url",
+                   "prometheus_bearer_token", "unleash_url",
                    "unleash_api_token", "launchdarkly_api_token", "launchdarkly_url", "kubernetes_api_url",
                    "kubernetes_token", "kubernetes_ca_file", "kubernetes_in_cluster", "http_provider_url",
                    "http_provider_token", "http_signals_token", "slack_bot_token", "slack_api_url")

@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.envconfig import ClientConfigProfile
 
+from activities.store import PG_CONNECTIONS
+
 SECRET_FIELDS = (
     "database_url",
     "api_token",
@@ -78,6 +80,10 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(
         default=None, description="incident store URL (may carry a password); default sqlite in state_dir")
+    database_connections: int = Field(
+        default=PG_CONNECTIONS, ge=1, le=1000,
+        description="connections a process keeps open to a PostgreSQL incident store at most (calls past it wait "
+                    "for one): size PostgreSQL's max_connections for this many per unship process")
     flagd_path: Path | None = Field(default=None, description="flagd JSON flag file; default in state_dir")
 
     api_token: SecretStr | None = Field(default=None, description="shared bearer token for the HTTP API (no person: "

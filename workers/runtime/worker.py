@@ -55,7 +55,7 @@ def build_activities(settings: Settings, advisor: ThresholdAdvisor | None = None
         flags,
         signals,
         chat_notifier(settings) or LogNotifier(),
-        open_store(settings.resolved_database_url),
+        open_store(settings.resolved_database_url, max_connections=settings.database_connections),
         integrity=IntegrityChecker(flags, signals),
         review_dir=settings.state_dir / "reviews",
         trackers=trackers(settings),

@@ -196,7 +196,8 @@ def _commands(command: object, prefix: str = "") -> list[tuple[str, object]]:
     return [leaf for name, sub in subcommands.items() for leaf in _commands(sub, f"{prefix} {name}".strip())]
 
 
-def test_the_worker_cache_setting_is_listed_and_checked(runner: CliRunner, tmp_path: Path) -> None:
-    assert "UNSHIP_WORKFLOW_CACHE" in runner.invoke(app, ["worker", "--help"]).output
-    bad = runner.invoke(app, ["worker"], env={**nothing_running(tmp_path), "UNSHIP_WORKFLOW_CACHE": "0"})
-    assert bad.exit_code == 2 and "UNSHIP_WORKFLOW_CACHE" in bad.stderr, bad.output
+@pytest.mark.parametrize("setting", ["UNSHIP_WORKFLOW_CACHE", "UNSHIP_DATABASE_CONNECTIONS"])
+def test_the_worker_sizing_settings_are_listed_and_checked(runner: CliRunner, tmp_path: Path, setting: str) -> None:
+    assert setting in runner.invoke(app, ["worker", "--help"]).output
+    bad = runner.invoke(app, ["worker"], env={**nothing_running(tmp_path), setting: "0"})
+    assert bad.exit_code == 2 and setting in bad.stderr, bad.output
