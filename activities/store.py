@@ -304,6 +304,16 @@ def _ts(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def _of_this_loop(table: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T], make: Callable[[], T]) -> T:
+    """The running event loop's entry of ``table``, made on first use (asyncio locks and semaphores belong to
+    one loop; the API and the worker may call one store from different loops)."""
+    loop = asyncio.get_running_loop()
+    entry = table.get(loop)
+    if entry is None:
+        entry = table[loop] = make()
+    return entry
+
+
 class _ThreadConnection(threading.local):
     """The connection one executor thread keeps to the store's file, and which file it opened (device, inode)."""
 
@@ -446,11 +456,7 @@ class SqliteIncidentStore:
 
         if not writes:
             return await asyncio.to_thread(call)
-        loop = asyncio.get_running_loop()
-        turn = self._turns.get(loop)
-        if turn is None:
-            turn = self._turns[loop] = asyncio.Lock()
-        async with turn:  # the thread lock inside still orders the writers of other event loops
+        async with _of_this_loop(self._turns, asyncio.Lock):  # the thread lock inside orders other loops' writers
             return await asyncio.to_thread(call)
 
     async def write(self, batch: AuditBatch) -> None:
@@ -735,10 +741,7 @@ class PostgresIncidentStore:
         """A connection for one call (autocommit: a call's writes go in ``conn.transaction()``)."""
         from psycopg.pq import TransactionStatus
 
-        loop = asyncio.get_running_loop()
-        mine = self._loops.get(loop)
-        if mine is None:
-            mine = self._loops[loop] = _LoopConnections(asyncio.Semaphore(self._max_connections), [])
+        mine = _of_this_loop(self._loops, lambda: _LoopConnections(asyncio.Semaphore(self._max_connections), []))
         async with mine.slots:
             conn = await self._kept(mine) or await self._connect()
             try:
